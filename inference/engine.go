@@ -1,0 +1,236 @@
+package inference
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+)
+
+// BatchConfig tunes the micro-batcher, in the spirit of Triton's dynamic
+// batcher. The zero value takes the defaults.
+type BatchConfig struct {
+	// MaxBatch is the most rows one runtime call takes. Default 64.
+	MaxBatch int `json:"max_batch" yaml:"max_batch"`
+	// MaxDelay is how long a worker that has fewer than MaxBatch rows waits
+	// for more before it runs. Default 0: it takes whatever is queued at that
+	// moment and runs at once, so a lone request never waits and batches
+	// grow by themselves exactly when requests queue up.
+	MaxDelay time.Duration `json:"max_delay" yaml:"max_delay"`
+	// Workers is how many runtime calls may run at once. Default 2: one
+	// batch runs while the next one gathers.
+	Workers int `json:"workers" yaml:"workers"`
+	// QueueSize bounds the rows waiting for a worker. Default 4096; a full
+	// queue makes callers wait (back-pressure), bounded by their context.
+	QueueSize int `json:"queue_size" yaml:"queue_size"`
+	// Disabled runs every call on its own, without batching. For comparison.
+	Disabled bool `json:"disabled" yaml:"disabled"`
+}
+
+func (c BatchConfig) withDefaults() BatchConfig {
+	if c.MaxBatch <= 0 {
+		c.MaxBatch = 64
+	}
+	if c.Workers <= 0 {
+		c.Workers = 2
+	}
+	if c.QueueSize <= 0 {
+		c.QueueSize = 4096
+	}
+	if c.MaxDelay < 0 {
+		c.MaxDelay = 0
+	}
+	return c
+}
+
+// BatchObserver hears about every runtime call: its row count and duration.
+// The server feeds its Prometheus histograms from it.
+type BatchObserver func(rows int, took time.Duration)
+
+// Engine serves one model: it owns the model and its batcher workers.
+type Engine struct {
+	model   *Model
+	cfg     BatchConfig
+	observe BatchObserver
+
+	queue chan *call
+	stop  chan struct{}
+	wg    sync.WaitGroup
+
+	// gate keeps Close from stopping the workers while a caller is between
+	// its closed check and its enqueue: a call queued after the workers left
+	// would never be answered.
+	gate   sync.RWMutex
+	closed bool
+
+	closeOnce sync.Once
+}
+
+type call struct {
+	row   []float32
+	score float32
+	err   error
+	done  chan struct{}
+}
+
+var callPool = sync.Pool{New: func() any { return &call{done: make(chan struct{}, 1)} }}
+
+// NewEngine starts the batcher workers for m. The engine owns m from now on:
+// Close closes it.
+func NewEngine(m *Model, cfg BatchConfig, observe BatchObserver) *Engine {
+	cfg = cfg.withDefaults()
+	e := &Engine{model: m, cfg: cfg, observe: observe, queue: make(chan *call, cfg.QueueSize), stop: make(chan struct{})}
+	if !cfg.Disabled {
+		for range cfg.Workers {
+			e.wg.Add(1)
+			go e.worker()
+		}
+	}
+	return e
+}
+
+// Model returns the engine's model.
+func (e *Engine) Model() *Model { return e.model }
+
+// PredictOne scores one row, batched with whatever else is in flight.
+func (e *Engine) PredictOne(ctx context.Context, row []float32) (Prediction, error) {
+	if len(row) != e.model.nFeat {
+		return Prediction{}, fmt.Errorf("%w: %d features, model %s expects %d", ErrBadInput, len(row), e.model.meta.Name, e.model.nFeat)
+	}
+	if e.cfg.Disabled {
+		var out [1]float32
+		start := time.Now()
+		if err := e.model.Scores(row, out[:]); err != nil {
+			return Prediction{}, err
+		}
+		if e.observe != nil {
+			e.observe(1, time.Since(start))
+		}
+		return Prediction{Label: e.model.meta.Label(out[0]), Score: out[0]}, nil
+	}
+	c := callPool.Get().(*call)
+	c.row, c.err = row, nil
+	e.gate.RLock()
+	if e.closed {
+		e.gate.RUnlock()
+		callPool.Put(c)
+		return Prediction{}, ErrClosed
+	}
+	select {
+	case e.queue <- c:
+		e.gate.RUnlock()
+	case <-ctx.Done():
+		e.gate.RUnlock()
+		callPool.Put(c)
+		return Prediction{}, ctx.Err()
+	}
+	// Once queued, a worker always answers (Close drains the queue), so the
+	// call is never abandoned while a worker still writes to it.
+	<-c.done
+	score, err := c.score, c.err
+	c.row = nil
+	callPool.Put(c)
+	if err != nil {
+		return Prediction{}, err
+	}
+	return Prediction{Label: e.model.meta.Label(score), Score: score}, nil
+}
+
+// Predict scores many rows in one runtime call (they already form a batch).
+func (e *Engine) Predict(ctx context.Context, rows [][]float32) ([]Prediction, error) {
+	if len(rows) == 1 {
+		p, err := e.PredictOne(ctx, rows[0])
+		if err != nil {
+			return nil, err
+		}
+		return []Prediction{p}, nil
+	}
+	start := time.Now()
+	out, err := e.model.Predict(rows)
+	if err == nil && e.observe != nil {
+		e.observe(len(rows), time.Since(start))
+	}
+	return out, err
+}
+
+func (e *Engine) worker() {
+	defer e.wg.Done()
+	nf := e.model.nFeat
+	batch := make([]*call, 0, e.cfg.MaxBatch)
+	flat := make([]float32, 0, e.cfg.MaxBatch*nf)
+	scores := make([]float32, e.cfg.MaxBatch)
+	var timer *time.Timer
+	for {
+		var first *call
+		select {
+		case first = <-e.queue:
+		case <-e.stop:
+			// Answer whatever is still queued, then leave.
+			for {
+				select {
+				case c := <-e.queue:
+					c.err = ErrClosed
+					c.done <- struct{}{}
+				default:
+					return
+				}
+			}
+		}
+		batch = append(batch[:0], first)
+	gather:
+		for len(batch) < e.cfg.MaxBatch {
+			select {
+			case c := <-e.queue:
+				batch = append(batch, c)
+				continue
+			default:
+			}
+			if e.cfg.MaxDelay <= 0 {
+				break
+			}
+			if timer == nil {
+				timer = time.NewTimer(e.cfg.MaxDelay)
+			} else {
+				timer.Reset(e.cfg.MaxDelay)
+			}
+			for len(batch) < e.cfg.MaxBatch {
+				select {
+				case c := <-e.queue:
+					batch = append(batch, c)
+				case <-timer.C:
+					break gather
+				}
+			}
+			timer.Stop()
+			break
+		}
+		flat = flat[:0]
+		for _, c := range batch {
+			flat = append(flat, c.row...)
+		}
+		start := time.Now()
+		err := e.model.Scores(flat, scores[:len(batch)])
+		if err == nil && e.observe != nil {
+			e.observe(len(batch), time.Since(start))
+		}
+		for i, c := range batch {
+			c.score, c.err = scores[i], err
+			c.done <- struct{}{}
+		}
+	}
+}
+
+// Close stops the workers after they answered every queued call, then
+// closes the model. It is idempotent.
+func (e *Engine) Close() error {
+	var err error
+	e.closeOnce.Do(func() {
+		e.gate.Lock()
+		e.closed = true
+		e.gate.Unlock()
+		close(e.stop)
+		e.wg.Wait()
+		err = e.model.Close()
+	})
+	return err
+}

@@ -1,0 +1,300 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/linkedge/linkedge/inference"
+)
+
+// MQTTConfig connects the inference engine to an MQTT broker: every reading
+// on ReadingsTopic gets one prediction on PredictionsTopic.
+type MQTTConfig struct {
+	// Broker is the broker URL, e.g. "tcp://127.0.0.1:1883". Required.
+	Broker string `json:"broker" yaml:"broker"`
+	// ClientID defaults to "linkedge-serve-<pid-ish random>".
+	ClientID string `json:"client_id" yaml:"client_id"`
+	// Username and Password authenticate to the broker, when it asks.
+	Username string `json:"username" yaml:"username"`
+	Password string `json:"password" yaml:"password"`
+	// ReadingsTopic is where rows arrive (a JSON object or one CSV line).
+	ReadingsTopic string `json:"readings_topic" yaml:"readings_topic"`
+	// PredictionsTopic is where one JSON prediction per reading goes.
+	PredictionsTopic string `json:"predictions_topic" yaml:"predictions_topic"`
+	// ErrorsTopic receives {"id","error"} for readings that could not be
+	// scored. Empty means PredictionsTopic with an "error" member only.
+	ErrorsTopic string `json:"errors_topic" yaml:"errors_topic"`
+	// QoS for the subscription and the predictions. Default 0: a reading is
+	// a sample of a stream, and the next one follows within a second.
+	QoS byte `json:"qos" yaml:"qos"`
+	// OnPrediction, when set, sees every prediction after it was published;
+	// the truck agent counts alerts and forwards predictions with it.
+	OnPrediction func(PredictionMessage) `json:"-" yaml:"-"`
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger `json:"-" yaml:"-"`
+	// Registerer receives the bridge's metrics; nil means none.
+	Registerer prometheus.Registerer `json:"-" yaml:"-"`
+}
+
+// Reading is the JSON form of one input row on the readings topic. Send
+// either Features (in model order, null for missing) or Values (by name).
+type Reading struct {
+	ID       string              `json:"id,omitempty"`
+	Features []*float64          `json:"features,omitempty"`
+	Values   map[string]*float64 `json:"values,omitempty"`
+}
+
+// PredictionMessage is what the predictions topic carries.
+type PredictionMessage struct {
+	ID           string  `json:"id"`
+	Model        string  `json:"model"`
+	ModelVersion int64   `json:"model_version"`
+	Label        string  `json:"label"`
+	Score        float32 `json:"score"`
+	LatencyMS    float64 `json:"latency_ms"`
+	Time         string  `json:"time"`
+}
+
+// MQTTBridge is a running MQTT front end. Close stops it.
+type MQTTBridge struct {
+	cfg    MQTTConfig
+	slot   *inference.Slot
+	client paho.Client
+	seq    atomic.Int64
+	count  *prometheus.CounterVec
+	// inflight is read-held while a reading is scored; Close write-locks it
+	// to wait for them and to keep new ones out.
+	inflight sync.RWMutex
+	closed   bool
+	once     sync.Once
+}
+
+// StartMQTT connects to the broker and subscribes. It returns once the
+// subscription is acknowledged, or with an error by ctx's deadline; after
+// that it reconnects and resubscribes on its own.
+func StartMQTT(ctx context.Context, cfg MQTTConfig, slot *inference.Slot) (*MQTTBridge, error) {
+	if cfg.Broker == "" || cfg.ReadingsTopic == "" || cfg.PredictionsTopic == "" {
+		return nil, errors.New("mqtt: broker, readings topic and predictions topic are required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.ClientID == "" {
+		cfg.ClientID = "linkedge-serve-" + strconv.FormatInt(time.Now().UnixNano()%1e9, 36)
+	}
+	if cfg.QoS > 1 {
+		cfg.QoS = 1
+	}
+	b := &MQTTBridge{cfg: cfg, slot: slot}
+	b.count = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "linkedge_inference_mqtt_readings_total",
+		Help: "Readings received over MQTT, by result (ok, bad_input, no_model, error).",
+	}, []string{"result"})
+	if cfg.Registerer != nil {
+		if err := cfg.Registerer.Register(b.count); err != nil {
+			var are prometheus.AlreadyRegisteredError
+			if !errors.As(err, &are) {
+				return nil, fmt.Errorf("mqtt metrics: %w", err)
+			}
+			b.count = are.ExistingCollector.(*prometheus.CounterVec)
+		}
+	}
+	subscribed := make(chan error, 1)
+	opts := paho.NewClientOptions().AddBroker(cfg.Broker).SetClientID(cfg.ClientID).
+		SetUsername(cfg.Username).SetPassword(cfg.Password).
+		SetCleanSession(true).SetAutoReconnect(true).SetConnectRetry(true).
+		SetConnectRetryInterval(time.Second).SetMaxReconnectInterval(10 * time.Second).
+		// Handlers run concurrently so the micro-batcher can gather readings.
+		SetOrderMatters(false).
+		SetOnConnectHandler(func(c paho.Client) {
+			t := c.Subscribe(cfg.ReadingsTopic, cfg.QoS, b.onReading)
+			t.Wait()
+			select {
+			case subscribed <- t.Error():
+			default:
+			}
+			if t.Error() != nil {
+				cfg.Logger.Error("mqtt subscribe failed", "topic", cfg.ReadingsTopic, "err", t.Error())
+			}
+		}).
+		SetConnectionLostHandler(func(_ paho.Client, err error) {
+			cfg.Logger.Warn("mqtt connection lost; reconnecting", "broker", cfg.Broker, "err", err)
+		})
+	b.client = paho.NewClient(opts)
+	b.client.Connect()
+	select {
+	case err := <-subscribed:
+		if err != nil {
+			b.client.Disconnect(0)
+			return nil, fmt.Errorf("mqtt: subscribe %s: %w", cfg.ReadingsTopic, err)
+		}
+	case <-ctx.Done():
+		b.client.Disconnect(0)
+		return nil, fmt.Errorf("mqtt: connect to %s: %w", cfg.Broker, ctx.Err())
+	}
+	return b, nil
+}
+
+func (b *MQTTBridge) onReading(_ paho.Client, msg paho.Message) {
+	b.inflight.RLock()
+	defer b.inflight.RUnlock()
+	if b.closed {
+		return
+	}
+	start := time.Now()
+	id, row, err := b.decode(msg.Payload())
+	if id == "" {
+		id = "r" + strconv.FormatInt(b.seq.Add(1), 10)
+	}
+	if err != nil {
+		b.count.WithLabelValues("bad_input").Inc()
+		b.publishError(id, err)
+		return
+	}
+	lease, err := b.slot.Acquire()
+	if err != nil {
+		b.count.WithLabelValues("no_model").Inc()
+		b.publishError(id, fmt.Errorf("no model is loaded yet: %w", err))
+		return
+	}
+	eng := lease.Engine()
+	m := eng.Model()
+	if row == nil {
+		err = fmt.Errorf("%w: reading has no features", inference.ErrBadInput)
+	} else if vals, ferr := b.fit(row, m); ferr != nil {
+		err = ferr
+	} else {
+		var p inference.Prediction
+		p, err = eng.PredictOne(context.Background(), vals)
+		if err == nil {
+			lease.Release()
+			pm := PredictionMessage{ID: id, Model: m.Name(), ModelVersion: m.Version(), Label: p.Label, Score: p.Score,
+				LatencyMS: float64(time.Since(start).Microseconds()) / 1000, Time: time.Now().UTC().Format(time.RFC3339Nano)}
+			data, _ := json.Marshal(pm)
+			b.client.Publish(b.cfg.PredictionsTopic, b.cfg.QoS, false, data)
+			b.count.WithLabelValues("ok").Inc()
+			if b.cfg.OnPrediction != nil {
+				b.cfg.OnPrediction(pm)
+			}
+			return
+		}
+	}
+	lease.Release()
+	if errors.Is(err, inference.ErrBadInput) {
+		b.count.WithLabelValues("bad_input").Inc()
+	} else {
+		b.count.WithLabelValues("error").Inc()
+	}
+	b.publishError(id, err)
+}
+
+// decoded row before it is fitted to a model: either positional values or
+// named ones.
+type rawRow struct {
+	pos   []float32
+	named map[string]*float64
+}
+
+func (b *MQTTBridge) decode(p []byte) (string, *rawRow, error) {
+	t := bytes.TrimSpace(p)
+	if len(t) == 0 {
+		return "", nil, inputErr("empty reading")
+	}
+	if t[0] != '{' {
+		rows, err := parseCSV(t, bytes.Count(t, []byte{','})+1, 1)
+		if err != nil {
+			return "", nil, err
+		}
+		return "", &rawRow{pos: rows[0]}, nil
+	}
+	var r Reading
+	dec := json.NewDecoder(bytes.NewReader(t))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&r); err != nil {
+		return "", nil, inputErr("malformed reading: %v", err)
+	}
+	if len(r.ID) > 128 {
+		r.ID = r.ID[:128]
+	}
+	switch {
+	case r.Features != nil && r.Values != nil:
+		return r.ID, nil, inputErr("send features or values, not both")
+	case r.Features != nil:
+		row := make([]float32, len(r.Features))
+		for i, f := range r.Features {
+			if f == nil {
+				row[i] = nan32
+			} else {
+				row[i] = float32(*f)
+			}
+		}
+		return r.ID, &rawRow{pos: row}, nil
+	case r.Values != nil:
+		return r.ID, &rawRow{named: r.Values}, nil
+	}
+	return r.ID, nil, nil
+}
+
+func (b *MQTTBridge) fit(r *rawRow, m *inference.Model) ([]float32, error) {
+	feats := m.Meta().Features
+	if r.named == nil {
+		if len(r.pos) != len(feats) {
+			return nil, fmt.Errorf("%w: reading has %d features, model %s v%d takes %d", inference.ErrBadInput, len(r.pos), m.Name(), m.Version(), len(feats))
+		}
+		return r.pos, nil
+	}
+	idx := make(map[string]int, len(feats))
+	for i, f := range feats {
+		idx[f] = i
+	}
+	row := make([]float32, len(feats))
+	for i := range row {
+		row[i] = nan32
+	}
+	for k, v := range r.named {
+		i, ok := idx[k]
+		if !ok {
+			return nil, fmt.Errorf("%w: unknown feature %q", inference.ErrBadInput, k)
+		}
+		if v != nil {
+			row[i] = float32(*v)
+		}
+	}
+	return row, nil
+}
+
+func (b *MQTTBridge) publishError(id string, err error) {
+	topic := b.cfg.ErrorsTopic
+	if topic == "" {
+		topic = b.cfg.PredictionsTopic
+	}
+	data, _ := json.Marshal(map[string]string{"id": id, "error": err.Error()})
+	b.client.Publish(topic, b.cfg.QoS, false, data)
+	b.cfg.Logger.Debug("reading refused", "id", id, "err", err)
+}
+
+// Close unsubscribes, waits for readings being scored, and disconnects. It
+// is idempotent.
+func (b *MQTTBridge) Close() error {
+	b.once.Do(func() {
+		if b.client.IsConnectionOpen() {
+			b.client.Unsubscribe(b.cfg.ReadingsTopic).WaitTimeout(2 * time.Second)
+		}
+		b.inflight.Lock()
+		b.closed = true
+		b.inflight.Unlock()
+		b.client.Disconnect(250)
+	})
+	return nil
+}

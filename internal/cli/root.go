@@ -1,0 +1,89 @@
+// Package cli holds the linkedge command tree. Each command parses its flags,
+// builds a plain config struct and calls into a domain package; no domain
+// logic lives here.
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/spf13/cobra"
+)
+
+// Execute runs the command line and returns the process exit code.
+// SIGINT and SIGTERM cancel the command's context, so every long-running
+// command shuts down gracefully.
+func Execute() int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	root := newRootCmd()
+	if err := root.ExecuteContext(ctx); err != nil {
+		if !errors.Is(err, errSilent) {
+			fmt.Fprintln(os.Stderr, "linkedge:", err)
+		}
+		return 1
+	}
+	return 0
+}
+
+// errSilent is returned by commands that already told the user what failed.
+var errSilent = errors.New("failed")
+
+type globalFlags struct {
+	logLevel  string
+	logFormat string
+}
+
+func newRootCmd() *cobra.Command {
+	var g globalFlags
+	root := &cobra.Command{
+		Use:   "linkedge",
+		Short: "Keep ML models on intermittently connected vehicles current, and serve them locally",
+		Long: `LinkEdge pulls approved model versions from a model registry to a fleet of trucks
+over MQTT. A cloud publisher announces signed releases; each truck's agent downloads,
+verifies and health-checks the new model whenever it is online, switches to it without
+dropping a request, and serves predictions locally over MQTT and HTTP, online or not.
+
+Start with "linkedge demo" to see a whole fleet on one machine.`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
+			return setupLogging(g)
+		},
+	}
+	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	root.PersistentFlags().StringVar(&g.logFormat, "log-format", "text", "log format: text or json")
+	root.AddCommand(
+		newServeCmd(),
+		newToolkitCmd(),
+		newSetupCmd(),
+		newBenchCmd(),
+	)
+	addLaterCommands(root)
+	return root
+}
+
+func setupLogging(g globalFlags) error {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(g.logLevel)); err != nil {
+		return fmt.Errorf("--log-level %q: want debug, info, warn or error", g.logLevel)
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	var h slog.Handler
+	switch strings.ToLower(g.logFormat) {
+	case "text":
+		h = slog.NewTextHandler(os.Stderr, opts)
+	case "json":
+		h = slog.NewJSONHandler(os.Stderr, opts)
+	default:
+		return fmt.Errorf("--log-format %q: want text or json", g.logFormat)
+	}
+	slog.SetDefault(slog.New(h))
+	return nil
+}

@@ -1,0 +1,166 @@
+package cli
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/linkedge/linkedge/inference"
+	"github.com/linkedge/linkedge/inference/bundle"
+)
+
+func newToolkitCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "toolkit",
+		Short: "Package, check and train models: bundles, golden samples, the APS demo models",
+		Long: `The toolkit turns a trained model into a LinkEdge bundle (the SageMaker-style
+model.tar.gz holding model.onnx and metadata.json) and checks bundles the way a truck
+will before it switches to them.`,
+	}
+	cmd.AddCommand(newToolkitBundleCmd(), newToolkitValidateCmd(), newToolkitInspectCmd())
+	addToolkitTrainCommands(cmd)
+	return cmd
+}
+
+func newToolkitBundleCmd() *cobra.Command {
+	var onnxPath, metaPath, out string
+	var record bool
+	cmd := &cobra.Command{
+		Use:   "bundle --onnx model.onnx --metadata metadata.json --out model.tar.gz",
+		Short: "Build a model.tar.gz from an ONNX model and its metadata",
+		Long: `Bundle checks the ONNX graph against the metadata (input and output names, types,
+feature count), runs the golden samples in ONNX Runtime and writes a reproducible
+model.tar.gz (same inputs, same bytes, same sha256).
+
+With --record-golden the scores and labels of the golden samples are taken from the
+model itself: list the golden inputs in metadata.json and let the toolkit fill in what
+this model answers, so every truck can check that it gets the same.`,
+		Example: `  linkedge toolkit bundle --onnx model.onnx --metadata metadata.json --record-golden --out model.tar.gz`,
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			model, err := os.ReadFile(onnxPath)
+			if err != nil {
+				return err
+			}
+			raw, err := os.ReadFile(metaPath)
+			if err != nil {
+				return err
+			}
+			meta, err := bundle.DecodeMetadata(raw)
+			if err != nil {
+				return fmt.Errorf("%s: %w", metaPath, err)
+			}
+			if err := inference.Init(cmd.Context(), ""); err != nil {
+				return err
+			}
+			m, err := inference.Load(cmd.Context(), &bundle.Bundle{Meta: meta, ONNX: model, Source: onnxPath}, inference.Options{SkipGolden: record})
+			if err != nil {
+				return err
+			}
+			defer m.Close()
+			if record {
+				res, err := m.RunGolden(cmd.Context())
+				if err != nil {
+					return err
+				}
+				for i, r := range res {
+					meta.Golden[i].Score, meta.Golden[i].Label = r.GotScore, r.GotLabel
+				}
+			}
+			sha, size, err := bundle.WriteFile(out, meta, model)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "wrote %s: %s v%d, %d features, %d golden samples, %d bytes, sha256 %s\n",
+				out, meta.Name, meta.Version, len(meta.Features), len(meta.Golden), size, sha)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&onnxPath, "onnx", "", "the ONNX model (required)")
+	cmd.Flags().StringVar(&metaPath, "metadata", "", "metadata.json (required)")
+	cmd.Flags().StringVar(&out, "out", "model.tar.gz", "where to write the bundle")
+	cmd.Flags().BoolVar(&record, "record-golden", false, "fill the golden samples' scores and labels from this model")
+	cmd.MarkFlagRequired("onnx")
+	cmd.MarkFlagRequired("metadata")
+	return cmd
+}
+
+func newToolkitValidateCmd() *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "validate BUNDLE",
+		Short: "Load a bundle in ONNX Runtime and run its golden samples, as a truck does",
+		Long: `Validate loads the bundle exactly as the truck agent and "linkedge serve" do, runs every
+golden sample and prints each result. It exits non-zero when the bundle is malformed,
+the graph does not match the metadata, or any golden sample differs.`,
+		Example: `  linkedge toolkit validate inference/apsmodels/aps-failure-v2.tar.gz`,
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			b, err := bundle.Open(args[0])
+			if err != nil {
+				return err
+			}
+			if err := inference.Init(cmd.Context(), ""); err != nil {
+				return err
+			}
+			m, err := inference.Load(cmd.Context(), b, inference.Options{SkipGolden: true})
+			if err != nil {
+				return err
+			}
+			defer m.Close()
+			res, err := m.RunGolden(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				enc.Encode(res)
+			} else {
+				tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+				fmt.Fprintf(tw, "SAMPLE\tWANT\tGOT\tRESULT\n")
+				for _, r := range res {
+					verdict := "ok"
+					if !r.OK {
+						verdict = "FAIL"
+					}
+					fmt.Fprintf(tw, "%s\t%s %.6f\t%s %.6f\t%s\n", r.ID, r.WantLabel, r.WantScore, r.GotLabel, r.GotScore, verdict)
+				}
+				tw.Flush()
+			}
+			if err := m.CheckGolden(cmd.Context()); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s v%d: %d golden samples pass\n", m.Name(), m.Version(), len(res))
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print results as JSON")
+	return cmd
+}
+
+func newToolkitInspectCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "inspect BUNDLE",
+		Short: "Print a bundle's metadata",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			b, err := bundle.Open(args[0])
+			if err != nil {
+				return err
+			}
+			if b.Meta == nil {
+				return fmt.Errorf("%s has no %s", args[0], bundle.MetadataFile)
+			}
+			out, err := bundle.EncodeMetadata(b.Meta)
+			if err != nil {
+				return err
+			}
+			_, err = cmd.OutOrStdout().Write(out)
+			return err
+		},
+	}
+}
