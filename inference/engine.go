@@ -2,8 +2,10 @@ package inference
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -53,6 +55,8 @@ type Engine struct {
 	cfg     BatchConfig
 	observe BatchObserver
 
+	failures atomic.Int64
+
 	queue chan *call
 	stop  chan struct{}
 	wg    sync.WaitGroup
@@ -89,6 +93,10 @@ func NewEngine(m *Model, cfg BatchConfig, observe BatchObserver) *Engine {
 	return e
 }
 
+// Failures counts the rows whose runtime call failed (not bad input): the
+// truck's probation period watches it after a switch.
+func (e *Engine) Failures() int64 { return e.failures.Load() }
+
 // Model returns the engine's model.
 func (e *Engine) Model() *Model { return e.model }
 
@@ -101,6 +109,7 @@ func (e *Engine) PredictOne(ctx context.Context, row []float32) (Prediction, err
 		var out [1]float32
 		start := time.Now()
 		if err := e.model.Scores(row, out[:]); err != nil {
+			e.failures.Add(1)
 			return Prediction{}, err
 		}
 		if e.observe != nil {
@@ -147,6 +156,9 @@ func (e *Engine) Predict(ctx context.Context, rows [][]float32) ([]Prediction, e
 	}
 	start := time.Now()
 	out, err := e.model.Predict(rows)
+	if err != nil && !errors.Is(err, ErrBadInput) {
+		e.failures.Add(1)
+	}
 	if err == nil && e.observe != nil {
 		e.observe(len(rows), time.Since(start))
 	}
@@ -210,6 +222,9 @@ func (e *Engine) worker() {
 		}
 		start := time.Now()
 		err := e.model.Scores(flat, scores[:len(batch)])
+		if err != nil {
+			e.failures.Add(int64(len(batch)))
+		}
 		if err == nil && e.observe != nil {
 			e.observe(len(batch), time.Since(start))
 		}

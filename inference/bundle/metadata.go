@@ -203,8 +203,13 @@ func (m *Metadata) Validate() error {
 		if g.Label != m.Labels[0] && g.Label != m.Labels[1] {
 			return bad("golden sample %d (%s) has label %q, not one of %q", i, g.ID, g.Label, m.Labels)
 		}
-		if math.IsNaN(g.Score) {
-			return bad("golden sample %d (%s) has no score", i, g.ID)
+		if math.IsNaN(g.Score) || math.IsInf(g.Score, 0) {
+			return bad("golden sample %d (%s) has no finite score", i, g.ID)
+		}
+		for j, v := range g.Features {
+			if math.IsInf(float64(v), 0) {
+				return bad("golden sample %d (%s) feature %s is out of float32 range", i, g.ID, m.Features[j])
+			}
 		}
 	}
 	return nil

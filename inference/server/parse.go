@@ -84,11 +84,11 @@ func parseField(f []byte) (float32, error) {
 		return nan32, nil
 	}
 	v, err := strconv.ParseFloat(string(f), 32)
+	if errors.Is(err, strconv.ErrRange) || math.IsInf(v, 0) {
+		return 0, fmt.Errorf("%q is out of float32 range", truncate(f, 40))
+	}
 	if err != nil {
 		return 0, fmt.Errorf("%q is not a number (use na for a missing value)", truncate(f, 40))
-	}
-	if math.IsInf(v, 0) {
-		return 0, fmt.Errorf("%q is out of float32 range", truncate(f, 40))
 	}
 	return float32(v), nil
 }

@@ -1,0 +1,282 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/linkedge/linkedge/inference"
+	"github.com/linkedge/linkedge/inference/bundle"
+)
+
+// InferenceConfig configures `linkedge bench inference`.
+type InferenceConfig struct {
+	// Model is the bundle to serve.
+	Model string
+	// Binary is the linkedge executable that serves (default: this one).
+	Binary string
+	// Concurrency of the closed-loop HTTP runs. Default 32.
+	Concurrency int
+	// Duration of each measured run, after Warmup. Defaults 10 s and 2 s.
+	Duration time.Duration
+	Warmup   time.Duration
+	// Rate of the open-loop latency run. Default 1,000 req/s.
+	Rate float64
+	// Progress receives one line per step; nil discards.
+	Progress io.Writer
+}
+
+// Row is one line of the report table.
+type Row struct {
+	Name    string
+	RPS     float64
+	P50     time.Duration
+	P99     time.Duration
+	CPU     float64 // server CPU in cores (1.0 = one core busy), 0 if unknown
+	GenCPU  float64 // load generator CPU in cores, 0 if unknown
+	Errors  int64
+	Comment string
+}
+
+// Report is the outcome of the inference suite.
+type Report struct {
+	Rows     []Row
+	Bare     float64 // in-process single-row predictions/s, no batching
+	Batched  float64 // in-process predictions/s through the batcher
+	Features int
+	Model    string
+}
+
+// RunInference runs the suite: bare in-process rate, the batcher in-process,
+// then the HTTP server (batched and unbatched) closed-loop at Concurrency,
+// and open-loop at Rate.
+func RunInference(ctx context.Context, cfg InferenceConfig) (*Report, error) {
+	if cfg.Concurrency <= 0 {
+		cfg.Concurrency = 32
+	}
+	if cfg.Duration <= 0 {
+		cfg.Duration = 10 * time.Second
+	}
+	if cfg.Warmup <= 0 {
+		cfg.Warmup = 2 * time.Second
+	}
+	if cfg.Rate <= 0 {
+		cfg.Rate = 1000
+	}
+	if cfg.Progress == nil {
+		cfg.Progress = io.Discard
+	}
+	if cfg.Binary == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return nil, err
+		}
+		cfg.Binary = exe
+	}
+	b, err := bundle.Open(cfg.Model)
+	if err != nil {
+		return nil, err
+	}
+	if err := inference.Init(ctx, ""); err != nil {
+		return nil, err
+	}
+	m, err := inference.Load(ctx, b, inference.Options{})
+	if err != nil {
+		return nil, err
+	}
+	rep := &Report{Features: m.NumFeatures(), Model: fmt.Sprintf("%s v%d", m.Name(), m.Version())}
+	row := sampleRow(m)
+
+	fmt.Fprintf(cfg.Progress, "in-process, single-row calls on %d goroutines for %s ...\n", runtime.GOMAXPROCS(0), cfg.Duration)
+	rep.Bare = bareRate(ctx, m, row, runtime.GOMAXPROCS(0), cfg.Duration)
+	fmt.Fprintf(cfg.Progress, "  %.0f predictions/s\n", rep.Bare)
+
+	eng := inference.NewEngine(m, inference.BatchConfig{}, nil)
+	fmt.Fprintf(cfg.Progress, "in-process through the micro-batcher, %d goroutines ...\n", cfg.Concurrency)
+	rep.Batched = engineRate(ctx, eng, row, cfg.Concurrency, cfg.Duration)
+	eng.Close()
+	fmt.Fprintf(cfg.Progress, "  %.0f predictions/s\n", rep.Batched)
+
+	body := []byte(csvRow(row) + "\n")
+	runs := []struct {
+		name  string
+		flags []string
+		load  LoadConfig
+		note  string
+	}{
+		{"HTTP /invocations, batching on", nil, LoadConfig{Concurrency: cfg.Concurrency}, fmt.Sprintf("closed loop, %d keep-alive connections", cfg.Concurrency)},
+		{"HTTP /invocations, batching off", []string{"--no-batch"}, LoadConfig{Concurrency: cfg.Concurrency}, fmt.Sprintf("closed loop, %d keep-alive connections", cfg.Concurrency)},
+		{"HTTP /invocations, fixed rate", nil, LoadConfig{Concurrency: cfg.Concurrency, Rate: cfg.Rate}, fmt.Sprintf("open loop at %.0f req/s", cfg.Rate)},
+	}
+	for _, r := range runs {
+		fmt.Fprintf(cfg.Progress, "%s (%s) ...\n", r.name, r.note)
+		r.load.Duration, r.load.Warmup = cfg.Duration, cfg.Warmup
+		res, err := runAgainstServer(ctx, cfg.Binary, cfg.Model, r.flags, body, r.load)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", r.name, err)
+		}
+		res.Name, res.Comment = r.name, r.note
+		fmt.Fprintf(cfg.Progress, "  %.0f req/s, p50 %s, p99 %s, server CPU %.2f cores, errors %d\n", res.RPS, res.P50, res.P99, res.CPU, res.Errors)
+		rep.Rows = append(rep.Rows, res)
+	}
+	return rep, nil
+}
+
+func sampleRow(m *inference.Model) []float32 {
+	if g := m.Meta().Golden; len(g) > 0 {
+		return g[0].Features
+	}
+	return make([]float32, m.NumFeatures())
+}
+
+func csvRow(row []float32) string {
+	var sb strings.Builder
+	for i, v := range row {
+		if i > 0 {
+			sb.WriteByte(',')
+		}
+		if v != v {
+			sb.WriteString("na")
+			continue
+		}
+		fmt.Fprintf(&sb, "%g", v)
+	}
+	return sb.String()
+}
+
+func bareRate(ctx context.Context, m *inference.Model, row []float32, workers int, d time.Duration) float64 {
+	var n atomic.Int64
+	ctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	start := time.Now()
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			out := make([]float32, 1)
+			for ctx.Err() == nil {
+				if m.Scores(row, out) == nil {
+					n.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return float64(n.Load()) / time.Since(start).Seconds()
+}
+
+func engineRate(ctx context.Context, e *inference.Engine, row []float32, workers int, d time.Duration) float64 {
+	var n atomic.Int64
+	ctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	start := time.Now()
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for ctx.Err() == nil {
+				if _, err := e.PredictOne(context.Background(), row); err == nil {
+					n.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return float64(n.Load()) / time.Since(start).Seconds()
+}
+
+// runAgainstServer starts `linkedge serve` as a child process, loads it and
+// stops it. The server's CPU use comes from /proc.
+func runAgainstServer(ctx context.Context, bin, model string, flags []string, body []byte, load LoadConfig) (Row, error) {
+	addr, err := freeAddr()
+	if err != nil {
+		return Row{}, err
+	}
+	args := append([]string{"serve", "--log-level", "warn", "--model", model, "--http", addr}, flags...)
+	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		return Row{}, fmt.Errorf("start server: %w", err)
+	}
+	defer func() {
+		cmd.Process.Signal(os.Interrupt)
+		cmd.Wait()
+	}()
+	if err := waitReady(ctx, "http://"+addr+"/ping", 60*time.Second); err != nil {
+		return Row{}, err
+	}
+	req := Request{URL: "http://" + addr + "/invocations", ContentType: "text/csv", Body: body}
+	// Warm up unmeasured, then sample CPU over the measured part only.
+	warm := load
+	warm.Duration, warm.Warmup = load.Warmup, 0
+	if _, err := RunHTTP(ctx, req, warm); err != nil {
+		return Row{}, err
+	}
+	cpu0, _ := CPUTime(cmd.Process.Pid)
+	gen0, _ := CPUTime(os.Getpid())
+	t0 := time.Now()
+	load.Warmup = 0
+	res, err := RunHTTP(ctx, req, load)
+	if err != nil {
+		return Row{}, err
+	}
+	wall := time.Since(t0).Seconds()
+	cpu1, _ := CPUTime(cmd.Process.Pid)
+	gen1, _ := CPUTime(os.Getpid())
+	return Row{RPS: res.RPS(), P50: res.Latencies.Quantile(0.50), P99: res.Latencies.Quantile(0.99),
+		CPU: (cpu1 - cpu0).Seconds() / wall, GenCPU: (gen1 - gen0).Seconds() / wall, Errors: res.Errors + res.Non2xx}, nil
+}
+
+func freeAddr() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer ln.Close()
+	return ln.Addr().String(), nil
+}
+
+func waitReady(ctx context.Context, url string, limit time.Duration) error {
+	deadline := time.Now().Add(limit)
+	for time.Now().Before(deadline) {
+		resp, err := http.Get(url)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("server at %s not ready after %s", url, limit)
+}
+
+// Markdown renders the report as the table docs/benchmarks.md holds.
+func (r *Report) Markdown() string {
+	var sb strings.Builder
+	fmt.Fprintf(&sb, "Model: %s (%d features). Bare in-process single-row rate: **%.0f predictions/s**; through the micro-batcher in-process: **%.0f predictions/s**.\n\n", r.Model, r.Features, r.Bare, r.Batched)
+	sb.WriteString("| run | req/s | p50 | p99 | server CPU (cores) | load generator CPU (cores) | errors | how |\n|---|---:|---:|---:|---:|---:|---:|---|\n")
+	for _, x := range r.Rows {
+		fmt.Fprintf(&sb, "| %s | %.0f | %s | %s | %.2f | %.2f | %d | %s |\n", x.Name, x.RPS, fmtDur(x.P50), fmtDur(x.P99), x.CPU, x.GenCPU, x.Errors, x.Comment)
+	}
+	return sb.String()
+}
+
+func fmtDur(d time.Duration) string {
+	return fmt.Sprintf("%.3f ms", float64(d.Microseconds())/1000)
+}

@@ -1,0 +1,102 @@
+// Package status defines what a truck reports about itself on the fleet
+// broker: the retained status document (linkedge/v1/trucks/{truck}/status)
+// and the event stream (linkedge/v1/trucks/{truck}/events). The agent writes
+// them; the demo, `linkedge fleet` and operators' tools read them.
+package status
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"time"
+)
+
+// Schema names version 1 of both documents.
+const Schema = "linkedge.status/v1"
+
+// Status is the retained truck status. The broker keeps the last one; the
+// last will replaces it with Online=false when the truck drops off, so
+// LastSeen and Online together say honestly how old the picture is.
+type Status struct {
+	Schema string `json:"schema"`
+	Truck  string `json:"truck"`
+	Online bool   `json:"online"`
+	Model  string `json:"model"`
+	// Version serving now (0: none yet).
+	Version int64 `json:"version"`
+	// Desired is the version the latest accepted release asks for.
+	Desired int64 `json:"desired_version"`
+	// Serial of the latest accepted release document.
+	Serial int64 `json:"serial"`
+	// Phase of the update state machine (see edgeclient/update).
+	Phase string `json:"phase"`
+	// Download progress of the update in flight, bytes.
+	Downloaded int64 `json:"downloaded,omitempty"`
+	Total      int64 `json:"total,omitempty"`
+	// LastError is the latest problem: a refused release, a failed update.
+	LastError string `json:"last_error,omitempty"`
+	// Predictions served and alerts (positive label) since the agent started.
+	Predictions int64     `json:"predictions"`
+	Alerts      int64     `json:"alerts"`
+	LastSeen    time.Time `json:"last_seen"`
+	Agent       string    `json:"agent,omitempty"`
+}
+
+// Event is one thing that happened on a truck.
+type Event struct {
+	Schema  string    `json:"schema"`
+	Truck   string    `json:"truck"`
+	Time    time.Time `json:"time"`
+	Kind    string    `json:"kind"` // release_refused, update_started, update_committed, update_failed, update_rolled_back, booted
+	Model   string    `json:"model,omitempty"`
+	Version int64     `json:"version,omitempty"`
+	Serial  int64     `json:"serial,omitempty"`
+	Detail  string    `json:"detail,omitempty"`
+}
+
+// Event kinds.
+const (
+	EventBooted          = "booted"
+	EventReleaseRefused  = "release_refused"
+	EventUpdateStarted   = "update_started"
+	EventUpdateCommitted = "update_committed"
+	EventUpdateFailed    = "update_failed"
+	EventRolledBack      = "update_rolled_back"
+)
+
+// MaxSize bounds a status or event document a reader accepts.
+const MaxSize = 16 << 10
+
+// Parse decodes a status document strictly.
+func Parse(data []byte) (*Status, error) {
+	if len(data) > MaxSize {
+		return nil, fmt.Errorf("status document of %d bytes is over %d", len(data), MaxSize)
+	}
+	var s Status
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&s); err != nil {
+		return nil, fmt.Errorf("malformed status document: %w", err)
+	}
+	if s.Schema != Schema {
+		return nil, fmt.Errorf("status schema %q, want %q", s.Schema, Schema)
+	}
+	return &s, nil
+}
+
+// ParseEvent decodes an event strictly.
+func ParseEvent(data []byte) (*Event, error) {
+	if len(data) > MaxSize {
+		return nil, fmt.Errorf("event of %d bytes is over %d", len(data), MaxSize)
+	}
+	var e Event
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&e); err != nil {
+		return nil, fmt.Errorf("malformed event: %w", err)
+	}
+	if e.Schema != Schema {
+		return nil, fmt.Errorf("event schema %q, want %q", e.Schema, Schema)
+	}
+	return &e, nil
+}
