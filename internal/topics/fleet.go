@@ -1,0 +1,89 @@
+package topics
+
+// Fleet broker topics. See the package doc for the id contract.
+
+// ModelRelease is where the publisher announces the signed release document
+// (package release) for model: retained, so a truck that reconnects after
+// days offline gets the current document at once; QoS 1 because a lost
+// announcement would leave trucks on an old model until the next re-sign.
+//
+//	linkedge/v1/models/{model}/release
+func ModelRelease(model string) string { return Prefix + "/models/" + model + "/release" }
+
+// AllModelReleases is the subscription filter matching [ModelRelease] for
+// every model.
+//
+//	linkedge/v1/models/+/release
+func AllModelReleases() string { return ModelRelease(Wildcard) }
+
+// QoS and retain flag for [ModelRelease].
+const (
+	ReleaseQoS    byte = 1
+	ReleaseRetain      = true
+)
+
+// TruckDesired carries an operator's per-truck pin (for example "stay on
+// version 3 of this model"): retained, so the pin outlives the operator's
+// session and reaches a truck that was offline when it was set; QoS 1.
+// Publishing an empty retained message clears the pin.
+//
+//	linkedge/v1/trucks/{truck}/desired
+func TruckDesired(truck string) string { return truckTopic(truck, "desired") }
+
+// QoS and retain flag for [TruckDesired].
+const (
+	DesiredQoS    byte = 1
+	DesiredRetain      = true
+)
+
+// TruckStatus is the truck's current state (models, versions, online or
+// not): retained so dashboards see every truck's last known state on
+// subscribe; QoS 1. The agent registers a retained last-will message on this
+// topic marking the truck offline, which the broker publishes when the
+// connection drops without a clean disconnect.
+//
+//	linkedge/v1/trucks/{truck}/status
+func TruckStatus(truck string) string { return truckTopic(truck, "status") }
+
+// AllTruckStatus is the subscription filter matching [TruckStatus] for every
+// truck.
+//
+//	linkedge/v1/trucks/+/status
+func AllTruckStatus() string { return TruckStatus(Wildcard) }
+
+// QoS and retain flag for [TruckStatus] and its last will.
+const (
+	StatusQoS    byte = 1
+	StatusRetain      = true
+)
+
+// TruckEvents is a stream of notable happenings on a truck (download
+// started, verification failed, model switched, rolled back): not retained,
+// because an event is not state; QoS 1 so events queued while offline are
+// delivered once the link returns.
+//
+//	linkedge/v1/trucks/{truck}/events
+func TruckEvents(truck string) string { return truckTopic(truck, "events") }
+
+// QoS and retain flag for [TruckEvents].
+const (
+	EventsQoS    byte = 1
+	EventsRetain      = false
+)
+
+// TruckPredictions carries predictions the truck forwards to the cloud for
+// model: not retained (a stream, not state); QoS 1 so predictions made while
+// offline are not lost when the agent's queue drains.
+//
+//	linkedge/v1/trucks/{truck}/predictions/{model}
+func TruckPredictions(truck, model string) string {
+	return truckTopic(truck, "predictions") + "/" + model
+}
+
+// QoS and retain flag for [TruckPredictions].
+const (
+	PredictionsQoS    byte = 1
+	PredictionsRetain      = false
+)
+
+func truckTopic(truck, leaf string) string { return Prefix + "/trucks/" + truck + "/" + leaf }

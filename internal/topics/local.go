@@ -1,0 +1,32 @@
+package topics
+
+// Truck-local broker topics. This broker runs on the truck and is reached
+// over loopback or the vehicle network, so the link is not the weak point;
+// QoS 0 avoids acknowledgement round-trips at sensor rates.
+
+// LocalReadings is where on-board producers publish sensor rows for model to
+// score: not retained (a stale row must not be re-scored after a restart);
+// QoS 0 because the next row arrives shortly and a lost row costs one
+// prediction.
+//
+//	linkedge/v1/local/{model}/readings
+func LocalReadings(model string) string { return Prefix + "/local/" + model + "/readings" }
+
+// QoS and retain flag for [LocalReadings].
+const (
+	LocalReadingsQoS    byte = 0
+	LocalReadingsRetain      = false
+)
+
+// LocalPredictions is where the agent publishes model's predictions for
+// on-board consumers: not retained, QoS 0, for the same reasons as
+// [LocalReadings].
+//
+//	linkedge/v1/local/{model}/predictions
+func LocalPredictions(model string) string { return Prefix + "/local/" + model + "/predictions" }
+
+// QoS and retain flag for [LocalPredictions].
+const (
+	LocalPredictionsQoS    byte = 0
+	LocalPredictionsRetain      = false
+)
