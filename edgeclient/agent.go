@@ -1,0 +1,256 @@
+// Package edgeclient is the truck agent: it keeps one model current by
+// pulling signed releases from the fleet broker whenever the truck is online,
+// and serves that model locally over HTTP and the truck's own MQTT bus,
+// online or not.
+//
+// The agent is a set of owned parts started in order and stopped in reverse:
+//
+//	state (update.Store) → boot the committed model → HTTP server →
+//	local broker and MQTT bridge → fleet connection → updater, heartbeat
+//
+// Serving never waits for the network: a truck that starts offline serves
+// its last committed model at once. Updates run through the state machine in
+// package update, one at a time, and only while the fleet connection is up.
+package edgeclient
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/linkedge/linkedge/broker"
+	"github.com/linkedge/linkedge/edgeclient/runtime/inprocess"
+	"github.com/linkedge/linkedge/edgeclient/update"
+	"github.com/linkedge/linkedge/inference"
+	"github.com/linkedge/linkedge/inference/server"
+	"github.com/linkedge/linkedge/internal/release"
+	"github.com/linkedge/linkedge/internal/status"
+	"github.com/linkedge/linkedge/internal/topics"
+)
+
+// ErrClosed is returned by Start after Close.
+var ErrClosed = errors.New("agent closed")
+
+// Agent is one truck's agent.
+type Agent struct {
+	cfg      Config
+	log      *slog.Logger
+	store    *update.Store
+	machine  *update.Machine
+	slot     *inference.Slot
+	srv      *server.Server
+	reg      *prometheus.Registry
+	local    *broker.Broker
+	bridge   *server.MQTTBridge
+	fleet    paho.Client
+	verifier *release.Verifier
+
+	predictions, alerts atomic.Int64
+
+	mu         sync.Mutex
+	st         status.Status
+	fleetRel   *release.Release // latest accepted model release
+	pinRel     *release.Release // latest accepted per-truck pin, if any
+	online     bool
+	offline    chan struct{} // closed when the fleet link drops
+	lastSerial int64
+	updated    time.Time // when the last update committed
+
+	wake      chan struct{}
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
+	closeOnce sync.Once
+}
+
+// New checks cfg and prepares an agent; Start runs it.
+func New(cfg Config) (*Agent, error) {
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("agent config: %w", err)
+	}
+	store, err := update.OpenStore(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	a := &Agent{
+		cfg: cfg, log: cfg.Logger.With("truck", cfg.Truck), store: store,
+		slot: &inference.Slot{}, reg: prometheus.NewRegistry(),
+		verifier: &release.Verifier{Keys: cfg.Keys, MaxSkew: cfg.MaxClockSkew},
+		wake:     make(chan struct{}, 1), offline: make(chan struct{}),
+	}
+	close(a.offline) // offline until the first connect
+	a.srv = server.New(server.Config{Addr: cfg.HTTP, Logger: a.log}, a.slot, a.reg)
+	rt := inprocess.New(a.slot, inference.Options{IntraOpThreads: cfg.Inference.Threads}, cfg.Inference.Batch, a.srv.ObserveBatch)
+	a.machine = &update.Machine{Store: store, Runtime: rt, Fetch: fetchArtifact(a.log), Permanent: permanentFetchError,
+		Probation: cfg.Probation, Log: a.log, OnChange: a.onRecord}
+	a.st = status.Status{Schema: status.Schema, Truck: cfg.Truck, Model: cfg.Model, Phase: string(update.Idle), Agent: "linkedge"}
+	return a, nil
+}
+
+// Start brings the agent up and returns once it serves locally (when a
+// committed model exists) and has begun connecting to the fleet broker.
+func (a *Agent) Start(ctx context.Context) (err error) {
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	a.cancel = cancel
+	defer func() {
+		if err != nil {
+			a.Close()
+		}
+	}()
+	if err := inference.Init(ctx, ""); err != nil {
+		return err
+	}
+	if f, err := a.store.Fleet(); err != nil {
+		a.log.Error("boot: fleet state unreadable; accepting the next valid release", "err", err)
+	} else {
+		a.lastSerial = f.LastSerial
+		a.st.Serial = f.LastSerial
+	}
+	serving, err := a.machine.Boot(ctx)
+	if err != nil {
+		a.log.Error("boot: agent state is unreadable; starting without a model", "err", err)
+		a.setError(err.Error())
+	}
+	if serving != nil {
+		a.setVersion(serving.Version, serving.Serial)
+		a.log.Info("serving committed model", "model", serving.Model, "version", serving.Version)
+	}
+	if err := a.srv.Start(); err != nil {
+		return err
+	}
+	if err := a.startLocalBus(ctx); err != nil {
+		return err
+	}
+	a.fleet = paho.NewClient(a.fleetOptions())
+	a.fleet.Connect() // retries in the background; online/offline handlers drive the rest
+	a.wg.Add(2)
+	go a.updater(runCtx)
+	go a.heartbeat(runCtx)
+	a.kick()
+	return nil
+}
+
+func (a *Agent) startLocalBus(ctx context.Context) error {
+	url := a.cfg.LocalBroker.External
+	if a.cfg.LocalBroker.Listen != "off" {
+		b, err := broker.New(broker.Config{Listen: a.cfg.LocalBroker.Listen, DataDir: a.cfg.LocalBroker.DataDir, HTTPListen: "", Logger: a.log.With("part", "local-broker")})
+		if err != nil {
+			return fmt.Errorf("local broker: %w", err)
+		}
+		if err := b.Start(ctx); err != nil {
+			return fmt.Errorf("local broker: %w", err)
+		}
+		a.local = b
+		url = "tcp://" + b.Addr()
+	}
+	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	br, err := server.StartMQTT(cctx, server.MQTTConfig{
+		Broker: url, ClientID: "linkedge-agent-" + a.cfg.Truck,
+		ReadingsTopic: topics.LocalReadings(a.cfg.Model), PredictionsTopic: topics.LocalPredictions(a.cfg.Model),
+		ErrorsTopic: topics.Prefix + "/local/" + a.cfg.Model + "/errors",
+		OnPrediction: a.onPrediction, Logger: a.log, Registerer: a.reg,
+	}, a.slot)
+	if err != nil {
+		return fmt.Errorf("local bus: %w", err)
+	}
+	a.bridge = br
+	return nil
+}
+
+func (a *Agent) onPrediction(p server.PredictionMessage) {
+	a.predictions.Add(1)
+	if e := a.slot.Current(); e != nil && p.Label == e.Model().Meta().Labels[1] {
+		a.alerts.Add(1)
+	}
+}
+
+// Close stops the agent: it reports itself offline, stops the updater (an
+// update in flight pauses and resumes at the next start), the MQTT bridge,
+// the HTTP server (requests in flight finish) and the local broker. It is
+// idempotent.
+func (a *Agent) Close() error {
+	a.closeOnce.Do(func() {
+		if a.cancel != nil {
+			a.cancel()
+		}
+		a.wg.Wait()
+		if a.fleet != nil {
+			if a.fleet.IsConnectionOpen() {
+				a.mu.Lock()
+				a.st.Online = false
+				a.mu.Unlock()
+				a.publishStatus()
+			}
+			a.fleet.Disconnect(250)
+		}
+		if a.bridge != nil {
+			a.bridge.Close()
+		}
+		a.srv.Shutdown(context.Background())
+		if a.local != nil {
+			a.local.Close()
+		}
+		a.slot.Close()
+	})
+	return nil
+}
+
+// HTTPAddr is the bound inference address.
+func (a *Agent) HTTPAddr() string { return a.srv.Addr() }
+
+// LocalBrokerAddr is the embedded local broker's address ("" when external).
+func (a *Agent) LocalBrokerAddr() string {
+	if a.local == nil {
+		return ""
+	}
+	return a.local.Addr()
+}
+
+// Registry holds the agent's Prometheus metrics.
+func (a *Agent) Registry() *prometheus.Registry { return a.reg }
+
+// Status returns the agent's current status document.
+func (a *Agent) Status() status.Status {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	s := a.st
+	s.Predictions, s.Alerts = a.predictions.Load(), a.alerts.Load()
+	return s
+}
+
+// LastUpdate is when the last update committed (zero if none since start).
+func (a *Agent) LastUpdate() time.Time {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.updated
+}
+
+func (a *Agent) kick() {
+	select {
+	case a.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (a *Agent) setVersion(v, serial int64) {
+	a.mu.Lock()
+	a.st.Version = v
+	if serial > a.st.Serial {
+		a.st.Serial = serial
+	}
+	a.mu.Unlock()
+}
+
+func (a *Agent) setError(msg string) {
+	a.mu.Lock()
+	a.st.LastError = msg
+	a.mu.Unlock()
+}

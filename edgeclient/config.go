@@ -1,0 +1,169 @@
+package edgeclient
+
+import (
+	"bytes"
+	"crypto/ed25519"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/linkedge/linkedge/inference"
+	"github.com/linkedge/linkedge/internal/release"
+	"github.com/linkedge/linkedge/internal/topics"
+)
+
+// Config is the truck agent's configuration (truck.yaml). Zero values take
+// the defaults documented on each field.
+type Config struct {
+	// Truck is this truck's id: 1-64 of [A-Za-z0-9._-]. Required.
+	Truck string `yaml:"truck"`
+	// Groups the truck belongs to; a release's canary may target them.
+	Groups []string `yaml:"groups"`
+	// Model is the model this agent keeps current and serves. Required.
+	Model string `yaml:"model"`
+	// DataDir holds the agent's state and downloaded bundles. Default
+	// /var/lib/linkedge.
+	DataDir string `yaml:"data_dir"`
+	// TrustedKeys are the publisher public key files (PEM) whose signatures
+	// the truck accepts. At least one is required: an unsigned or
+	// unknown-key release is refused.
+	TrustedKeys []string `yaml:"trusted_keys"`
+	// Fleet is the connection to the fleet broker.
+	Fleet FleetConfig `yaml:"fleet"`
+	// HTTP is the stable local inference address. Default 127.0.0.1:8080.
+	HTTP string `yaml:"http"`
+	// LocalBroker is the truck's own MQTT bus.
+	LocalBroker LocalBrokerConfig `yaml:"local_broker"`
+	// Inference tunes the model runtime and the micro-batcher.
+	Inference InferenceConfig `yaml:"inference"`
+	// Probation is how long a new version serves before it is committed;
+	// a failed request or health check in that time rolls back. Default 10s.
+	Probation time.Duration `yaml:"probation"`
+	// StatusInterval is how often the truck reports status while online,
+	// even when nothing changed, so "last seen" stays honest. Default 30s.
+	StatusInterval time.Duration `yaml:"status_interval"`
+	// MaxClockSkew tolerated when checking a release's validity. Default 5m.
+	MaxClockSkew time.Duration `yaml:"max_clock_skew"`
+
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger `yaml:"-"`
+	// Keys, when set, are used instead of reading TrustedKeys (for
+	// embedding the agent, as the demo does).
+	Keys []ed25519.PublicKey `yaml:"-"`
+}
+
+// FleetConfig is the fleet broker connection.
+type FleetConfig struct {
+	// Broker URL, e.g. tcp://fleet.example.com:1883 or ssl://…:8883. Required.
+	Broker   string `yaml:"broker"`
+	Username string `yaml:"username"`
+	Password string `yaml:"password"`
+	// KeepAlive default 30s; a dead cellular link is noticed within ~1.5×.
+	KeepAlive time.Duration `yaml:"keep_alive"`
+	// MaxReconnectInterval bounds the reconnect backoff. Default 30s.
+	MaxReconnectInterval time.Duration `yaml:"max_reconnect_interval"`
+}
+
+// LocalBrokerConfig is the truck-local MQTT bus.
+type LocalBrokerConfig struct {
+	// Listen runs an embedded broker on this address. Default
+	// 127.0.0.1:1883. Set "off" to use External instead.
+	Listen string `yaml:"listen"`
+	// External is the URL of a local broker that already runs on the truck
+	// (used when Listen is "off").
+	External string `yaml:"external"`
+	// DataDir persists the embedded broker; empty keeps it in memory.
+	DataDir string `yaml:"data_dir"`
+}
+
+// InferenceConfig tunes serving.
+type InferenceConfig struct {
+	Threads int                   `yaml:"threads"`
+	Batch   inference.BatchConfig `yaml:"batch"`
+}
+
+// LoadConfig reads truck.yaml strictly: an unknown key is an error, so a
+// typo cannot silently leave a setting at its default.
+func LoadConfig(path string) (Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return Config{}, fmt.Errorf("read agent config: %w", err)
+	}
+	var c Config
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil {
+		return Config{}, fmt.Errorf("agent config %s: %w", path, err)
+	}
+	return c, nil
+}
+
+func (c *Config) setDefaults() {
+	if c.DataDir == "" {
+		c.DataDir = "/var/lib/linkedge"
+	}
+	if c.HTTP == "" {
+		c.HTTP = "127.0.0.1:8080"
+	}
+	if c.LocalBroker.Listen == "" {
+		c.LocalBroker.Listen = "127.0.0.1:1883"
+	}
+	if c.Probation <= 0 {
+		c.Probation = 10 * time.Second
+	}
+	if c.StatusInterval <= 0 {
+		c.StatusInterval = 30 * time.Second
+	}
+	if c.MaxClockSkew <= 0 {
+		c.MaxClockSkew = 5 * time.Minute
+	}
+	if c.Fleet.KeepAlive <= 0 {
+		c.Fleet.KeepAlive = 30 * time.Second
+	}
+	if c.Fleet.MaxReconnectInterval <= 0 {
+		c.Fleet.MaxReconnectInterval = 30 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+}
+
+// Validate checks the configuration and loads the trusted keys.
+func (c *Config) Validate() error {
+	var errs []error
+	if err := topics.ValidID(c.Truck); err != nil {
+		errs = append(errs, fmt.Errorf("truck: %w", err))
+	}
+	if err := topics.ValidID(c.Model); err != nil {
+		errs = append(errs, fmt.Errorf("model: %w", err))
+	}
+	for _, g := range c.Groups {
+		if err := topics.ValidID(g); err != nil {
+			errs = append(errs, fmt.Errorf("groups: %w", err))
+		}
+	}
+	if c.Fleet.Broker == "" {
+		errs = append(errs, errors.New("fleet.broker is required, e.g. tcp://fleet.example.com:1883"))
+	}
+	if c.LocalBroker.Listen == "off" && c.LocalBroker.External == "" {
+		errs = append(errs, errors.New(`local_broker: with listen "off", set external to the truck's broker URL`))
+	}
+	if len(c.Keys) == 0 {
+		if len(c.TrustedKeys) == 0 {
+			errs = append(errs, errors.New("trusted_keys: list at least one publisher public key; the truck runs only signed releases"))
+		}
+		for _, p := range c.TrustedKeys {
+			k, err := release.ReadPublicKeyFile(p)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("trusted_keys: %w", err))
+				continue
+			}
+			c.Keys = append(c.Keys, k)
+		}
+	}
+	return errors.Join(errs...)
+}

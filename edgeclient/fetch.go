@@ -1,0 +1,30 @@
+package edgeclient
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+
+	"github.com/linkedge/linkedge/edgeclient/update"
+	"github.com/linkedge/linkedge/internal/download"
+)
+
+// fetchArtifact downloads a release's bundle with resume and verification.
+// It retries transient failures for as long as ctx lives; the agent ends ctx
+// when the truck goes offline, and the partial file waits for the next link.
+func fetchArtifact(log *slog.Logger) update.FetchFunc {
+	return func(ctx context.Context, t update.Target, dst string, progress func(done, total int64)) error {
+		return download.Fetch(ctx, t.Artifact.URL, dst, t.Artifact.Size, t.Artifact.SHA256,
+			download.Options{Progress: progress, Logger: log.With("part", "download", "version", t.Version)})
+	}
+}
+
+// permanentFetchError reports download errors that retrying cannot fix: a
+// digest or size mismatch, a 404. The update fails and the artifact is
+// remembered as bad.
+func permanentFetchError(err error) bool {
+	if errors.Is(err, download.ErrDigestMismatch) || errors.Is(err, download.ErrSizeMismatch) || errors.Is(err, download.ErrTooLarge) {
+		return true
+	}
+	return errors.Is(err, download.ErrHTTPStatus) && !download.Retryable(err)
+}

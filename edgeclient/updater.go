@@ -1,0 +1,172 @@
+package edgeclient
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/linkedge/linkedge/edgeclient/update"
+	"github.com/linkedge/linkedge/internal/release"
+	"github.com/linkedge/linkedge/internal/status"
+)
+
+// retryAfter is how long the updater waits before it retries a target whose
+// update failed for a reason that may pass (the agent stays on its version
+// meanwhile).
+const retryAfter = 30 * time.Second
+
+// updater is the one goroutine that runs updates. It wakes on a new
+// release, on a reconnect, and on a retry timer; each time it works out the
+// target and, while online, runs the state machine towards it.
+func (a *Agent) updater(ctx context.Context) {
+	defer a.wg.Done()
+	retry := time.NewTimer(time.Hour)
+	retry.Stop()
+	defer retry.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-a.wake:
+		case <-retry.C:
+		}
+		for ctx.Err() == nil {
+			t, ok := a.wanted()
+			if !ok {
+				break
+			}
+			octx, cancel, online := a.whileOnline(ctx)
+			if !online {
+				cancel()
+				a.log.Info("update waits for the fleet link", "version", t.Version)
+				break
+			}
+			a.publishEvent(status.Event{Kind: status.EventUpdateStarted, Version: t.Version, Serial: t.Serial})
+			rec, err := a.machine.Apply(octx, t)
+			cancel()
+			a.finished(t, rec, err)
+			if errors.Is(err, update.ErrInterrupted) {
+				break
+			}
+			if err != nil {
+				retry.Reset(retryAfter)
+				break
+			}
+		}
+	}
+}
+
+// wanted returns the target the truck should move to, if it is not there.
+func (a *Agent) wanted() (update.Target, bool) {
+	a.mu.Lock()
+	r := a.pinRel
+	if r == nil {
+		r = a.fleetRel
+	}
+	a.mu.Unlock()
+	var t update.Target
+	switch {
+	case r != nil:
+		tg, canary := r.TargetFor(a.cfg.Truck, a.cfg.Groups)
+		t = update.Target{Model: r.Model, Serial: r.Serial, Version: tg.Version, Artifact: tg.Artifact, Runtime: tg.Runtime, Canary: canary}
+	case a.machine.Pending() != nil:
+		// An update interrupted by a restart, resumed from its record.
+		t = a.machine.Pending().Target
+	default:
+		return t, false
+	}
+	a.mu.Lock()
+	a.st.Desired = t.Version
+	a.mu.Unlock()
+	if c := a.machine.Runtime.Serving(); c != nil && t.Same(c.Spec()) {
+		return t, false
+	}
+	if t.Runtime.Kind != "" && t.Runtime.Kind != release.RuntimeInProcess {
+		a.setError(fmt.Sprintf("version %d needs runtime %q, which this agent does not run; staying on the current version", t.Version, t.Runtime.Kind))
+		return t, false
+	}
+	if f, failed := a.store.Failed(t.Artifact.SHA256); failed && f.Attempts >= 3 {
+		a.setError(fmt.Sprintf("version %d was given up after %d attempts: %s", t.Version, f.Attempts, f.Reason))
+		return t, false
+	}
+	return t, true
+}
+
+// whileOnline returns a context that ends when the fleet link drops, and
+// whether the link is up now. Downloads run only while online; a drop
+// pauses them and the next connect resumes them.
+func (a *Agent) whileOnline(ctx context.Context) (context.Context, context.CancelFunc, bool) {
+	a.mu.Lock()
+	online, offline := a.online, a.offline
+	a.mu.Unlock()
+	octx, cancel := context.WithCancel(ctx)
+	if !online {
+		return octx, cancel, false
+	}
+	go func() {
+		select {
+		case <-offline:
+			cancel()
+		case <-octx.Done():
+		}
+	}()
+	return octx, cancel, true
+}
+
+// onRecord mirrors the state machine into the status, and reports it.
+func (a *Agent) onRecord(r update.Record) {
+	a.mu.Lock()
+	a.st.Phase = string(r.Phase)
+	a.st.Desired = r.Target.Version
+	a.st.Downloaded, a.st.Total = r.Downloaded, r.Total
+	if r.Error != "" {
+		a.st.LastError = r.Error
+	}
+	if r.Phase == update.Probation || r.Phase == update.Committed {
+		a.st.Version = r.Target.Version
+	}
+	if r.Phase == update.RolledBack && r.From != nil {
+		a.st.Version = r.From.Version
+	}
+	a.mu.Unlock()
+	a.publishStatus()
+}
+
+func (a *Agent) finished(t update.Target, rec update.Record, err error) {
+	switch {
+	case err == nil:
+		a.mu.Lock()
+		a.st.LastError = ""
+		a.updated = time.Now()
+		a.mu.Unlock()
+		a.publishEvent(status.Event{Kind: status.EventUpdateCommitted, Version: t.Version, Serial: t.Serial})
+	case errors.Is(err, update.ErrInterrupted):
+		a.log.Info("update paused", "version", t.Version, "phase", rec.Phase, "reason", err)
+	case rec.Phase == update.RolledBack:
+		a.publishEvent(status.Event{Kind: status.EventRolledBack, Version: t.Version, Serial: t.Serial, Detail: err.Error()})
+	default:
+		a.setError(err.Error())
+		a.publishEvent(status.Event{Kind: status.EventUpdateFailed, Version: t.Version, Serial: t.Serial, Detail: err.Error()})
+	}
+	if c := a.machine.Runtime.Serving(); c != nil {
+		a.setVersion(c.Spec().Version, 0)
+	}
+	a.publishStatus()
+}
+
+// heartbeat reports status every StatusInterval while online, so that
+// last_seen tells the truth about an idle truck.
+func (a *Agent) heartbeat(ctx context.Context) {
+	defer a.wg.Done()
+	t := time.NewTicker(a.cfg.StatusInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			a.publishStatus()
+		}
+	}
+}

@@ -1,0 +1,95 @@
+package download
+
+import (
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+)
+
+// Options tune Fetch. The zero value is ready to use.
+type Options struct {
+	// Client sends the requests. Default: a client that gives up on a
+	// connect after 10s and on response headers after 30s, but has no
+	// overall timeout: a large model over a slow link may take hours, and
+	// a hung transfer is caught by StallTimeout instead.
+	Client *http.Client
+
+	// MinBackoff and MaxBackoff bound the jittered exponential wait between
+	// attempts (defaults 500ms and 30s). The wait starts again from
+	// MinBackoff after any attempt that received bytes, because on cellular
+	// a drop after progress is the normal case, not a sign of overload.
+	// A server's Retry-After is honoured, up to MaxBackoff, so a
+	// misconfigured server cannot park a truck for the rest of its
+	// online window.
+	MinBackoff, MaxBackoff time.Duration
+
+	// MaxAttempts caps the HTTP requests of one call; 0 means retry until
+	// the context is done (the caller cancels when the truck goes offline).
+	MaxAttempts int
+
+	// StallTimeout aborts an attempt that receives no byte (headers
+	// included) for this long, and retries it (default 60s). A TCP
+	// connection over cellular can hang without ever failing.
+	StallTimeout time.Duration
+
+	// Progress, if set, is called with the bytes held so far and the total
+	// size: once at the start (showing what was resumed), at most every
+	// ~100ms while bytes arrive, and once at the end. It runs on the
+	// goroutine that called Fetch, between reads, so it must be quick.
+	Progress func(done, total int64)
+
+	// Logger receives one line per retry, restart and completion. Default:
+	// discard. URLs are logged without their query string.
+	Logger *slog.Logger
+}
+
+const (
+	defaultMinBackoff   = 500 * time.Millisecond
+	defaultMaxBackoff   = 30 * time.Second
+	defaultStallTimeout = 60 * time.Second
+	progressInterval    = 100 * time.Millisecond
+)
+
+func (o Options) withDefaults() Options {
+	if o.Client == nil {
+		o.Client = defaultClient()
+	}
+	if o.MinBackoff <= 0 {
+		o.MinBackoff = defaultMinBackoff
+	}
+	if o.MaxBackoff <= 0 {
+		o.MaxBackoff = defaultMaxBackoff
+	}
+	if o.MaxBackoff < o.MinBackoff {
+		o.MaxBackoff = o.MinBackoff
+	}
+	if o.StallTimeout <= 0 {
+		o.StallTimeout = defaultStallTimeout
+	}
+	if o.MaxAttempts < 0 {
+		o.MaxAttempts = 0
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	return o
+}
+
+// defaultClient is shared by all calls so that connections are reused.
+var defaultClient = sync.OnceValue(func() *http.Client {
+	t, ok := http.DefaultTransport.(*http.Transport)
+	if ok {
+		t = t.Clone()
+	} else {
+		t = &http.Transport{Proxy: http.ProxyFromEnvironment}
+	}
+	t.DialContext = (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext
+	t.TLSHandshakeTimeout = 10 * time.Second
+	t.ResponseHeaderTimeout = 30 * time.Second
+	// An HTTP/2 connection that went silent would otherwise be reused by
+	// the next attempt and stall again; pings detect it.
+	t.HTTP2 = &http.HTTP2Config{SendPingTimeout: 30 * time.Second, PingTimeout: 15 * time.Second}
+	return &http.Client{Transport: t}
+})

@@ -1,0 +1,138 @@
+package download
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParseContentRange(t *testing.T) {
+	cases := []struct {
+		in                 string
+		first, last, total int64
+		ok                 bool
+	}{
+		{"bytes 0-499/1234", 0, 499, 1234, true},
+		{"bytes 500-1233/1234", 500, 1233, 1234, true},
+		{"bytes 500-1233/*", 500, 1233, -1, true},
+		{"bytes */1234", -1, -1, 1234, true},
+		{"bytes */*", -1, -1, -1, false},
+		{"bytes 500-1234/1234", -1, -1, -1, false}, // last beyond total
+		{"bytes 5-4/10", -1, -1, -1, false},
+		{"bytes -1-4/10", -1, -1, -1, false},
+		{"bytes +1-4/10", -1, -1, -1, false},
+		{"bytes 1-4/-10", -1, -1, -1, false},
+		{"items 0-4/10", -1, -1, -1, false},
+		{"bytes 0-4", -1, -1, -1, false},
+		{"bytes 0-99999999999999999999/10", -1, -1, -1, false},
+		{"", -1, -1, -1, false},
+	}
+	for _, tc := range cases {
+		f, l, tot, ok := parseContentRange(tc.in)
+		if f != tc.first || l != tc.last || tot != tc.total || ok != tc.ok {
+			t.Errorf("parseContentRange(%q) = %d, %d, %d, %v; want %d, %d, %d, %v",
+				tc.in, f, l, tot, ok, tc.first, tc.last, tc.total, tc.ok)
+		}
+	}
+}
+
+func TestParseRetryAfter(t *testing.T) {
+	now := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
+	cases := []struct {
+		in   string
+		want time.Duration
+	}{
+		{"", 0},
+		{"1", time.Second},
+		{"120", 2 * time.Minute},
+		{"0", 0},
+		{"-5", 0},
+		{"soon", 0},
+		{"99999999999999999999", 0},
+		{now.Add(30 * time.Second).Format(http.TimeFormat), 30 * time.Second},
+		{now.Add(-time.Hour).Format(http.TimeFormat), 0},
+	}
+	for _, tc := range cases {
+		if got := parseRetryAfter(tc.in, now); got != tc.want {
+			t.Errorf("parseRetryAfter(%q) = %v, want %v", tc.in, got, tc.want)
+		}
+	}
+}
+
+func TestRetryable(t *testing.T) {
+	cases := []struct {
+		name string
+		err  error
+		want bool
+	}{
+		{"nil", nil, false},
+		{"503", &HTTPStatusError{StatusCode: 503}, true},
+		{"429 wrapped", fmt.Errorf("x: %w", &HTTPStatusError{StatusCode: 429}), true},
+		{"408", &HTTPStatusError{StatusCode: 408}, true},
+		{"404", &HTTPStatusError{StatusCode: 404}, false},
+		{"416", &HTTPStatusError{StatusCode: 416}, false},
+		{"connection", transient(io.ErrUnexpectedEOF), true},
+		{"stall", fmt.Errorf("a: %w", transient(ErrStalled)), true},
+		{"digest", fmt.Errorf("a: %w", ErrDigestMismatch), false},
+		{"size", ErrSizeMismatch, false},
+		{"too large", ErrTooLarge, false},
+		{"canceled", fmt.Errorf("a: %w", context.Canceled), false},
+		{"deadline", context.DeadlineExceeded, false},
+		{"disk", &os.PathError{Op: "write", Path: "x", Err: errors.New("no space left on device")}, false},
+	}
+	for _, tc := range cases {
+		if got := Retryable(tc.err); got != tc.want {
+			t.Errorf("%s: Retryable(%v) = %v, want %v", tc.name, tc.err, got, tc.want)
+		}
+	}
+}
+
+func TestHTTPStatusErrorMessage(t *testing.T) {
+	e := &HTTPStatusError{StatusCode: 404, URL: "https://h/m"}
+	if got := e.Error(); got != "GET https://h/m: 404 Not Found" {
+		t.Errorf("Error() = %q", got)
+	}
+	if !errors.Is(e, ErrHTTPStatus) {
+		t.Error("errors.Is(e, ErrHTTPStatus) = false")
+	}
+}
+
+func TestRedact(t *testing.T) {
+	u, _ := url.Parse("https://user:pw@bucket.s3.example/models/m.tar.gz?X-Amz-Signature=secret#frag")
+	got := redact(u)
+	if got != "https://bucket.s3.example/models/m.tar.gz" {
+		t.Errorf("redact = %q", got)
+	}
+	if !strings.Contains(u.String(), "secret") {
+		t.Error("redact modified its argument")
+	}
+}
+
+func TestBackoff(t *testing.T) {
+	b := backoff{min: 100 * time.Millisecond, max: time.Second}
+	ceilings := []time.Duration{100, 200, 400, 800, 1000, 1000}
+	for i := range ceilings {
+		ceil := ceilings[i] * time.Millisecond
+		for range 50 {
+			b.n = i
+			if d := b.next(); d < ceil/2 || d > ceil {
+				t.Fatalf("attempt %d: wait %v outside [%v, %v]", i, d, ceil/2, ceil)
+			}
+		}
+	}
+	b.n = 1000 // no overflow after very many attempts
+	if d := b.next(); d < 500*time.Millisecond || d > time.Second {
+		t.Fatalf("after many attempts: %v", d)
+	}
+	b.reset()
+	if d := b.next(); d > 100*time.Millisecond {
+		t.Fatalf("after reset: %v", d)
+	}
+}
