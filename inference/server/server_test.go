@@ -315,3 +315,47 @@ func TestShutdownFinishesInFlight(t *testing.T) {
 	}
 	srv.Shutdown(ctx) // idempotent
 }
+
+// BenchmarkInvocationsHandler measures the handler's own cost per
+// single-row CSV request, without sockets.
+func BenchmarkInvocationsHandler(b *testing.B) {
+	t := &testing.T{}
+	_ = t
+	slot := &inference.Slot{}
+	srv := server.New(server.Config{}, slot, nil)
+	if err := inference.Init(context.Background(), ""); err != nil {
+		b.Fatal(err)
+	}
+	bun, _ := bundle.Read(bytes.NewReader(apsmodels.V2()), bundle.Limits{})
+	m, err := inference.Load(context.Background(), bun, inference.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	slot.Swap(inference.NewEngine(m, inference.BatchConfig{}, srv.ObserveBatch), 0)
+	defer slot.Close()
+	var sb strings.Builder
+	for i, v := range bun.Meta.Golden[0].Features {
+		if i > 0 {
+			sb.WriteByte(',')
+		}
+		if v != v {
+			sb.WriteString("na")
+		} else {
+			sb.WriteString(strconv.FormatFloat(float64(v), 'g', -1, 32))
+		}
+	}
+	row := sb.String()
+	h := srv.Handler()
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			req := httptest.NewRequest("POST", "/invocations", strings.NewReader(row))
+			req.Header.Set("Content-Type", "text/csv")
+			w := httptest.NewRecorder()
+			h.ServeHTTP(w, req)
+			if w.Code != 200 {
+				b.Fatal(w.Code)
+			}
+		}
+	})
+}
