@@ -4,11 +4,11 @@ import "github.com/spf13/cobra"
 
 // addLaterCommands adds the fleet commands (broker, keys, publisher, agent,
 // demo) to root.
-func addLaterCommands(root *cobra.Command) {}
+func addLaterCommands(root *cobra.Command) {
+	root.AddCommand(newKeysCmd(), newBrokerCmd(), newAgentCmd(), newPublisherCmd(), newPublishCmd(), newRegistryCmd())
+}
 
 // addToolkitTrainCommands adds the APS demo model commands under toolkit.
-func addToolkitTrainCommands(toolkit *cobra.Command) {}
-
-func newBenchCmd() *cobra.Command {
-	return &cobra.Command{Use: "bench", Short: "Measure inference and fleet performance"}
+func addToolkitTrainCommands(toolkit *cobra.Command) {
+	toolkit.AddCommand(newToolkitTrainCmd(), newToolkitGenCmd())
 }

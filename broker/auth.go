@@ -1,0 +1,117 @@
+package broker
+
+import (
+	"bytes"
+	"log/slog"
+	"sync/atomic"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+	"golang.org/x/crypto/bcrypt"
+)
+
+var _ mqtt.Hook = (*authHook)(nil)
+
+// authHook authenticates connections against the users file and enforces the
+// role ACL (aclAllows). With no users it admits everyone, because mochi
+// refuses every connection unless some hook approves it.
+type authHook struct {
+	mqtt.HookBase
+
+	users   map[string]User // nil: anonymous access; read-only after New
+	clients *mqtt.Clients   // the server's sessions, for takeover checks
+	log     *slog.Logger
+
+	// dummyHash is compared against when the username is unknown, so an
+	// unknown user costs as much bcrypt time as a wrong password and the
+	// response time does not reveal which usernames exist.
+	dummyHash []byte
+
+	authFailures atomic.Int64
+	aclDenied    [2]atomic.Int64 // indexed by aclIndex(write)
+}
+
+func newAuthHook(users map[string]User, clients *mqtt.Clients, log *slog.Logger) *authHook {
+	h := &authHook{users: users, clients: clients, log: log}
+	maxCost := -1
+	for _, u := range users {
+		// The costliest hash stands in for unknown users; see dummyHash.
+		if c, err := bcrypt.Cost([]byte(u.PasswordHash)); err == nil && c > maxCost {
+			maxCost, h.dummyHash = c, []byte(u.PasswordHash)
+		}
+	}
+	return h
+}
+
+// ID implements mqtt.Hook.
+func (h *authHook) ID() string { return "linkedge-auth" }
+
+// Provides implements mqtt.Hook.
+func (h *authHook) Provides(b byte) bool {
+	return b == mqtt.OnConnectAuthenticate || b == mqtt.OnACLCheck
+}
+
+// OnConnectAuthenticate implements mqtt.Hook.
+func (h *authHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
+	// mochi's in-process client is registered under this id; a network
+	// client using it would take over (and break) the embedding program's
+	// inline publishing and subscriptions.
+	if cl.ID == mqtt.InlineClientId {
+		return h.refuse(cl, "client id reserved for in-process use")
+	}
+	if h.users == nil {
+		return true
+	}
+	name := string(pk.Connect.Username)
+	u, known := h.users[name]
+	hash := h.dummyHash
+	if known {
+		hash = []byte(u.PasswordHash)
+	}
+	if bcrypt.CompareHashAndPassword(hash, pk.Connect.Password) != nil || !known {
+		return h.refuse(cl, "bad username or password")
+	}
+	// mochi publishes a client's last will without any ACL check, so a
+	// truck could otherwise plant a retained "model release" as its will.
+	if pk.Connect.WillFlag && !aclAllows(u, pk.Connect.WillTopic, true) {
+		return h.refuse(cl, "last will topic not permitted")
+	}
+	// A client id names a session, and taking a session over inherits its
+	// subscriptions and queued messages. Only the user who created a session
+	// may resume it, so one truck cannot drain (or kick off) another's.
+	if existing, ok := h.clients.Get(cl.ID); ok && !bytes.Equal(existing.Properties.Username, pk.Connect.Username) {
+		return h.refuse(cl, "client id belongs to another user's session")
+	}
+	return true
+}
+
+func (h *authHook) refuse(cl *mqtt.Client, reason string) bool {
+	h.authFailures.Add(1)
+	h.log.Warn("mqtt connection refused", "reason", reason, "client", cl.ID,
+		"username", string(cl.Properties.Username), "remote", cl.Net.Remote)
+	return false
+}
+
+// OnACLCheck implements mqtt.Hook. mochi calls it for each publish (write),
+// each subscription filter and each delivery (read).
+func (h *authHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
+	if h.users == nil {
+		return true
+	}
+	// Looked up on every check rather than cached on the client, so a session
+	// restored from storage for a user no longer in the file gets nothing.
+	u, ok := h.users[string(cl.Properties.Username)]
+	if ok && aclAllows(u, topic, write) {
+		return true
+	}
+	h.aclDenied[aclIndex(write)].Add(1)
+	h.log.Debug("mqtt acl denied", "client", cl.ID, "username", string(cl.Properties.Username), "topic", topic, "write", write)
+	return false
+}
+
+func aclIndex(write bool) int {
+	if write {
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,188 @@
+package broker
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"net"
+	"os"
+	"strconv"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Defaults applied by Config.setDefaults (and, for HTTPListen, by
+// DefaultConfig).
+const (
+	// DefaultListen is the MQTT TCP address used when Config.Listen is empty.
+	DefaultListen = "127.0.0.1:1883"
+
+	// DefaultHTTPListen is the health/metrics address set by DefaultConfig.
+	// It deliberately avoids 8080, the inference server's port.
+	DefaultHTTPListen = "127.0.0.1:9883"
+
+	// DefaultMaxMessageExpiry is how long an undelivered message, a retained
+	// message and a disconnected persistent session are kept: long enough for
+	// a truck parked out of coverage for weeks.
+	DefaultMaxMessageExpiry = 90 * 24 * time.Hour
+)
+
+// Config configures one Broker. The zero value is usable: it listens on
+// DefaultListen, keeps everything in memory, serves no HTTP endpoint and
+// allows anonymous access. DefaultConfig returns the values the CLI and YAML
+// config files start from.
+type Config struct {
+	// Listen is the MQTT TCP address (host:port). Default "127.0.0.1:1883".
+	// Port 0 picks a free port; Broker.Addr reports the bound address.
+	Listen string `yaml:"listen" json:"listen"`
+
+	// DataDir holds the broker's bolt database (file "broker.db"). Empty
+	// (the default) means in-memory only: everything is lost on restart.
+	// With a DataDir, retained messages, persistent sessions, their
+	// subscriptions and their queued QoS>0 messages survive a restart.
+	DataDir string `yaml:"data_dir" json:"data_dir"`
+
+	// MaxMessageExpiry caps how long messages are kept before delivery, how
+	// long retained messages live, and how long a disconnected persistent
+	// session is kept. Default 90 days (2160h); must be at least 1s.
+	MaxMessageExpiry time.Duration `yaml:"max_message_expiry" json:"max_message_expiry"`
+
+	// HTTPListen is the address of the health (/healthz) and Prometheus
+	// (/metrics) endpoint. DefaultConfig, YAML config files and the CLI
+	// default it to "127.0.0.1:9883". The empty string disables the
+	// endpoint, so a Config literal that leaves it out gets no HTTP server,
+	// which is what brokers embedded several to a process want.
+	HTTPListen string `yaml:"http_listen" json:"http_listen"`
+
+	// TLSCert and TLSKey are PEM file paths. When both are set the MQTT
+	// listener speaks TLS (1.2 or later) only. Default: both empty, plain TCP.
+	TLSCert string `yaml:"tls_cert" json:"tls_cert"`
+	TLSKey  string `yaml:"tls_key" json:"tls_key"`
+
+	// UsersFile is a YAML file of users with bcrypt password hashes and
+	// roles (see docs/broker.md). Empty (the default) allows anonymous
+	// access to every topic.
+	UsersFile string `yaml:"users_file" json:"users_file"`
+
+	// Logger receives the broker's logs; mochi's own logs go through it at
+	// Warn and above. Default slog.Default().
+	Logger *slog.Logger `yaml:"-" json:"-"`
+}
+
+// DefaultConfig returns the configuration the CLI and ParseConfig start
+// from: every default of setDefaults plus HTTPListen = DefaultHTTPListen.
+func DefaultConfig() Config {
+	c := Config{HTTPListen: DefaultHTTPListen}
+	c.setDefaults()
+	return c
+}
+
+// setDefaults fills the zero fields that have a default. HTTPListen is left
+// alone because its zero value means "disabled".
+func (c *Config) setDefaults() {
+	if c.Listen == "" {
+		c.Listen = DefaultListen
+	}
+	if c.MaxMessageExpiry == 0 {
+		c.MaxMessageExpiry = DefaultMaxMessageExpiry
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+}
+
+// maxExpiry is the largest expiry mochi can represent (uint32 seconds, the
+// MQTT v5 session-expiry field).
+const maxExpiry = time.Duration(math.MaxUint32) * time.Second
+
+// Validate reports configuration mistakes, wrapped in ErrInvalidConfig.
+// Zero fields are checked as if their defaults had been applied.
+func (c *Config) Validate() error {
+	cc := *c
+	cc.setDefaults()
+	var errs []error
+	if err := checkAddr(cc.Listen); err != nil {
+		errs = append(errs, fmt.Errorf("listen: %w", err))
+	}
+	if cc.HTTPListen != "" {
+		if err := checkAddr(cc.HTTPListen); err != nil {
+			errs = append(errs, fmt.Errorf("http_listen: %w", err))
+		} else if cc.HTTPListen == cc.Listen && !hasPortZero(cc.Listen) {
+			errs = append(errs, errors.New("http_listen: same address as listen"))
+		}
+	}
+	switch {
+	case cc.MaxMessageExpiry < time.Second:
+		errs = append(errs, fmt.Errorf("max_message_expiry: %s is below the 1s minimum", cc.MaxMessageExpiry))
+	case cc.MaxMessageExpiry > maxExpiry:
+		errs = append(errs, fmt.Errorf("max_message_expiry: %s exceeds the %s maximum", cc.MaxMessageExpiry, maxExpiry))
+	}
+	if (cc.TLSCert == "") != (cc.TLSKey == "") {
+		errs = append(errs, errors.New("tls_cert and tls_key must be set together"))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+	}
+	return nil
+}
+
+// checkAddr accepts host:port with a numeric port in 0-65535; the host may be
+// empty (all interfaces).
+func checkAddr(addr string) error {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("%q: %w", addr, err)
+	}
+	n, err := strconv.Atoi(port)
+	if err != nil || n < 0 || n > 65535 {
+		return fmt.Errorf("%q: port must be a number between 0 and 65535", addr)
+	}
+	return nil
+}
+
+func hasPortZero(addr string) bool {
+	_, port, err := net.SplitHostPort(addr)
+	return err == nil && port == "0"
+}
+
+// expirySeconds converts MaxMessageExpiry to whole seconds for mochi.
+func (c *Config) expirySeconds() int64 {
+	return int64(c.MaxMessageExpiry / time.Second)
+}
+
+// ParseConfig decodes a YAML broker config strictly (unknown keys are an
+// error) on top of DefaultConfig. Keys left out keep their defaults;
+// `http_listen: ""` disables the HTTP endpoint. Durations use Go syntax
+// ("2160h"). Relative paths are relative to the working directory.
+//
+// The values are not validated, so that a caller can still override them
+// (the CLI's flags do); New validates, or call Config.Validate.
+func ParseConfig(data []byte) (Config, error) {
+	cfg := DefaultConfig()
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
+		return Config{}, fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+	}
+	if err := dec.Decode(new(any)); !errors.Is(err, io.EOF) {
+		return Config{}, fmt.Errorf("%w: more than one YAML document", ErrInvalidConfig)
+	}
+	return cfg, nil
+}
+
+// LoadConfig reads and parses a YAML config file with ParseConfig.
+func LoadConfig(path string) (Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return Config{}, fmt.Errorf("read broker config: %w", err)
+	}
+	cfg, err := ParseConfig(data)
+	if err != nil {
+		return Config{}, fmt.Errorf("%s: %w", path, err)
+	}
+	return cfg, nil
+}

@@ -1,0 +1,282 @@
+package broker
+
+import (
+	"errors"
+	"strconv"
+	"strings"
+	"sync"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/hooks/storage"
+	"github.com/mochi-mqtt/server/v2/hooks/storage/bolt"
+	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/mochi-mqtt/server/v2/system"
+)
+
+// storeFile is the bolt database's file name inside Config.DataDir.
+const storeFile = "broker.db"
+
+var errStoreClosed = errors.New("broker storage closed")
+
+var _ mqtt.Hook = (*boltStore)(nil)
+
+// boltStore is mochi's bolt storage hook with the defects that matter to
+// LinkEdge fixed (mochi v2.7.9, hooks/storage/bolt):
+//
+//   - The hook saves queued (inflight) messages without their packet id, so
+//     after a restart every queued message of a session came back with id 0,
+//     overwrote the others and was resent with an invalid id. The id is still
+//     in the record's key; StoredInflightMessages puts it back.
+//   - Subscriptions and queued messages of the in-process (inline) client were
+//     saved and, after a restart, reloaded as a network session that queued
+//     every matching QoS>0 message forever. Inline session data is not saved.
+//   - Records of sessions that no longer exist (clean sessions after a crash,
+//     expired sessions) were reloaded into the topic index on every start.
+//     They are deleted while loading.
+//   - Stop could close the database while mochi's housekeeping loop or an
+//     in-process publish was still writing to it (a data race on the
+//     database pointer, which Stop sets to nil). All calls are serialised
+//     against Stop and become no-ops afterwards.
+//   - Resuming a session deleted the records of its queued messages and relied
+//     on the resend to write them again; they are now kept (OnQosDropped).
+//   - Sessions that end on disconnect (clean sessions) had every subscription
+//     and QoS handshake written and synced although they are never restored;
+//     only persistent sessions are written now.
+//   - The $SYS counters were written every second (an fsync each) only to be
+//     read back at start; they are instead recomputed from the loaded state.
+type boltStore struct {
+	*bolt.Hook
+	srv *mqtt.Server
+
+	mu         sync.RWMutex
+	closed     bool
+	persistent map[string]bool // ids of stored sessions that outlive a disconnect
+}
+
+func newBoltStore(srv *mqtt.Server) *boltStore {
+	return &boltStore{Hook: new(bolt.Hook), srv: srv}
+}
+
+// ID implements mqtt.Hook.
+func (s *boltStore) ID() string { return "linkedge-bolt" }
+
+// Provides implements mqtt.Hook.
+func (s *boltStore) Provides(b byte) bool {
+	return b != mqtt.OnSysInfoTick && s.Hook.Provides(b)
+}
+
+// Stop implements mqtt.Hook; it closes the database once.
+func (s *boltStore) Stop() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil
+	}
+	s.closed = true
+	return s.Hook.Stop()
+}
+
+// session runs fn unless the store is closed or cl is the inline client,
+// whose subscriptions are re-made by the embedding program on every start.
+func (s *boltStore) session(cl *mqtt.Client, fn func()) {
+	if cl.Net.Inline {
+		return
+	}
+	s.open(fn)
+}
+
+// persistentSession is like session but also skips clients whose session
+// ends when they disconnect: nothing of theirs is restored, so writing (and
+// syncing) their subscriptions and QoS handshakes to disk was pure cost.
+// Deletions keyed by client id (OnDisconnect, OnClientExpired) still run,
+// since a clean session may replace a stored persistent one. (An MQTT 5
+// client that lowers its session expiry to 0 in DISCONNECT leaves its
+// subscription records behind; the next start deletes them as orphans.)
+func (s *boltStore) persistentSession(cl *mqtt.Client, fn func()) {
+	if sessionEndsOnDisconnect(cl.Properties.ProtocolVersion, cl.Properties.Clean, cl.Properties.Props.SessionExpiryInterval) {
+		return
+	}
+	s.session(cl, fn)
+}
+
+// sessionEndsOnDisconnect is mochi's rule for sessions that are not kept.
+func sessionEndsOnDisconnect(version byte, clean bool, expiry uint32) bool {
+	return version < 5 && clean || version == 5 && expiry == 0
+}
+
+func (s *boltStore) open(fn func()) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if !s.closed {
+		fn()
+	}
+}
+
+// The overrides below only add the guards described on boltStore.
+
+func (s *boltStore) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
+	s.persistentSession(cl, func() { s.Hook.OnSessionEstablished(cl, pk) })
+}
+func (s *boltStore) OnWillSent(cl *mqtt.Client, pk packets.Packet) {
+	s.persistentSession(cl, func() { s.Hook.OnWillSent(cl, pk) })
+}
+func (s *boltStore) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
+	s.session(cl, func() { s.Hook.OnDisconnect(cl, err, expire) })
+}
+func (s *boltStore) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
+	s.persistentSession(cl, func() { s.Hook.OnSubscribed(cl, pk, codes) })
+}
+func (s *boltStore) OnUnsubscribed(cl *mqtt.Client, pk packets.Packet) {
+	s.persistentSession(cl, func() { s.Hook.OnUnsubscribed(cl, pk) })
+}
+func (s *boltStore) OnQosPublish(cl *mqtt.Client, pk packets.Packet, sent int64, resends int) {
+	s.persistentSession(cl, func() { s.Hook.OnQosPublish(cl, pk, sent, resends) })
+}
+func (s *boltStore) OnQosComplete(cl *mqtt.Client, pk packets.Packet) {
+	s.persistentSession(cl, func() { s.Hook.OnQosComplete(cl, pk) })
+}
+
+// OnQosDropped keeps the record when cl has been taken over: the message was
+// moved to the resumed session, which has the same client id and so the same
+// record key. mochi's hook deleted it and relied on the resend to write it
+// again, losing it if the truck dropped off mid-resend and the broker then
+// restarted.
+func (s *boltStore) OnQosDropped(cl *mqtt.Client, pk packets.Packet) {
+	if cl.IsTakenOver() {
+		return
+	}
+	s.persistentSession(cl, func() { s.Hook.OnQosDropped(cl, pk) })
+}
+func (s *boltStore) OnClientExpired(cl *mqtt.Client) {
+	s.session(cl, func() { s.Hook.OnClientExpired(cl) })
+}
+
+// OnRetainMessage is not limited to network clients: retained messages
+// published in-process must survive a restart too.
+func (s *boltStore) OnRetainMessage(cl *mqtt.Client, pk packets.Packet, r int64) {
+	s.open(func() { s.Hook.OnRetainMessage(cl, pk, r) })
+}
+func (s *boltStore) OnRetainedExpired(filter string) {
+	s.open(func() { s.Hook.OnRetainedExpired(filter) })
+}
+
+// The Stored* methods run once, from mochi's Serve, before any client can
+// connect, in this order: clients, subscriptions, inflight, retained, sysinfo.
+
+func (s *boltStore) StoredClients() ([]storage.Client, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil, errStoreClosed
+	}
+	all, err := s.Hook.StoredClients()
+	if err != nil {
+		return nil, err
+	}
+	s.persistent = make(map[string]bool, len(all))
+	out := all[:0]
+	for _, c := range all {
+		if c.ID == mqtt.InlineClientId {
+			continue
+		}
+		if !sessionEndsOnDisconnect(c.ProtocolVersion, c.Clean, c.Properties.SessionExpiryInterval) {
+			s.persistent[c.ID] = true
+		}
+		// Clean sessions are passed on too: mochi deletes their records.
+		out = append(out, c)
+	}
+	return out, nil
+}
+
+func (s *boltStore) StoredSubscriptions() ([]storage.Subscription, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil, errStoreClosed
+	}
+	all, err := s.Hook.StoredSubscriptions()
+	if err != nil || s.persistent == nil {
+		return all, err
+	}
+	out := all[:0]
+	for _, sub := range all {
+		if s.persistent[sub.Client] {
+			out = append(out, sub)
+			continue
+		}
+		orphan := &mqtt.Client{ID: sub.Client}
+		s.Hook.OnUnsubscribed(orphan, packets.Packet{Filters: packets.Subscriptions{{Filter: sub.Filter}}})
+	}
+	return out, nil
+}
+
+func (s *boltStore) StoredInflightMessages() ([]storage.Message, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil, errStoreClosed
+	}
+	all, err := s.Hook.StoredInflightMessages()
+	if err != nil {
+		return nil, err
+	}
+	out := all[:0]
+	for _, m := range all {
+		if m.PacketID == 0 {
+			m.PacketID = packetIDFromKey(m.ID)
+		}
+		if m.PacketID == 0 {
+			s.Hook.Log.Warn("dropping stored message without packet id", "key", m.ID)
+			continue
+		}
+		if s.persistent != nil && !s.persistent[m.Client] {
+			s.Hook.OnQosComplete(&mqtt.Client{ID: m.Client}, packets.Packet{PacketID: m.PacketID})
+			continue
+		}
+		out = append(out, m)
+	}
+	return out, nil
+}
+
+// packetIDFromKey recovers the packet id from an inflight record's key,
+// "IFM_{client id}:{packet id}"; 0 means it could not.
+func packetIDFromKey(key string) uint16 {
+	i := strings.LastIndexByte(key, ':')
+	if i < 0 {
+		return 0
+	}
+	n, err := strconv.ParseUint(key[i+1:], 10, 16)
+	if err != nil {
+		return 0
+	}
+	return uint16(n)
+}
+
+func (s *boltStore) StoredRetainedMessages() ([]storage.Message, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
+		return nil, errStoreClosed
+	}
+	return s.Hook.StoredRetainedMessages()
+}
+
+// StoredSysInfo returns the gauges mochi restores at start (subscriptions,
+// queued messages, retained messages), counted from what was just loaded.
+func (s *boltStore) StoredSysInfo() (storage.SystemInfo, error) {
+	var subs, inflight int64
+	for _, cl := range s.srv.Clients.GetAll() {
+		subs += int64(cl.State.Subscriptions.Len())
+		inflight += int64(cl.State.Inflight.Len())
+	}
+	return storage.SystemInfo{
+		ID: storage.SysInfoKey,
+		T:  storage.SysInfoKey,
+		Info: system.Info{
+			Version:       mqtt.Version, // mochi ignores a result without one
+			Subscriptions: subs,
+			Inflight:      inflight,
+			Retained:      int64(s.srv.Topics.Retained.Len()),
+		},
+	}, nil
+}

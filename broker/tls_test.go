@@ -1,0 +1,86 @@
+package broker
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+// selfSigned writes a certificate for 127.0.0.1 and its key to dir and
+// returns their paths and a pool trusting the certificate.
+func selfSigned(t *testing.T, dir string) (certPath, keyPath string, pool *x509.CertPool) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		Subject:      pkix.Name{CommonName: "linkedge-test"},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certPath, keyPath = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+	if err := os.WriteFile(certPath, certPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyPath, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	pool = x509.NewCertPool()
+	pool.AppendCertsFromPEM(certPEM)
+	return certPath, keyPath, pool
+}
+
+func TestTLSListener(t *testing.T) {
+	cert, key, pool := selfSigned(t, t.TempDir())
+	b := startBroker(t, func(c *Config) {
+		c.TLSCert, c.TLSKey = cert, key
+	})
+
+	o := clientOpts(b.Addr())
+	o.Servers = nil
+	o.AddBroker("ssl://" + b.Addr()).SetTLSConfig(&tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12})
+	c := connect(t, o)
+	in := newInbox()
+	subscribe(t, c, "linkedge/v1/tls", 1, in)
+	publish(t, c, "linkedge/v1/tls", 1, false, "secret")
+	if m := in.next(t); string(m.Payload()) != "secret" {
+		t.Errorf("got %q", m.Payload())
+	}
+
+	if _, err := tryConnect(t, clientOpts(b.Addr()).SetConnectTimeout(2*time.Second)); err == nil {
+		t.Error("plain MQTT accepted on the TLS listener")
+	}
+}
+
+func TestTLSBadKeyPair(t *testing.T) {
+	dir := t.TempDir()
+	cert, _, _ := selfSigned(t, dir)
+	_, err := New(Config{TLSCert: cert, TLSKey: filepath.Join(dir, "missing.pem")})
+	if err == nil {
+		t.Fatal("New accepted a missing key file")
+	}
+}

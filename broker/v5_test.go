@@ -1,0 +1,139 @@
+package broker
+
+import (
+	"bufio"
+	"bytes"
+	"io"
+	"math"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/mochi-mqtt/server/v2/packets"
+)
+
+// rawClient speaks MQTT 5 with mochi's packet codec, since paho.mqtt.golang
+// only speaks 3.1.1.
+type rawClient struct {
+	t    *testing.T
+	conn net.Conn
+	r    *bufio.Reader
+}
+
+func dialRaw(t *testing.T, addr string) *rawClient {
+	t.Helper()
+	conn, err := net.DialTimeout("tcp", addr, waitFor)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	_ = conn.SetDeadline(time.Now().Add(waitFor))
+	return &rawClient{t: t, conn: conn, r: bufio.NewReader(conn)}
+}
+
+func (c *rawClient) send(pk packets.Packet) {
+	c.t.Helper()
+	pk.ProtocolVersion = 5
+	var buf bytes.Buffer
+	var err error
+	switch pk.FixedHeader.Type {
+	case packets.Connect:
+		err = pk.ConnectEncode(&buf)
+	case packets.Subscribe:
+		pk.FixedHeader.Qos = 1 // required flags of SUBSCRIBE
+		err = pk.SubscribeEncode(&buf)
+	case packets.Puback:
+		err = pk.PubackEncode(&buf)
+	default:
+		c.t.Fatalf("send: unsupported packet type %d", pk.FixedHeader.Type)
+	}
+	if err != nil {
+		c.t.Fatalf("encode: %v", err)
+	}
+	if _, err := c.conn.Write(buf.Bytes()); err != nil {
+		c.t.Fatalf("write: %v", err)
+	}
+}
+
+func (c *rawClient) recv() packets.Packet {
+	c.t.Helper()
+	hb, err := c.r.ReadByte()
+	if err != nil {
+		c.t.Fatalf("read: %v", err)
+	}
+	pk := packets.Packet{ProtocolVersion: 5}
+	if err := pk.FixedHeader.Decode(hb); err != nil {
+		c.t.Fatalf("fixed header: %v", err)
+	}
+	if pk.FixedHeader.Remaining, _, err = packets.DecodeLength(c.r); err != nil {
+		c.t.Fatalf("length: %v", err)
+	}
+	body := make([]byte, pk.FixedHeader.Remaining)
+	if _, err := io.ReadFull(c.r, body); err != nil {
+		c.t.Fatalf("body: %v", err)
+	}
+	switch pk.FixedHeader.Type {
+	case packets.Connack:
+		err = pk.ConnackDecode(body)
+	case packets.Suback:
+		err = pk.SubackDecode(body)
+	case packets.Publish:
+		err = pk.PublishDecode(body)
+	default:
+		c.t.Fatalf("recv: unexpected packet type %d", pk.FixedHeader.Type)
+	}
+	if err != nil {
+		c.t.Fatalf("decode: %v", err)
+	}
+	return pk
+}
+
+// TestMQTT5 connects a v5 client and checks that the configured expiry
+// reaches the wire: the session expiry it asks for is capped at
+// MaxMessageExpiry, and delivered messages carry the remaining expiry.
+func TestMQTT5(t *testing.T) {
+	const expiry = 7 * 24 * time.Hour
+	b := startBroker(t, func(c *Config) { c.MaxMessageExpiry = expiry })
+	c := dialRaw(t, b.Addr())
+
+	c.send(packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Connect},
+		Connect: packets.ConnectParams{
+			ProtocolName:     []byte("MQTT"),
+			Clean:            true,
+			Keepalive:        30,
+			ClientIdentifier: "v5-truck",
+		},
+		Properties: packets.Properties{SessionExpiryInterval: math.MaxUint32, SessionExpiryIntervalFlag: true},
+	})
+	ack := c.recv()
+	if ack.FixedHeader.Type != packets.Connack || ack.ReasonCode != packets.CodeSuccess.Code {
+		t.Fatalf("CONNACK = type %d reason %#x", ack.FixedHeader.Type, ack.ReasonCode)
+	}
+	if want := uint32(expiry / time.Second); !ack.Properties.SessionExpiryIntervalFlag || ack.Properties.SessionExpiryInterval != want {
+		t.Errorf("CONNACK session expiry = %d (flag %v), want %d",
+			ack.Properties.SessionExpiryInterval, ack.Properties.SessionExpiryIntervalFlag, want)
+	}
+
+	c.send(packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Subscribe},
+		PacketID:    1,
+		Filters:     packets.Subscriptions{{Filter: "linkedge/v1/models/#", Qos: 1}},
+	})
+	if suback := c.recv(); !bytes.Equal(suback.ReasonCodes, []byte{1}) {
+		t.Fatalf("SUBACK reason codes = %v, want [1]", suback.ReasonCodes)
+	}
+
+	if err := b.Server().Publish("linkedge/v1/models/detector", []byte("v9"), false, 1); err != nil {
+		t.Fatal(err)
+	}
+	pub := c.recv()
+	if pub.FixedHeader.Type != packets.Publish || string(pub.Payload) != "v9" || pub.FixedHeader.Qos != 1 {
+		t.Fatalf("PUBLISH = %+v", pub)
+	}
+	got := time.Duration(pub.Properties.MessageExpiryInterval) * time.Second
+	if got > expiry || got < expiry-time.Minute {
+		t.Errorf("delivered message expiry = %s, want about %s", got, expiry)
+	}
+	c.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: pub.PacketID})
+}

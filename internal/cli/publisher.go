@@ -1,0 +1,246 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/spf13/cobra"
+
+	"github.com/linkedge/linkedge/publisher"
+	"github.com/linkedge/linkedge/publisher/localreg"
+)
+
+// Environment variables the publisher commands read when the flag (and the
+// config file) leave the value empty. The password has no flag value in
+// process listings this way.
+const (
+	envRegistry     = "LINKEDGE_REGISTRY"
+	envMQTTPassword = "LINKEDGE_MQTT_PASSWORD"
+)
+
+// publisherFlags are the flags `publisher` and `publish` share. A flag
+// given on the command line overrides the config file; unset ones keep the
+// file's value or the publisher's default.
+type publisherFlags struct {
+	config         string
+	broker         string
+	clientID       string
+	username       string
+	password       string
+	registry       string
+	key            string
+	state          string
+	listen         string
+	artifactURL    string
+	poll           time.Duration
+	ttl            time.Duration
+	publishTimeout time.Duration
+}
+
+func (f *publisherFlags) register(cmd *cobra.Command) {
+	fl := cmd.Flags()
+	fl.StringVar(&f.config, "config", "", "YAML config file (see docs/publisher.md); flags override it")
+	fl.StringVar(&f.broker, "broker", "", "fleet broker URL, e.g. tcp://127.0.0.1:1883")
+	fl.StringVar(&f.clientID, "client-id", "", "MQTT client id (default "+publisher.DefaultClientID+")")
+	fl.StringVar(&f.username, "username", "", "MQTT username (a user with the publisher role)")
+	fl.StringVar(&f.password, "password", "", "MQTT password (default $"+envMQTTPassword+")")
+	fl.StringVar(&f.registry, "registry", "", "local registry folder (default $"+envRegistry+")")
+	fl.StringVar(&f.key, "key", "", "Ed25519 private key (PKCS#8 PEM) that signs releases")
+	fl.StringVar(&f.state, "state", "", "state file (default REGISTRY/"+publisher.DefaultStateFileName+")")
+	fl.StringVar(&f.listen, "artifacts-listen", "", "artifact server address (default "+publisher.DefaultArtifactListen+")")
+	fl.StringVar(&f.artifactURL, "artifacts-url", "", "base URL trucks download artifacts from (default http://ARTIFACTS-LISTEN)")
+	fl.DurationVar(&f.poll, "poll", 0, "registry poll interval (default 2s)")
+	fl.DurationVar(&f.ttl, "ttl", 0, "release validity; re-signed when a third remains (default 720h)")
+	fl.DurationVar(&f.publishTimeout, "publish-timeout", 0, "wait for the broker's acknowledgement of one release (default 10s)")
+}
+
+// publisherConfig builds the config: file, then flags, then environment.
+func (f *publisherFlags) publisherConfig(cmd *cobra.Command) (publisher.Config, error) {
+	var cfg publisher.Config
+	if f.config != "" {
+		var err error
+		if cfg, err = publisher.LoadConfig(f.config); err != nil {
+			return cfg, err
+		}
+	}
+	set := func(name string, dst *string, v string) {
+		if cmd.Flags().Changed(name) {
+			*dst = v
+		}
+	}
+	set("broker", &cfg.Broker, f.broker)
+	set("client-id", &cfg.ClientID, f.clientID)
+	set("username", &cfg.Username, f.username)
+	set("password", &cfg.Password, f.password)
+	set("registry", &cfg.RegistryDir, f.registry)
+	set("key", &cfg.KeyFile, f.key)
+	set("state", &cfg.StateFile, f.state)
+	set("artifacts-listen", &cfg.ArtifactListen, f.listen)
+	set("artifacts-url", &cfg.ArtifactBaseURL, f.artifactURL)
+	for name, d := range map[string]struct {
+		dst *time.Duration
+		v   time.Duration
+	}{"poll": {&cfg.PollInterval, f.poll}, "ttl": {&cfg.ReleaseTTL, f.ttl}, "publish-timeout": {&cfg.PublishTimeout, f.publishTimeout}} {
+		if cmd.Flags().Changed(name) {
+			*d.dst = d.v
+		}
+	}
+	if cfg.RegistryDir == "" {
+		cfg.RegistryDir = os.Getenv(envRegistry)
+	}
+	if cfg.Password == "" {
+		cfg.Password = os.Getenv(envMQTTPassword)
+	}
+	cfg.Logger = slog.Default()
+	return cfg, nil
+}
+
+func newPublisherCmd() *cobra.Command {
+	var f publisherFlags
+	cmd := &cobra.Command{
+		Use:   "publisher",
+		Short: "Announce each model's highest approved version to the fleet as a signed release",
+		Long: `Publisher watches a model registry (a local folder edited with "linkedge registry") and
+keeps one signed release document per model retained on the fleet broker:
+
+  - a model's target is its highest approved version;
+  - when the target changes (a newer version approved, or the announced one rejected),
+    a new document with a higher serial is published (retained, QoS 1);
+  - an announcement counts only once the broker acknowledged it; until then it is
+    retried every poll, and the state file remembers what was acknowledged, so a
+    restart announces nothing twice;
+  - documents are re-signed before they expire (when a third of --ttl remains).
+
+It also serves the approved artifacts for trucks to download, with resumable Range
+requests, at ARTIFACTS-URL/artifacts/{model}/{version}/model.tar.gz, plus /healthz
+and /metrics on the same address. It runs until interrupted (SIGINT or SIGTERM).`,
+		Example: `  linkedge publisher --broker tcp://127.0.0.1:1883 --registry ./registry --key publisher.key
+  linkedge publisher --config /etc/linkedge/publisher.yaml
+  linkedge publisher --broker tcp://fleet:1883 --registry /srv/registry --key /etc/linkedge/publisher.key \
+      --artifacts-listen 0.0.0.0:9884 --artifacts-url https://models.example.com`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cfg, err := f.publisherConfig(cmd)
+			if err != nil {
+				return err
+			}
+			return runPublisher(cmd.Context(), cfg)
+		},
+	}
+	f.register(cmd)
+	return cmd
+}
+
+func runPublisher(ctx context.Context, cfg publisher.Config) error {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	cfg.Metrics = reg
+	p, err := publisher.New(cfg)
+	if err != nil {
+		return err
+	}
+	defer p.Close()
+	return p.Run(ctx)
+}
+
+func newPublishCmd() *cobra.Command {
+	var (
+		f       publisherFlags
+		model   string
+		version int64
+		approve bool
+		by      string
+		timeout time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "publish",
+		Short: "Announce one approved model version now and wait for the broker to acknowledge it",
+		Long: `Publish is the pipeline hook: it announces exactly --model at --version to the fleet and
+exits 0 only once the broker has acknowledged the signed release (retained, QoS 1).
+It uses the same registry, key and state file as "linkedge publisher", follows the same
+serial rule, and always signs a new document (even if the version was announced before).
+
+It refuses a version that is unknown, not approved (pass --approve to approve it first),
+or below the model's highest approved version (the publisher would announce that one
+instead; reject the newer version to roll back). If the broker cannot be reached within
+--timeout it exits non-zero and records nothing.
+
+Publish serves no artifacts: the release points at --artifacts-url (default
+http://ARTIFACTS-LISTEN), where a running "linkedge publisher" serves them.`,
+		Example: `  linkedge publish --model aps-failure --version 2 --broker tcp://127.0.0.1:1883 \
+      --registry ./registry --key publisher.key
+  linkedge publish --model aps-failure --version 3 --approve --by pipeline --config publisher.yaml`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cfg, err := f.publisherConfig(cmd)
+			if err != nil {
+				return err
+			}
+			if approve {
+				if err := approveLocal(cfg.RegistryDir, model, version, by); err != nil {
+					return err
+				}
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
+			defer cancel()
+			r, err := publisher.PublishOnce(ctx, cfg, model, version)
+			if err != nil {
+				return explainPublish(err, model, version, timeout)
+			}
+			a := r.Stable.Artifact
+			fmt.Fprintf(cmd.OutOrStdout(), "announced %s version %d: serial %d, sha256 %s, %d bytes, %s, valid until %s\n",
+				r.Model, r.Stable.Version, r.Serial, a.SHA256, a.Size, a.URL, r.ExpiresAt.Format(time.RFC3339))
+			return nil
+		},
+	}
+	f.register(cmd)
+	fl := cmd.Flags()
+	fl.StringVar(&model, "model", "", "model name (required)")
+	fl.Int64Var(&version, "version", 0, "model version (required)")
+	fl.BoolVar(&approve, "approve", false, "approve the version in the local registry first")
+	fl.StringVar(&by, "by", registryApprover(), "approver recorded by --approve")
+	fl.DurationVar(&timeout, "timeout", 30*time.Second, "give up if the broker has not acknowledged by then")
+	_ = cmd.MarkFlagRequired("model")
+	_ = cmd.MarkFlagRequired("version")
+	return cmd
+}
+
+func approveLocal(dir, model string, version int64, by string) error {
+	if dir == "" {
+		return fmt.Errorf("--approve needs the local registry: pass --registry or set $%s", envRegistry)
+	}
+	reg, err := localreg.Open(dir)
+	if err != nil {
+		return err
+	}
+	e, err := reg.Approve(model, version, by)
+	if err != nil {
+		return err
+	}
+	slog.Info("approved", "model", model, "version", version, "by", e.ApprovedBy)
+	return nil
+}
+
+// explainPublish adds what to do next to the errors a pipeline author
+// will meet.
+func explainPublish(err error, model string, version int64, timeout time.Duration) error {
+	switch {
+	case errors.Is(err, publisher.ErrNotApproved):
+		return fmt.Errorf("%w\napprove it with `linkedge registry approve --model %s --version %d`, or pass --approve", err, model, version)
+	case errors.Is(err, publisher.ErrUnknownVersion):
+		return fmt.Errorf("%w\nadd the bundle with `linkedge registry add BUNDLE`; see `linkedge registry list`", err)
+	case errors.Is(err, publisher.ErrBrokerRefused):
+		return fmt.Errorf("not announced: %w\npass --username and --password (or $%s) of a broker user with the publisher role", err, envMQTTPassword)
+	case errors.Is(err, publisher.ErrBrokerUnreachable):
+		return fmt.Errorf("not announced: broker not reachable within %s (--timeout): %w", timeout, err)
+	case errors.Is(err, publisher.ErrNoAck), errors.Is(err, context.DeadlineExceeded):
+		return fmt.Errorf("not confirmed within %s (--timeout): %w; the broker may or may not have it, so run publish again", timeout, err)
+	}
+	return err
+}

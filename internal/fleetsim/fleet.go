@@ -1,0 +1,294 @@
+// Package fleetsim puts a whole LinkEdge fleet on one machine, from real
+// parts: the fleet broker, a local registry with its publisher, and trucks
+// whose agents reach the fleet broker through a link that can be cut
+// (netsim), each with its own local broker, sensors replaying APS-shaped
+// rows over MQTT and an application querying the HTTP endpoint. `linkedge
+// demo` and the end-to-end tests both drive it.
+package fleetsim
+
+import (
+	"context"
+	"crypto/ed25519"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/linkedge/linkedge/broker"
+	"github.com/linkedge/linkedge/edgeclient"
+	"github.com/linkedge/linkedge/inference"
+	"github.com/linkedge/linkedge/internal/netsim"
+	"github.com/linkedge/linkedge/internal/release"
+	"github.com/linkedge/linkedge/publisher"
+	"github.com/linkedge/linkedge/publisher/localreg"
+)
+
+// Options shape a simulated fleet. Zero values take the defaults.
+type Options struct {
+	// Dir holds every part's state. Required.
+	Dir string
+	// Trucks is the fleet size. Default 3.
+	Trucks int
+	// FleetBroker is an external broker URL (e.g. mosquitto's); empty runs
+	// the embedded one.
+	FleetBroker string
+	// Probation of each agent. Default 2s.
+	Probation time.Duration
+	// SensorInterval is the time between readings of one truck. Default 20ms.
+	SensorInterval time.Duration
+	// HTTPClients per truck that query /invocations without pause, so a
+	// failed request during a switch would be seen. Default 2.
+	HTTPClients int
+	// LinkRate limits each truck's link to the fleet, bytes/s (0: none).
+	LinkRate int
+	// PollInterval of the publisher. Default 200ms.
+	PollInterval time.Duration
+	// Logger receives the parts' logs. Default: discarded.
+	Logger *slog.Logger
+}
+
+func (o *Options) setDefaults() {
+	if o.Trucks <= 0 {
+		o.Trucks = 3
+	}
+	if o.Probation <= 0 {
+		o.Probation = 2 * time.Second
+	}
+	if o.SensorInterval <= 0 {
+		o.SensorInterval = 20 * time.Millisecond
+	}
+	if o.HTTPClients < 0 {
+		o.HTTPClients = 0
+	} else if o.HTTPClients == 0 {
+		o.HTTPClients = 2
+	}
+	if o.PollInterval <= 0 {
+		o.PollInterval = 200 * time.Millisecond
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+}
+
+// Fleet is a running simulated fleet.
+type Fleet struct {
+	opts      Options
+	Broker    *broker.Broker // nil with an external broker
+	BrokerURL string
+	Registry  *localreg.Registry
+	Publisher *publisher.Publisher
+	Trucks    []*Truck
+	PubKey    ed25519.PublicKey
+	keyFile   string
+
+	pubCancel context.CancelFunc
+	pubDone   chan error
+}
+
+// Start brings the fleet up: broker, keys, registry, publisher, trucks.
+func Start(ctx context.Context, opts Options) (f *Fleet, err error) {
+	opts.setDefaults()
+	if opts.Dir == "" {
+		return nil, errors.New("fleetsim: Dir is required")
+	}
+	f = &Fleet{opts: opts}
+	defer func() {
+		if err != nil {
+			f.Close()
+		}
+	}()
+	if err := inference.Init(ctx, ""); err != nil {
+		return nil, err
+	}
+	f.BrokerURL = opts.FleetBroker
+	if f.BrokerURL == "" {
+		b, err := broker.New(broker.Config{Listen: "127.0.0.1:0", HTTPListen: "", DataDir: filepath.Join(opts.Dir, "fleet-broker"), Logger: opts.Logger.With("part", "fleet-broker")})
+		if err != nil {
+			return nil, err
+		}
+		if err := b.Start(ctx); err != nil {
+			return nil, err
+		}
+		f.Broker, f.BrokerURL = b, "tcp://"+b.Addr()
+	}
+	pub, priv := release.GenerateKey()
+	f.PubKey = pub
+	f.keyFile = filepath.Join(opts.Dir, "keys", "publisher.key")
+	if err := os.MkdirAll(filepath.Dir(f.keyFile), 0o700); err != nil {
+		return nil, err
+	}
+	if err := release.WritePrivateKeyFile(f.keyFile, priv); err != nil {
+		return nil, err
+	}
+	if f.Registry, err = localreg.Open(filepath.Join(opts.Dir, "registry")); err != nil {
+		return nil, err
+	}
+	if err := f.StartPublisher(ctx); err != nil {
+		return nil, err
+	}
+	for i := 1; i <= opts.Trucks; i++ {
+		t, err := f.startTruck(ctx, fmt.Sprintf("truck-%d", i))
+		if err != nil {
+			return nil, err
+		}
+		f.Trucks = append(f.Trucks, t)
+	}
+	return f, nil
+}
+
+// StartPublisher starts (or restarts) the publisher service.
+func (f *Fleet) StartPublisher(ctx context.Context) error {
+	p, err := publisher.New(publisher.Config{
+		Broker: f.BrokerURL, RegistryDir: f.Registry.Dir(), KeyFile: f.keyFile,
+		PollInterval: f.opts.PollInterval, ArtifactListen: "127.0.0.1:0", Logger: f.opts.Logger.With("part", "publisher"),
+	})
+	if err != nil {
+		return err
+	}
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	f.Publisher, f.pubCancel, f.pubDone = p, cancel, make(chan error, 1)
+	go func() { f.pubDone <- p.Run(runCtx) }()
+	return nil
+}
+
+// StopPublisher stops the publisher service and waits for it.
+func (f *Fleet) StopPublisher() error {
+	if f.pubCancel == nil {
+		return nil
+	}
+	f.pubCancel()
+	err := <-f.pubDone
+	f.Publisher.Close()
+	f.pubCancel = nil
+	if errors.Is(err, context.Canceled) {
+		err = nil
+	}
+	return err
+}
+
+// Register adds a bundle to the registry (pending) and returns its version.
+func (f *Fleet) Register(ctx context.Context, bundle []byte) (localreg.Entry, error) {
+	tmp, err := os.CreateTemp(f.opts.Dir, "bundle-*.tar.gz")
+	if err != nil {
+		return localreg.Entry{}, err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(bundle); err != nil {
+		tmp.Close()
+		return localreg.Entry{}, err
+	}
+	tmp.Close()
+	return f.Registry.Add(ctx, tmp.Name())
+}
+
+// Close stops every part, trucks first.
+func (f *Fleet) Close() error {
+	var errs []error
+	for _, t := range f.Trucks {
+		errs = append(errs, t.Close())
+	}
+	errs = append(errs, f.StopPublisher())
+	if f.Broker != nil {
+		errs = append(errs, f.Broker.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// Truck is one simulated truck.
+type Truck struct {
+	ID    string
+	Agent *edgeclient.Agent
+	// Link is the truck's connection to the fleet broker; Cut it to take
+	// the truck offline.
+	Link *netsim.Proxy
+	Load *Load
+
+	cfg edgeclient.Config
+}
+
+func (f *Fleet) startTruck(ctx context.Context, id string) (*Truck, error) {
+	target := strings.TrimPrefix(f.BrokerURL, "tcp://")
+	link, err := netsim.New(target)
+	if err != nil {
+		return nil, err
+	}
+	if f.opts.LinkRate > 0 {
+		link.SetRate(f.opts.LinkRate)
+	}
+	t := &Truck{ID: id, Link: link, cfg: edgeclient.Config{
+		Truck: id, Model: "aps-failure", DataDir: filepath.Join(f.opts.Dir, id),
+		Keys: []ed25519.PublicKey{f.PubKey}, Fleet: edgeclient.FleetConfig{Broker: "tcp://" + link.Addr(), KeepAlive: 5 * time.Second, MaxReconnectInterval: time.Second},
+		HTTP: "127.0.0.1:0", LocalBroker: edgeclient.LocalBrokerConfig{Listen: "127.0.0.1:0"},
+		Probation: f.opts.Probation, StatusInterval: 5 * time.Second, Logger: f.opts.Logger.With("part", id),
+	}}
+	if err := t.startAgent(ctx); err != nil {
+		link.Close()
+		return nil, err
+	}
+	t.Load = startLoad(t, f.opts)
+	return t, nil
+}
+
+func (t *Truck) startAgent(ctx context.Context) error {
+	a, err := edgeclient.New(t.cfg)
+	if err != nil {
+		return err
+	}
+	if err := a.Start(ctx); err != nil {
+		return err
+	}
+	t.Agent = a
+	// Later starts reuse the same ports, so the sensors and the application
+	// reconnect to the same addresses, as on a real truck.
+	t.cfg.HTTP, t.cfg.LocalBroker.Listen = a.HTTPAddr(), a.LocalBrokerAddr()
+	return nil
+}
+
+// Restart stops the agent and starts it again on the same state and ports.
+func (t *Truck) Restart(ctx context.Context) error {
+	t.Agent.Close()
+	return t.startAgent(ctx)
+}
+
+// Version is the model version the truck serves now (0: none).
+func (t *Truck) Version() int64 { return t.Agent.Status().Version }
+
+// Close stops the truck's load, agent and link.
+func (t *Truck) Close() error {
+	if t.Load != nil {
+		t.Load.Stop()
+	}
+	if t.Agent != nil {
+		t.Agent.Close()
+	}
+	return t.Link.Close()
+}
+
+// WaitFor polls cond every 50ms until it holds or ctx ends.
+func WaitFor(ctx context.Context, what string, cond func() bool) error {
+	for !cond() {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for %s: %w", what, ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
+// WaitVersion waits until every truck given serves version and has
+// finished its update (phase committed or idle).
+func WaitVersion(ctx context.Context, version int64, trucks ...*Truck) error {
+	return WaitFor(ctx, fmt.Sprintf("v%d on %d trucks", version, len(trucks)), func() bool {
+		for _, t := range trucks {
+			st := t.Agent.Status()
+			if st.Version != version || (st.Phase != "committed" && st.Phase != "idle") {
+				return false
+			}
+		}
+		return true
+	})
+}

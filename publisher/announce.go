@@ -1,0 +1,189 @@
+package publisher
+
+import (
+	"context"
+	"crypto/ed25519"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/linkedge/linkedge/internal/release"
+	"github.com/linkedge/linkedge/internal/topics"
+)
+
+// Sender delivers one release document: retained, QoS 1. Send returns nil
+// only once the broker acknowledged it (PUBACK); on any error the document
+// may or may not have reached the broker.
+type Sender interface {
+	Send(ctx context.Context, topic string, payload []byte) error
+}
+
+// Policy says when [Announcer.Announce] publishes.
+type Policy int
+
+const (
+	// IfDue publishes only if the state file shows that v's content was not
+	// yet announced for its model, or that the announcement is due for
+	// re-signing. The publisher's poll loop uses it.
+	IfDue Policy = iota
+	// Always publishes a new document (new serial), even if an identical
+	// target was announced. [PublishOnce] uses it: the caller asked for an
+	// announcement and a fresh acknowledgement.
+	Always
+)
+
+// Announcer is the one code path by which a release document reaches the
+// broker, shared by the publisher service and [PublishOnce]. Its fields are
+// all required except Logger, Now and OnAnnounce.
+type Announcer struct {
+	// Key signs release documents.
+	Key ed25519.PrivateKey
+	// Distributor gives the artifact URL put in the document.
+	Distributor Distributor
+	// State records serials and acknowledged announcements.
+	State *StateFile
+	// Sender publishes and waits for the broker's acknowledgement.
+	Sender Sender
+	// TTL is how long a document is valid (shortened to the URL's expiry).
+	TTL time.Duration
+	// Logger receives one Info line per announcement; default slog.Default.
+	Logger *slog.Logger
+	// Now is the clock; default time.Now.
+	Now func() time.Time
+	// OnAnnounce, if set, is called after each acknowledged announcement,
+	// on the announcing goroutine (keep it quick).
+	OnAnnounce func(model string, version int64, serial int64)
+
+	metrics *metrics
+}
+
+// Announce signs a release document whose stable target is v, publishes it
+// retained with QoS 1 to topics.ModelRelease(v.Model), waits for the
+// broker's acknowledgement and only then records it in the state file. It
+// returns the document announced, or nil and nil when p is IfDue and
+// nothing is due.
+//
+// Serials follow one rule: serial = max(highest serial ever signed for the
+// model + 1, Unix milliseconds now). The highest serial is recorded before
+// the document is sent, so neither a crash, nor a restart, nor a second
+// publisher (which starts from the clock) ever reuses one. The whole call
+// holds the state file's lock, so concurrent announcers take turns.
+func (a *Announcer) Announce(ctx context.Context, v Version, p Policy) (*release.Release, error) {
+	if v.Status != StatusApproved {
+		return nil, fmt.Errorf("%w: %s version %d is %s", ErrNotApproved, v.Model, v.Version, v.Status)
+	}
+	unlock, err := a.State.lock(ctx)
+	if err != nil {
+		a.metrics.failed(stageState)
+		return nil, err
+	}
+	defer unlock()
+	st, err := a.State.Load()
+	if err != nil {
+		a.metrics.failed(stageState)
+		return nil, err
+	}
+	now := a.now()
+	ms := st.entry(v.Model)
+	if p == IfDue && !due(ms.Announced, v, now) {
+		return nil, nil
+	}
+	rel, doc, err := a.sign(ctx, v, ms.SignedSerial, now)
+	if err != nil {
+		return nil, err
+	}
+	ms.SignedSerial = rel.Serial
+	if err := a.State.save(st); err != nil {
+		a.metrics.failed(stageState)
+		return nil, err
+	}
+	if err := a.Sender.Send(ctx, topics.ModelRelease(v.Model), doc); err != nil {
+		a.metrics.failed(stagePublish)
+		// No serial in the message: the poll loop logs a lasting failure
+		// once, by comparing messages.
+		return nil, fmt.Errorf("announce %s version %d: %w", v.Model, v.Version, err)
+	}
+	acked := a.now()
+	ms.Announced = &Announcement{
+		Version: v.Version, Serial: rel.Serial, SHA256: v.Artifact.SHA256, Size: v.Artifact.Size,
+		URL: rel.Stable.Artifact.URL, Runtime: v.Runtime,
+		IssuedAt: rel.IssuedAt, ExpiresAt: rel.ExpiresAt, AckedAt: acked.UTC(),
+	}
+	if err := a.State.save(st); err != nil {
+		// The broker has the document; only our memory of it failed. The
+		// next poll re-announces with a higher serial, which is harmless.
+		a.metrics.failed(stageState)
+		return rel, fmt.Errorf("%s version %d (serial %d) was announced but not recorded: %w", v.Model, v.Version, rel.Serial, err)
+	}
+	a.metrics.announced(v.Model, v.Version, float64(acked.UnixNano())/1e9)
+	a.logger().Info("announced release", "model", v.Model, "version", v.Version, "serial", rel.Serial,
+		"sha256", v.Artifact.SHA256, "url", rel.Stable.Artifact.URL, "expires_at", rel.ExpiresAt)
+	if a.OnAnnounce != nil {
+		a.OnAnnounce(v.Model, v.Version, rel.Serial)
+	}
+	return rel, nil
+}
+
+// sign builds and signs the document for v, with a serial above last.
+func (a *Announcer) sign(ctx context.Context, v Version, last int64, now time.Time) (*release.Release, []byte, error) {
+	url, urlExpires, err := a.Distributor.URL(ctx, v)
+	if err != nil {
+		a.metrics.failed(stageURL)
+		return nil, nil, fmt.Errorf("artifact url for %s version %d: %w", v.Model, v.Version, err)
+	}
+	issued := now.UTC().Truncate(time.Millisecond)
+	expires := issued.Add(a.TTL)
+	if !urlExpires.IsZero() && urlExpires.Before(expires) {
+		expires = urlExpires.UTC()
+	}
+	if !expires.After(issued) {
+		a.metrics.failed(stageURL)
+		return nil, nil, fmt.Errorf("artifact url for %s version %d expires at %s, before the document would be issued", v.Model, v.Version, urlExpires)
+	}
+	rel := &release.Release{
+		Schema:    release.Schema,
+		Model:     v.Model,
+		Serial:    nextSerial(last, now),
+		IssuedAt:  issued,
+		ExpiresAt: expires,
+		Stable: release.Target{
+			Version: v.Version,
+			Artifact: release.Artifact{
+				URL: url, SHA256: v.Artifact.SHA256, Size: v.Artifact.Size, MediaType: release.MediaTypeBundle,
+			},
+			Runtime: v.Runtime,
+			Source:  v.Source,
+		},
+	}
+	doc, err := release.Sign(rel, a.Key)
+	if err != nil {
+		a.metrics.failed(stageSign)
+		return nil, nil, fmt.Errorf("sign %s version %d: %w", v.Model, v.Version, err)
+	}
+	return rel, doc, nil
+}
+
+// due reports whether v must be announced given the last acknowledged
+// announcement: it is new content, or the announcement needs re-signing.
+func due(last *Announcement, v Version, now time.Time) bool {
+	return !last.Matches(v) || !now.Before(last.ResignAt())
+}
+
+// nextSerial is the serial rule; see [Announcer.Announce].
+func nextSerial(last int64, now time.Time) int64 {
+	return max(last+1, now.UnixMilli())
+}
+
+func (a *Announcer) now() time.Time {
+	if a.Now != nil {
+		return a.Now()
+	}
+	return time.Now()
+}
+
+func (a *Announcer) logger() *slog.Logger {
+	if a.Logger != nil {
+		return a.Logger
+	}
+	return slog.Default()
+}

@@ -1,0 +1,88 @@
+package publisher
+
+import (
+	"fmt"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are the publisher's Prometheus metrics. A nil *metrics records
+// nothing, so an [Announcer] built by hand needs none.
+type metrics struct {
+	announcements *prometheus.CounterVec
+	errors        *prometheus.CounterVec
+	lastAnnounce  *prometheus.GaugeVec
+	version       *prometheus.GaugeVec
+	connected     prometheus.Gauge
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
+		announcements: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "linkedge_publisher_announcements_total",
+			Help: "Release documents the broker acknowledged, by model.",
+		}, []string{"model"}),
+		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "linkedge_publisher_errors_total",
+			Help: "Failed steps, by stage: registry, state, url, sign, publish.",
+		}, []string{"stage"}),
+		lastAnnounce: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "linkedge_publisher_last_announce_timestamp_seconds",
+			Help: "Unix time of the last acknowledged announcement, by model.",
+		}, []string{"model"}),
+		version: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "linkedge_publisher_announced_version",
+			Help: "Model version in the last acknowledged announcement, by model.",
+		}, []string{"model"}),
+		connected: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "linkedge_publisher_broker_connected",
+			Help: "1 while the publisher's MQTT connection is up.",
+		}),
+	}
+	for _, c := range []prometheus.Collector{m.announcements, m.errors, m.lastAnnounce, m.version, m.connected} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("publisher: register metrics: %w", err)
+		}
+	}
+	// Show every stage from the start, so a rate() over errors has a
+	// baseline before the first failure.
+	for _, s := range []string{stageRegistry, stageState, stageURL, stageSign, stagePublish} {
+		m.errors.WithLabelValues(s)
+	}
+	return m, nil
+}
+
+// Stages of errors_total.
+const (
+	stageRegistry = "registry"
+	stageState    = "state"
+	stageURL      = "url"
+	stageSign     = "sign"
+	stagePublish  = "publish"
+)
+
+func (m *metrics) announced(model string, version int64, unix float64) {
+	if m == nil {
+		return
+	}
+	m.announcements.WithLabelValues(model).Inc()
+	m.lastAnnounce.WithLabelValues(model).Set(unix)
+	m.version.WithLabelValues(model).Set(float64(version))
+}
+
+func (m *metrics) failed(stage string) {
+	if m != nil {
+		m.errors.WithLabelValues(stage).Inc()
+	}
+}
+
+func (m *metrics) setConnected(up bool) {
+	if m == nil {
+		return
+	}
+	v := 0.0
+	if up {
+		v = 1
+	}
+	m.connected.Set(v)
+}

@@ -1,0 +1,248 @@
+package publisher
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/eclipse/paho.mqtt.golang/packets"
+
+	"github.com/linkedge/linkedge/internal/topics"
+)
+
+// Connection timings. The reconnect cap keeps a truck-facing broker's
+// restart from delaying announcements by more than a few seconds.
+const (
+	connectTimeout       = 5 * time.Second
+	connectRetryInterval = time.Second
+	maxReconnectInterval = 10 * time.Second
+	disconnectQuiesce    = 250 // milliseconds paho may spend sending DISCONNECT
+)
+
+func mqttOptions(cfg *Config, clientID string) *paho.ClientOptions {
+	return paho.NewClientOptions().AddBroker(cfg.Broker).SetClientID(clientID).
+		SetUsername(cfg.Username).SetPassword(cfg.Password).
+		SetKeepAlive(30 * time.Second).SetConnectTimeout(connectTimeout).
+		SetWriteTimeout(cfg.PublishTimeout)
+}
+
+// waitAck waits for a QoS 1 publish token: nil only once the PUBACK came.
+func waitAck(ctx context.Context, tok paho.Token, timeout time.Duration) error {
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case <-tok.Done():
+		if err := tok.Error(); err != nil {
+			return fmt.Errorf("publish: %w", err)
+		}
+		return nil
+	case <-t.C:
+		return fmt.Errorf("%w within %s", ErrNoAck, timeout)
+	case <-ctx.Done():
+		return fmt.Errorf("waiting for the broker's acknowledgement: %w", ctx.Err())
+	}
+}
+
+// session is the publisher service's MQTT connection. One goroutine, run,
+// owns the client: it dials until connected, logging each new failure (paho's
+// own retry loop would hide them, a wrong password included), then leaves
+// reconnects to paho. The session is persistent (clean session off), so a
+// publish interrupted by a brief drop is resent and still acknowledged.
+//
+// A publish that is not acknowledged in time is abandoned, and so is the
+// client: paho would otherwise resend the stale document from its store
+// after a later reconnect, possibly after a newer one, and the broker would
+// retain the older. run then dials a fresh client, and the next poll signs
+// a fresh document.
+type session struct {
+	cfg     *Config
+	log     *slog.Logger
+	metrics *metrics
+	onUp    func() // called on every (re)connect, from paho's goroutine
+
+	everUp  atomic.Bool      // connected at least once
+	discard chan paho.Client // Send asks run to drop this client
+
+	mu     sync.Mutex
+	client paho.Client // nil while dialing
+}
+
+func newSession(cfg *Config, log *slog.Logger, m *metrics, onUp func()) *session {
+	return &session{cfg: cfg, log: log, metrics: m, onUp: onUp, discard: make(chan paho.Client, 1)}
+}
+
+// waitingForFirstConnect reports whether the session has never been
+// connected: announcing is pointless then, and failing at it is not news.
+func (s *session) waitingForFirstConnect() bool { return !s.everUp.Load() }
+
+// run connects and keeps a client until ctx is done, then disconnects.
+func (s *session) run(ctx context.Context) {
+	for {
+		c := s.dial(ctx)
+		if c == nil {
+			return
+		}
+		s.setClient(c)
+		for keep := true; keep; {
+			select {
+			case <-ctx.Done():
+				s.drop(c)
+				return
+			case old := <-s.discard:
+				if keep = old != c; !keep {
+					s.drop(c)
+					s.log.Warn("abandoned an unacknowledged publish; reconnecting with a fresh client", "broker", s.cfg.Broker)
+				}
+			}
+		}
+	}
+}
+
+// dial connects a new client, retrying with backoff until ctx is done
+// (then it returns nil).
+func (s *session) dial(ctx context.Context) paho.Client {
+	wait, lastErr := connectRetryInterval, ""
+	for {
+		c := paho.NewClient(mqttOptions(s.cfg, s.cfg.ClientID).
+			SetCleanSession(false).SetAutoReconnect(true).SetConnectRetry(false).
+			SetMaxReconnectInterval(maxReconnectInterval).
+			SetOnConnectHandler(func(paho.Client) {
+				s.log.Info("connected to broker", "broker", s.cfg.Broker, "client_id", s.cfg.ClientID)
+				s.everUp.Store(true)
+				s.metrics.setConnected(true)
+				if s.onUp != nil {
+					s.onUp()
+				}
+			}).
+			SetConnectionLostHandler(func(_ paho.Client, err error) {
+				s.log.Warn("broker connection lost; reconnecting", "broker", s.cfg.Broker, "err", err)
+				s.metrics.setConnected(false)
+			}))
+		err := connect(ctx, c)
+		if err == nil {
+			return c
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		if msg := err.Error(); msg != lastErr {
+			lastErr = msg
+			s.log.Warn("cannot connect to the broker; retrying", "broker", s.cfg.Broker, "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, maxReconnectInterval)
+	}
+}
+
+func (s *session) setClient(c paho.Client) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.client = c
+}
+
+func (s *session) drop(c paho.Client) {
+	s.setClient(nil)
+	c.Disconnect(disconnectQuiesce)
+	s.metrics.setConnected(false)
+}
+
+// Send implements [Sender]. It refuses at once with [ErrNotConnected]
+// while the connection is down rather than let paho queue the document.
+func (s *session) Send(ctx context.Context, topic string, payload []byte) error {
+	s.mu.Lock()
+	c := s.client
+	s.mu.Unlock()
+	if c == nil || !c.IsConnectionOpen() {
+		return fmt.Errorf("%w (%s); will retry once connected", ErrNotConnected, s.cfg.Broker)
+	}
+	err := waitAck(ctx, c.Publish(topic, topics.ReleaseQoS, topics.ReleaseRetain, payload), s.cfg.PublishTimeout)
+	if err != nil {
+		select {
+		case s.discard <- c:
+		default: // a request is pending already
+		}
+	}
+	return err
+}
+
+// connect makes one connection attempt, bounded by the client's connect
+// timeout. If ctx ends first it still waits for the attempt to finish, so
+// no attempt outlives the caller, and then returns ctx's error. A refusal
+// that retrying cannot fix wraps [ErrBrokerRefused].
+func connect(ctx context.Context, c paho.Client) error {
+	tok := c.Connect()
+	select {
+	case <-tok.Done():
+	case <-ctx.Done():
+		<-tok.Done()
+	}
+	err := tok.Error()
+	if err == nil && ctx.Err() != nil {
+		c.Disconnect(0)
+		err = ctx.Err()
+	}
+	if ct, ok := tok.(*paho.ConnectToken); ok && err != nil {
+		switch ct.ReturnCode() {
+		case packets.ErrRefusedBadUsernameOrPassword, packets.ErrRefusedNotAuthorised:
+			return fmt.Errorf("%w: %v; check the username and password", ErrBrokerRefused, err)
+		case packets.ErrRefusedIDRejected, packets.ErrRefusedBadProtocolVersion:
+			return fmt.Errorf("%w: %v", ErrBrokerRefused, err)
+		}
+	}
+	return err
+}
+
+// oneShot is the connection of [PublishOnce]: a clean session under its own
+// client id (so it never takes over the service's session), no automatic
+// reconnect, closed after one publish.
+type oneShot struct {
+	client  paho.Client
+	timeout time.Duration
+}
+
+// dialOnce connects, retrying every second until ctx is done
+// ([ErrBrokerUnreachable], with the last connection error) or the broker
+// refuses the credentials ([ErrBrokerRefused], at once).
+func dialOnce(ctx context.Context, cfg *Config, clientID string) (*oneShot, error) {
+	for attempt := 1; ; attempt++ {
+		timeout := connectTimeout
+		if dl, ok := ctx.Deadline(); ok {
+			timeout = min(timeout, max(time.Until(dl), 100*time.Millisecond))
+		}
+		c := paho.NewClient(mqttOptions(cfg, clientID).SetConnectTimeout(timeout).
+			SetCleanSession(true).SetAutoReconnect(false).SetConnectRetry(false))
+		err := connect(ctx, c)
+		switch {
+		case err == nil:
+			return &oneShot{client: c, timeout: cfg.PublishTimeout}, nil
+		case errors.Is(err, ErrBrokerRefused):
+			return nil, fmt.Errorf("%s: %w", cfg.Broker, err)
+		case ctx.Err() != nil:
+			return nil, fmt.Errorf("%w: %s, %d attempt(s), last error: %v", ErrBrokerUnreachable, cfg.Broker, attempt, err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w: %s, %d attempt(s), last error: %v", ErrBrokerUnreachable, cfg.Broker, attempt, err)
+		case <-time.After(connectRetryInterval):
+		}
+	}
+}
+
+// Send implements [Sender].
+func (o *oneShot) Send(ctx context.Context, topic string, payload []byte) error {
+	if !o.client.IsConnectionOpen() {
+		return fmt.Errorf("%w: connection dropped before publishing", ErrNotConnected)
+	}
+	return waitAck(ctx, o.client.Publish(topic, topics.ReleaseQoS, topics.ReleaseRetain, payload), o.timeout)
+}
+
+func (o *oneShot) close() { o.client.Disconnect(disconnectQuiesce) }

@@ -1,0 +1,194 @@
+package publisher
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"regexp"
+	"time"
+
+	"github.com/linkedge/linkedge/internal/atomicfile"
+	"github.com/linkedge/linkedge/internal/release"
+	"github.com/linkedge/linkedge/internal/topics"
+)
+
+// StateSchema is the value of State.Schema this package writes and reads.
+const StateSchema = "linkedge.publisher-state/v1"
+
+// maxStateSize bounds what ParseState reads (a model's entry is under 1 KiB).
+const maxStateSize = 16 << 20
+
+// ErrCorruptState wraps every state file parse error.
+var ErrCorruptState = errors.New("publisher: corrupt state file")
+
+// State is the publisher's persistent memory: per model, the highest serial
+// ever signed and the last announcement the broker acknowledged. It is what
+// makes a restarted publisher announce nothing twice and never reuse a
+// serial.
+type State struct {
+	Schema string                 `json:"schema"`
+	Models map[string]*ModelState `json:"models"`
+}
+
+// ModelState is one model's entry in [State].
+type ModelState struct {
+	// SignedSerial is the highest serial ever signed for the model. It is
+	// recorded before the document leaves the process, so a crash or an
+	// unacknowledged publish (which the broker may still have received)
+	// never lets the serial be reused.
+	SignedSerial int64 `json:"signed_serial"`
+	// Announced is the last announcement the broker acknowledged; nil if
+	// none yet.
+	Announced *Announcement `json:"announced,omitempty"`
+}
+
+// Announcement records one acknowledged release document.
+type Announcement struct {
+	Version   int64           `json:"version"`
+	Serial    int64           `json:"serial"`
+	SHA256    string          `json:"sha256"`
+	Size      int64           `json:"size"`
+	URL       string          `json:"url"`
+	Runtime   release.Runtime `json:"runtime"`
+	IssuedAt  time.Time       `json:"issued_at"`
+	ExpiresAt time.Time       `json:"expires_at"`
+	AckedAt   time.Time       `json:"acked_at"`
+}
+
+// Matches reports whether a announces exactly v's content (version,
+// artifact digest and size, runtime). The URL is left out on purpose: a
+// presigned URL differs on every call without the content changing.
+func (a *Announcement) Matches(v Version) bool {
+	return a != nil && a.Version == v.Version && a.SHA256 == v.Artifact.SHA256 &&
+		a.Size == v.Artifact.Size && a.Runtime == v.Runtime
+}
+
+// ResignAt is when a should be re-signed: once less than a third of its
+// validity window remains, which leaves trucks that are online now and then
+// two chances in three to get the fresh document before the old one expires.
+func (a *Announcement) ResignAt() time.Time {
+	return a.ExpiresAt.Add(-a.ExpiresAt.Sub(a.IssuedAt) / 3)
+}
+
+var sha256Hex = regexp.MustCompile(`^[0-9a-f]{64}$`)
+
+// ParseState decodes a state file strictly: unknown fields, trailing data
+// and impossible content are errors wrapping [ErrCorruptState].
+func ParseState(data []byte) (*State, error) {
+	if len(data) > maxStateSize {
+		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrCorruptState, len(data), maxStateSize)
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	var s State
+	if err := dec.Decode(&s); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrCorruptState, err)
+	}
+	if _, err := dec.Token(); err == nil {
+		return nil, fmt.Errorf("%w: data after the JSON object", ErrCorruptState)
+	}
+	if err := s.validate(); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrCorruptState, err)
+	}
+	return &s, nil
+}
+
+func (s *State) validate() error {
+	if s.Schema != StateSchema {
+		return fmt.Errorf("schema is %q, want %q", clip(s.Schema), StateSchema)
+	}
+	if s.Models == nil {
+		s.Models = map[string]*ModelState{}
+	}
+	for m, ms := range s.Models {
+		if err := topics.ValidID(m); err != nil {
+			return fmt.Errorf("model %q: %w", clip(m), err)
+		}
+		if ms == nil {
+			return fmt.Errorf("model %s: null entry", m)
+		}
+		if ms.SignedSerial < 0 {
+			return fmt.Errorf("model %s: signed_serial %d is negative", m, ms.SignedSerial)
+		}
+		a := ms.Announced
+		if a == nil {
+			continue
+		}
+		switch {
+		case a.Serial < 1 || a.Serial > ms.SignedSerial:
+			return fmt.Errorf("model %s: announced serial %d is not between 1 and signed_serial %d", m, a.Serial, ms.SignedSerial)
+		case a.Version < 1:
+			return fmt.Errorf("model %s: announced version %d, want 1 or more", m, a.Version)
+		case !sha256Hex.MatchString(a.SHA256):
+			return fmt.Errorf("model %s: announced sha256 %q is not 64 lowercase hex characters", m, clip(a.SHA256))
+		case !a.ExpiresAt.After(a.IssuedAt):
+			return fmt.Errorf("model %s: announced expires_at is not after issued_at", m)
+		}
+	}
+	return nil
+}
+
+// StateFile is the state on disk. Every change is a locked
+// read-modify-write with an atomic replace, so a publisher service and a
+// one-shot `linkedge publish` may share it.
+type StateFile struct {
+	path string
+}
+
+// NewStateFile returns the state file at path; it need not exist yet.
+func NewStateFile(path string) *StateFile { return &StateFile{path: path} }
+
+// Path returns the file's path.
+func (f *StateFile) Path() string { return f.path }
+
+// Load reads the state; a missing file is an empty state. It takes no lock:
+// the file is replaced atomically, so it is always whole.
+func (f *StateFile) Load() (*State, error) {
+	data, err := os.ReadFile(f.path)
+	if errors.Is(err, os.ErrNotExist) {
+		return &State{Schema: StateSchema, Models: map[string]*ModelState{}}, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("publisher: read state: %w", err)
+	}
+	s, err := ParseState(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w (fix or move the file away; without it the publisher re-announces every model once)", f.path, err)
+	}
+	return s, nil
+}
+
+func (f *StateFile) save(s *State) error {
+	if err := atomicfile.WriteJSON(f.path, s, 0o644); err != nil {
+		return fmt.Errorf("publisher: write state: %w", err)
+	}
+	return nil
+}
+
+// lock takes the cross-process lock that serializes announcements (see
+// lockFile), waiting until ctx is done.
+func (f *StateFile) lock(ctx context.Context) (unlock func(), err error) {
+	return lockFile(ctx, f.path+".lock")
+}
+
+// entry returns s's entry for model, creating it.
+func (s *State) entry(model string) *ModelState {
+	ms := s.Models[model]
+	if ms == nil {
+		ms = &ModelState{}
+		s.Models[model] = ms
+	}
+	return ms
+}
+
+// clip shortens s for error messages so a hostile file stays out of logs.
+func clip(s string) string {
+	const max = 64
+	if len(s) <= max {
+		return s
+	}
+	return s[:max] + "..."
+}
