@@ -155,7 +155,7 @@ func (a *Agent) startLocalBus(ctx context.Context) error {
 	br, err := server.StartMQTT(cctx, server.MQTTConfig{
 		Broker: url, ClientID: "linkedge-agent-" + a.cfg.Truck,
 		ReadingsTopic: topics.LocalReadings(a.cfg.Model), PredictionsTopic: topics.LocalPredictions(a.cfg.Model),
-		ErrorsTopic: topics.Prefix + "/local/" + a.cfg.Model + "/errors",
+		ErrorsTopic:  topics.Prefix + "/local/" + a.cfg.Model + "/errors",
 		OnPrediction: a.onPrediction, Logger: a.log, Registerer: a.reg,
 	}, a.slot)
 	if err != nil {

@@ -40,7 +40,7 @@ func (a *Agent) fleetOptions() *paho.ClientOptions {
 func (a *Agent) onConnect(c paho.Client) {
 	a.setOnline(true, nil)
 	subs := map[string]byte{
-		topics.ModelRelease(a.cfg.Model):  topics.ReleaseQoS,
+		topics.ModelRelease(a.cfg.Model): topics.ReleaseQoS,
 		topics.TruckDesired(a.cfg.Truck): topics.DesiredQoS,
 	}
 	t := c.SubscribeMultiple(subs, a.onFleetMessage)

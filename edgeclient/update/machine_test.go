@@ -41,7 +41,7 @@ func (c *fakeCand) Check(context.Context) error {
 	return c.rt.checkErr[c.spec.Version]
 }
 func (c *fakeCand) Failures() int64 { return c.failures.Load() }
-func (c *fakeCand) Close() error     { c.closed.Store(true); return nil }
+func (c *fakeCand) Close() error    { c.closed.Store(true); return nil }
 
 func (r *fakeRuntime) Stage(ctx context.Context, s runtime.Spec) (runtime.Candidate, error) {
 	r.mu.Lock()
