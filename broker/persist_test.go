@@ -97,7 +97,17 @@ func TestPersistenceAcrossRestart(t *testing.T) {
 		}
 		var got []string
 		for range 4 {
-			got = append(got, string(in.next(t).Payload()))
+			select {
+			case m := <-in:
+				got = append(got, string(m.Payload()))
+			case <-time.After(3 * time.Second):
+				cl, _ := b.Server().Clients.Get("truck-1")
+				var ids []uint16
+				for _, pk := range cl.State.Inflight.GetAll(false) {
+					ids = append(ids, pk.PacketID)
+				}
+				t.Fatalf("DBG got %q; broker inflight ids=%v closed=%v takenover=%v sessions=%d", got, ids, cl.Closed(), cl.IsTakenOver(), b.sessions())
+			}
 		}
 		slices.Sort(got)
 		want := []string{"queued-a", "queued-b", "queued-c", "retained-v1"}

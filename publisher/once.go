@@ -98,7 +98,7 @@ func findVersion(ctx context.Context, reg Registry, model string, version int64)
 		slices.Sort(have)
 		return Version{}, fmt.Errorf("%w: model %s has no version %d (it has %v)", ErrUnknownVersion, model, version, have)
 	case found.Status != StatusApproved:
-		return Version{}, fmt.Errorf("%w: %s version %d is %s; approve it first", ErrNotApproved, model, version, found.Status)
+		return Version{}, fmt.Errorf("%w: %s version %d is %s", ErrNotApproved, model, version, found.Status)
 	}
 	best, _ := targets(vs)
 	if b := best[model]; b.Version > version {

@@ -161,8 +161,9 @@ func (p *Publisher) Run(ctx context.Context) error {
 	}
 }
 
-// Close stops a running Run and waits for it, or releases what New opened.
-// It is idempotent and safe to call concurrently.
+// Close stops a running Run and waits for it to return, or, if Run never
+// ran, releases what New opened. It is idempotent and safe for concurrent
+// use; calls after the first return at once.
 func (p *Publisher) Close() error {
 	p.mu.Lock()
 	if p.isClosed {

@@ -116,6 +116,15 @@ func (l *Load) sensors(ctx context.Context, every time.Duration, model string) {
 func (l *Load) app(ctx context.Context, n int) {
 	defer l.wg.Done()
 	client := &http.Client{Timeout: 10 * time.Second}
+	// An application starts asking once the truck has a model; before that
+	// every answer is a 503 by design, not a failure worth counting.
+	for l.truck.Agent.Status().Version == 0 {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 	for i := n * 97; ctx.Err() == nil; i++ {
 		if l.paused.Load() {
 			time.Sleep(10 * time.Millisecond)

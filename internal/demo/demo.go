@@ -1,0 +1,300 @@
+// Package demo is `linkedge demo`: the whole mission on one machine, from
+// real parts (see package fleetsim), told as it happens.
+//
+//  1. Start the fleet broker, the local registry and its publisher, and
+//     three trucks with their local buses, sensors and an HTTP application.
+//  2. Approve v1 of the APS model: every truck downloads, checks and serves it.
+//  3. Take truck 3 offline and approve v2: trucks 1 and 2 switch while
+//     serving, without a failed request; truck 3 keeps predicting on v1.
+//  4. Bring truck 3 back: it catches up.
+//  5. Print a summary and exit 0 if every step held.
+package demo
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"text/tabwriter"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/linkedge/linkedge/inference/apsmodels"
+	"github.com/linkedge/linkedge/internal/fleetsim"
+	"github.com/linkedge/linkedge/internal/status"
+	"github.com/linkedge/linkedge/internal/topics"
+)
+
+// Config is the demo's settings.
+type Config struct {
+	// Dir keeps all state; empty means a temporary folder, removed at the end.
+	Dir string
+	// Trucks in the fleet, at least 2. Default 3; the last one goes offline.
+	Trucks int
+	// Broker is an external fleet broker URL; empty runs the embedded one.
+	Broker string
+	// LinkRate limits each truck's link, bytes/s, to show downloads
+	// progressing; 0 means unlimited.
+	LinkRate int
+	// Probation of each truck after a switch. Default 2s.
+	Probation time.Duration
+	// Out receives the story; Log the parts' logs (default: discarded).
+	Out io.Writer
+	Log *slog.Logger
+}
+
+type story struct {
+	out   io.Writer
+	start time.Time
+	mu    sync.Mutex
+}
+
+func (s *story) say(format string, args ...any) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	fmt.Fprintf(s.out, "[%5.1fs] %s\n", time.Since(s.start).Seconds(), fmt.Sprintf(format, args...))
+}
+
+// Run plays the demo. It returns an error if any promise of the story was
+// broken (a truck not updated, a failed request during a switch...).
+func Run(ctx context.Context, cfg Config) error {
+	if cfg.Trucks < 2 {
+		cfg.Trucks = 3
+	}
+	if cfg.Probation <= 0 {
+		cfg.Probation = 2 * time.Second
+	}
+	if cfg.Out == nil {
+		cfg.Out = os.Stdout
+	}
+	if cfg.Dir == "" {
+		dir, err := os.MkdirTemp("", "linkedge-demo-*")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(dir)
+		cfg.Dir = dir
+	}
+	st := &story{out: cfg.Out, start: time.Now()}
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+	defer cancel()
+
+	st.say("starting the fleet: broker, local registry + publisher, %d trucks (state in %s)", cfg.Trucks, cfg.Dir)
+	f, err := fleetsim.Start(ctx, fleetsim.Options{Dir: cfg.Dir, Trucks: cfg.Trucks, FleetBroker: cfg.Broker,
+		Probation: cfg.Probation, LinkRate: cfg.LinkRate, Logger: cfg.Log})
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	st.say("fleet broker %s, artifacts at %s", f.BrokerURL, f.Publisher.ArtifactBaseURL())
+	for _, t := range f.Trucks {
+		st.say("%s: HTTP http://%s/invocations, local bus tcp://%s", t.ID, t.Agent.HTTPAddr(), t.Agent.LocalBrokerAddr())
+	}
+	stopWatch, err := watch(f.BrokerURL, st)
+	if err != nil {
+		return err
+	}
+	defer stopWatch()
+
+	wait := func(what string, cond func() bool) error {
+		wctx, wcancel := context.WithTimeout(ctx, 60*time.Second)
+		defer wcancel()
+		return fleetsim.WaitFor(wctx, what, cond)
+	}
+	approve := func(data []byte) (int64, error) {
+		e, err := f.Register(ctx, data)
+		if err != nil {
+			return 0, err
+		}
+		st.say("registry: %s v%d registered (sha256 %s…)", e.Model, e.Version, e.SHA256[:12])
+		if _, err := f.Registry.Approve(e.Model, e.Version, "demo"); err != nil {
+			return 0, err
+		}
+		st.say("registry: %s v%d APPROVED", e.Model, e.Version)
+		return e.Version, nil
+	}
+
+	// Step 1: v1 everywhere.
+	v1, err := approve(apsmodels.V1())
+	if err != nil {
+		return err
+	}
+	if err := wait("v1 on every truck", func() bool { return onVersion(f.Trucks, v1) }); err != nil {
+		return err
+	}
+	st.say("every truck serves v%d", v1)
+	time.Sleep(time.Second) // let predictions flow on v1 for the summary
+
+	// Step 2: truck N offline, v2 approved.
+	last := f.Trucks[len(f.Trucks)-1]
+	online := f.Trucks[:len(f.Trucks)-1]
+	last.Link.Cut()
+	st.say("%s loses its connection (link cut)", last.ID)
+	if err := wait(last.ID+" offline", func() bool { return !last.Agent.Status().Online }); err != nil {
+		return err
+	}
+	failedBefore := failures(f.Trucks)
+	approved := time.Now()
+	v2, err := approve(apsmodels.V2())
+	if err != nil {
+		return err
+	}
+	if err := wait("v2 on online trucks", func() bool { return onVersion(online, v2) }); err != nil {
+		return err
+	}
+	switchTime := time.Since(approved)
+	st.say("online trucks serve v%d, %s after approval", v2, switchTime.Round(10*time.Millisecond))
+	offlinePred := last.Load.Predictions.Load()
+	time.Sleep(2 * time.Second)
+	offlineServed := last.Load.Predictions.Load() - offlinePred
+	st.say("%s, still offline, serves v%d: %d predictions in the last 2s", last.ID, last.Version(), offlineServed)
+
+	// Step 3: truck N back.
+	last.Link.Restore()
+	st.say("%s reconnects", last.ID)
+	if err := wait(last.ID+" catches up", func() bool { return onVersion([]*fleetsim.Truck{last}, v2) }); err != nil {
+		return err
+	}
+	caughtUp := time.Since(approved)
+	st.say("%s serves v%d", last.ID, v2)
+	time.Sleep(time.Second)
+	failed := failures(f.Trucks) - failedBefore
+
+	summary(cfg.Out, f, approved)
+	var problems []string
+	if failed != 0 {
+		problems = append(problems, fmt.Sprintf("%d HTTP requests failed during the update", failed))
+	}
+	if offlineServed == 0 {
+		problems = append(problems, last.ID+" served no predictions while offline")
+	}
+	if len(problems) > 0 {
+		return fmt.Errorf("demo failed: %s", strings.Join(problems, "; "))
+	}
+	fmt.Fprintf(cfg.Out, "\nOK: v%d reached the online trucks %s after approval with 0 failed requests; %s caught up %s after approval, once back online.\n",
+		v2, switchTime.Round(10*time.Millisecond), last.ID, caughtUp.Round(10*time.Millisecond))
+	return nil
+}
+
+func onVersion(trucks []*fleetsim.Truck, v int64) bool {
+	for _, t := range trucks {
+		s := t.Agent.Status()
+		if s.Version != v || s.Phase != "committed" {
+			return false
+		}
+	}
+	return true
+}
+
+func failures(trucks []*fleetsim.Truck) int64 {
+	var n int64
+	for _, t := range trucks {
+		n += t.Load.HTTPFailed.Load()
+	}
+	return n
+}
+
+func summary(w io.Writer, f *fleetsim.Fleet, approved time.Time) {
+	fmt.Fprintln(w)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "TRUCK\tVERSION\tPREDICTIONS (MQTT)\tALERTS\tHTTP OK\tHTTP FAILED\tANSWERS BY VERSION\tUPDATE TIME")
+	for _, t := range f.Trucks {
+		s := t.Agent.Status()
+		upd := "-"
+		if u := t.Agent.LastUpdate(); !u.IsZero() && u.After(approved) {
+			upd = u.Sub(approved).Round(10 * time.Millisecond).String()
+		}
+		by := t.Load.ByVersion()
+		var parts []string
+		for v := int64(1); v <= s.Version; v++ {
+			if n := by[fmt.Sprint(v)]; n > 0 {
+				parts = append(parts, fmt.Sprintf("v%d %d", v, n))
+			}
+		}
+		fmt.Fprintf(tw, "%s\tv%d\t%d\t%d\t%d\t%d\t%s\t%s\n", t.ID, s.Version, s.Predictions, s.Alerts,
+			t.Load.HTTPOK.Load(), t.Load.HTTPFailed.Load(), strings.Join(parts, ", "), upd)
+	}
+	tw.Flush()
+}
+
+// watch follows the fleet as an operator would: from the broker, through
+// the trucks' retained status and their events.
+func watch(brokerURL string, st *story) (stop func(), err error) {
+	type seen struct {
+		version int64
+		phase   string
+		online  bool
+		pct     int
+	}
+	var mu sync.Mutex
+	last := map[string]seen{}
+	onStatus := func(_ paho.Client, m paho.Message) {
+		s, err := status.Parse(m.Payload())
+		if err != nil {
+			return
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		prev, ok := last[s.Truck]
+		cur := seen{version: s.Version, phase: s.Phase, online: s.Online}
+		if s.Total > 0 && s.Phase == "downloading" {
+			cur.pct = int(100 * s.Downloaded / s.Total)
+		}
+		if !s.Online {
+			cur.version = prev.version // the last will carries no version
+		}
+		if ok && cur == prev {
+			return
+		}
+		last[s.Truck] = cur
+		switch {
+		case !s.Online:
+			st.say("  %s is offline (last will)", s.Truck)
+		case s.Phase == "downloading" && s.Total > 0:
+			st.say("  %s: v%d, downloading v%d: %d/%d bytes", s.Truck, s.Version, s.Desired, s.Downloaded, s.Total)
+		case s.Phase == "idle" && !ok:
+			st.say("  %s: online, v%d", s.Truck, s.Version)
+		case s.Phase != prev.phase || s.Version != prev.version:
+			st.say("  %s: v%d, %s", s.Truck, s.Version, phaseText(s))
+		}
+	}
+	onEvent := func(_ paho.Client, m paho.Message) {
+		e, err := status.ParseEvent(m.Payload())
+		if err != nil || e.Kind == status.EventUpdateStarted {
+			return
+		}
+		detail := ""
+		if e.Detail != "" {
+			detail = ": " + e.Detail
+		}
+		st.say("  %s event %s v%d%s", e.Truck, e.Kind, e.Version, detail)
+	}
+	c := paho.NewClient(paho.NewClientOptions().AddBroker(brokerURL).SetClientID("linkedge-demo-watch").
+		SetAutoReconnect(true).SetOrderMatters(true).
+		SetOnConnectHandler(func(c paho.Client) {
+			c.Subscribe(topics.AllTruckStatus(), 1, onStatus)
+			c.Subscribe(topics.Prefix+"/trucks/+/events", 1, onEvent)
+		}))
+	if t := c.Connect(); !t.WaitTimeout(10*time.Second) || t.Error() != nil {
+		return nil, fmt.Errorf("watch fleet: connect to %s: %v", brokerURL, t.Error())
+	}
+	return func() { c.Disconnect(100) }, nil
+}
+
+func phaseText(s *status.Status) string {
+	switch s.Phase {
+	case "committed":
+		return "committed"
+	case "probation":
+		return fmt.Sprintf("switched to v%d, on probation", s.Desired)
+	default:
+		if s.Desired != 0 && s.Desired != s.Version {
+			return fmt.Sprintf("%s v%d", strings.ReplaceAll(s.Phase, "_", " "), s.Desired)
+		}
+		return strings.ReplaceAll(s.Phase, "_", " ")
+	}
+}
