@@ -97,17 +97,7 @@ func TestPersistenceAcrossRestart(t *testing.T) {
 		}
 		var got []string
 		for range 4 {
-			select {
-			case m := <-in:
-				got = append(got, string(m.Payload()))
-			case <-time.After(3 * time.Second):
-				cl, _ := b.Server().Clients.Get("truck-1")
-				var ids []uint16
-				for _, pk := range cl.State.Inflight.GetAll(false) {
-					ids = append(ids, pk.PacketID)
-				}
-				t.Fatalf("DBG got %q; broker inflight ids=%v closed=%v takenover=%v sessions=%d", got, ids, cl.Closed(), cl.IsTakenOver(), b.sessions())
-			}
+			got = append(got, string(in.next(t).Payload()))
 		}
 		slices.Sort(got)
 		want := []string{"queued-a", "queued-b", "queued-c", "retained-v1"}
@@ -248,5 +238,47 @@ func TestOnlyPersistentSessionsWritten(t *testing.T) {
 	}
 	if len(clients) != 1 || clients[0].ID != "truck-1" {
 		t.Errorf("stored clients = %+v, want only truck-1", clients)
+	}
+}
+
+// TestQueuedRecordSurvivesSamePacketID replays, step by step, the race that
+// made TestPersistenceAcrossRestart lose a message: a persistent client's own
+// QoS 1 publish used packet id 2, and mochi removed that acknowledgement's
+// record only after a message queued for the client had taken id 2 too.
+func TestQueuedRecordSurvivesSamePacketID(t *testing.T) {
+	b := startBroker(t, func(c *Config) { c.DataDir = t.TempDir() })
+	cl := b.Server().NewClient(nil, "mqtt", "truck-9", false)
+	cl.Properties.ProtocolVersion = 4 // clean session false: persistent
+
+	queued := packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1},
+		PacketID:    2, TopicName: "linkedge/v1/models/m", Payload: []byte("release"),
+	}
+	ack := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: 2}
+
+	b.store.OnQosPublish(cl, ack, 0, 0) // the client's publish, acknowledged
+	cl.State.Inflight.Set(queued)       // a message for the client takes id 2
+	b.store.OnQosPublish(cl, queued, 0, 0)
+	b.store.OnQosComplete(cl, ack) // mochi's late removal of the ack record
+
+	stored := func() []string {
+		msgs, err := b.store.Hook.StoredInflightMessages()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, m := range msgs {
+			out = append(out, m.Client+" "+string(m.Payload))
+		}
+		return out
+	}
+	if got, want := stored(), []string{"truck-9 release"}; !slices.Equal(got, want) {
+		t.Fatalf("stored = %q, want %q", got, want)
+	}
+	// Once the client acknowledges the message the record goes.
+	cl.State.Inflight.Delete(2)
+	b.store.OnQosComplete(cl, ack)
+	if got := stored(); len(got) != 0 {
+		t.Errorf("stored after PUBACK = %q, want none", got)
 	}
 }

@@ -37,6 +37,8 @@ var _ mqtt.Hook = (*boltStore)(nil)
 //     in-process publish was still writing to it (a data race on the
 //     database pointer, which Stop sets to nil). All calls are serialised
 //     against Stop and become no-ops afterwards.
+//   - A client's own QoS 1 publish could delete the record of a message
+//     queued for it under the same packet id (see OnQosPublish).
 //   - Resuming a session deleted the records of its queued messages and relied
 //     on the resend to write them again; they are now kept (OnQosDropped).
 //   - Sessions that end on disconnect (clean sessions) had every subscription
@@ -50,7 +52,9 @@ type boltStore struct {
 
 	mu         sync.RWMutex
 	closed     bool
-	persistent map[string]bool // ids of stored sessions that outlive a disconnect
+	persistent map[string]bool // while loading: ids of stored persistent sessions
+
+	qos sync.Mutex // serialises writes and removals of queued-message records
 }
 
 func newBoltStore(srv *mqtt.Server) *boltStore {
@@ -129,11 +133,38 @@ func (s *boltStore) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byt
 func (s *boltStore) OnUnsubscribed(cl *mqtt.Client, pk packets.Packet) {
 	s.persistentSession(cl, func() { s.Hook.OnUnsubscribed(cl, pk) })
 }
+
+// Queued-message records are keyed by client id and packet id, and mochi
+// uses one packet-id space for both directions: the acknowledgement of a
+// client's own QoS 1 publish is recorded and removed under the same key as a
+// message queued for that client with the same id. mochi removes the record
+// after sending PUBACK, by which time a message published to the (now
+// offline) client may already have taken that id and been written, and the
+// late removal deleted it. So acknowledgements of incoming QoS 1 publishes,
+// which are answered at once and never need restoring, are not written, and a
+// record is not removed while an outgoing message holds its id. qos makes
+// that check and the removal atomic with respect to writes.
 func (s *boltStore) OnQosPublish(cl *mqtt.Client, pk packets.Packet, sent int64, resends int) {
-	s.persistentSession(cl, func() { s.Hook.OnQosPublish(cl, pk, sent, resends) })
+	if pk.FixedHeader.Type == packets.Puback {
+		return
+	}
+	s.persistentSession(cl, func() {
+		s.qos.Lock()
+		defer s.qos.Unlock()
+		s.Hook.OnQosPublish(cl, pk, sent, resends)
+	})
 }
 func (s *boltStore) OnQosComplete(cl *mqtt.Client, pk packets.Packet) {
-	s.persistentSession(cl, func() { s.Hook.OnQosComplete(cl, pk) })
+	s.persistentSession(cl, func() { s.removeQos(cl, pk) })
+}
+
+func (s *boltStore) removeQos(cl *mqtt.Client, pk packets.Packet) {
+	s.qos.Lock()
+	defer s.qos.Unlock()
+	if held, ok := cl.State.Inflight.Get(pk.PacketID); ok && held.FixedHeader.Type == packets.Publish {
+		return // the key now belongs to a message still queued for cl
+	}
+	s.Hook.OnQosComplete(cl, pk)
 }
 
 // OnQosDropped keeps the record when cl has been taken over: the message was
@@ -145,7 +176,7 @@ func (s *boltStore) OnQosDropped(cl *mqtt.Client, pk packets.Packet) {
 	if cl.IsTakenOver() {
 		return
 	}
-	s.persistentSession(cl, func() { s.Hook.OnQosDropped(cl, pk) })
+	s.persistentSession(cl, func() { s.removeQos(cl, pk) })
 }
 func (s *boltStore) OnClientExpired(cl *mqtt.Client) {
 	s.session(cl, func() { s.Hook.OnClientExpired(cl) })
@@ -220,6 +251,8 @@ func (s *boltStore) StoredInflightMessages() ([]storage.Message, error) {
 	if err != nil {
 		return nil, err
 	}
+	persistent := s.persistent
+	s.persistent = nil // orphans are only judged while loading
 	out := all[:0]
 	for _, m := range all {
 		if m.PacketID == 0 {
@@ -229,7 +262,7 @@ func (s *boltStore) StoredInflightMessages() ([]storage.Message, error) {
 			s.Hook.Log.Warn("dropping stored message without packet id", "key", m.ID)
 			continue
 		}
-		if s.persistent != nil && !s.persistent[m.Client] {
+		if persistent != nil && !persistent[m.Client] {
 			s.Hook.OnQosComplete(&mqtt.Client{ID: m.Client}, packets.Packet{PacketID: m.PacketID})
 			continue
 		}

@@ -53,6 +53,7 @@ type Agent struct {
 	verifier *release.Verifier
 
 	predictions, alerts atomic.Int64
+	booted              atomic.Bool // the booted event went out
 
 	mu         sync.Mutex
 	st         status.Status

@@ -50,6 +50,9 @@ func (a *Agent) onConnect(c paho.Client) {
 		}
 	}()
 	a.publishStatus()
+	if a.booted.CompareAndSwap(false, true) {
+		a.publishEvent(status.Event{Kind: status.EventBooted, Version: a.Status().Version, Detail: "agent started"})
+	}
 }
 
 func (a *Agent) setOnline(on bool, cause error) {
