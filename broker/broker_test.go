@@ -56,10 +56,19 @@ func TestRetainedDeliveredToLateSubscriber(t *testing.T) {
 	in := newInbox()
 	late := connect(t, clientOpts(b.Addr()))
 	subscribe(t, late, "linkedge/v1/models/#", 1, in)
-	m := in.next(t)
-	if !m.Retained() || string(m.Payload()) != "v7" {
-		t.Errorf("got retained=%v %q, want retained v7", m.Retained(), m.Payload())
+	// mochi stores a retained message before acknowledging it but fans it
+	// out just after, so a subscriber arriving in between may first get the
+	// live copy as well; the retained copy must come either way.
+	for range 2 {
+		m := in.next(t)
+		if string(m.Payload()) != "v7" {
+			t.Fatalf("got %q, want v7", m.Payload())
+		}
+		if m.Retained() {
+			return
+		}
 	}
+	t.Error("no copy flagged retained")
 }
 
 // TestInlineClient covers the truck agent's in-process use: publishing into

@@ -2,6 +2,7 @@ package publisher
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -31,7 +32,10 @@ func TestArtifactServer(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve() }()
 	t.Cleanup(func() {
-		if err := srv.Shutdown(t.Context()); err != nil {
+		// Not t.Context(): it is already cancelled when cleanups run.
+		ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+		defer cancel()
+		if err := srv.Shutdown(ctx); err != nil {
 			t.Error(err)
 		}
 		if err := <-done; err != nil {

@@ -69,6 +69,7 @@ func testPullSync(t *testing.T, externalBroker string) {
 	approve(apsmodels.V1())
 	wait("v1 everywhere", func() bool { return all(f.Trucks, 1) })
 	t.Logf("approval of v1 to 3 trucks serving it: %s", time.Since(start).Round(time.Millisecond))
+	oldRelease := retained(t, f.BrokerURL, topics.ModelRelease("aps-failure"))
 
 	// Truck 3 goes offline; v2 is approved; trucks 1 and 2 switch under load.
 	t3.Link.Cut()
@@ -114,6 +115,16 @@ func testPullSync(t *testing.T, externalBroker string) {
 	}
 	t1.Load.Resume()
 	t1.Link.Restore()
+	wait("truck 1 back online", func() bool { return t1.Agent.Status().Online })
+
+	// v2 is rejected: the publisher re-announces v1 under a newer serial and
+	// every truck goes back to it (from its cache: v1 is the previous version).
+	if _, err := f.Registry.Reject("aps-failure", 2, "e2e"); err != nil {
+		t.Fatal(err)
+	}
+	start = time.Now()
+	wait("v1 everywhere after rejecting v2", func() bool { return all(f.Trucks, 1) })
+	t.Logf("rejection of v2 to 3 trucks back on v1: %s", time.Since(start).Round(time.Millisecond))
 
 	// A corrupted artifact changes nothing and is reported: a correctly
 	// signed release whose download (a tampered mirror, a bad cache) does
@@ -140,8 +151,8 @@ func testPullSync(t *testing.T, externalBroker string) {
 		}
 		return true
 	})
-	if !serving(f.Trucks, 2) {
-		t.Fatal("a truck left v2 for a corrupted artifact")
+	if !serving(f.Trucks, 1) {
+		t.Fatal("a truck left v1 for a corrupted artifact")
 	}
 	t.Logf("truck 1 reports: %s", t1.Agent.Status().LastError)
 
@@ -156,8 +167,43 @@ func testPullSync(t *testing.T, externalBroker string) {
 		}
 		return true
 	})
-	if !serving(f.Trucks, 2) {
+	if !serving(f.Trucks, 1) {
 		t.Fatal("a truck acted on a forged release")
+	}
+
+	// A replayed genuine release (an old serial) changes nothing either.
+	publishRetained(t, f.BrokerURL, topics.ModelRelease("aps-failure"), oldRelease)
+	wait("replayed release refused", func() bool {
+		for _, tr := range f.Trucks {
+			if !strings.Contains(tr.Agent.Status().LastError, "stale") {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// retained reads the retained message on topic.
+func retained(t *testing.T, broker, topic string) []byte {
+	t.Helper()
+	got := make(chan []byte, 1)
+	c := paho.NewClient(paho.NewClientOptions().AddBroker(broker).SetClientID("e2e-reader"))
+	if tok := c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("connect: %v", tok.Error())
+	}
+	defer c.Disconnect(100)
+	c.Subscribe(topic, 1, func(_ paho.Client, m paho.Message) {
+		select {
+		case got <- bytes.Clone(m.Payload()):
+		default:
+		}
+	})
+	select {
+	case b := <-got:
+		return b
+	case <-time.After(10 * time.Second):
+		t.Fatalf("no retained message on %s", topic)
+		return nil
 	}
 }
 
