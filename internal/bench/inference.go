@@ -54,6 +54,7 @@ type Report struct {
 	Batched  float64 // in-process predictions/s through the batcher
 	Features int
 	Model    string
+	MQTT     MQTTResult
 }
 
 // RunInference runs the suite: bare in-process rate, the batcher in-process,
@@ -128,6 +129,14 @@ func RunInference(ctx context.Context, cfg InferenceConfig) (*Report, error) {
 		fmt.Fprintf(cfg.Progress, "  %.0f req/s, p50 %s, p99 %s, server CPU %.2f cores, errors %d\n", res.RPS, res.P50, res.P99, res.CPU, res.Errors)
 		rep.Rows = append(rep.Rows, res)
 	}
+	fmt.Fprintf(cfg.Progress, "MQTT readings → predictions through an embedded broker ...\n")
+	reading := []byte(`{"id":"bench","features":` + jsonRow(row) + `}`)
+	mq, err := runMQTT(ctx, cfg.Binary, cfg.Model, reading, 256, cfg.Duration, cfg.Warmup)
+	if err != nil {
+		return nil, fmt.Errorf("mqtt: %w", err)
+	}
+	rep.MQTT = mq
+	fmt.Fprintf(cfg.Progress, "  %.0f predictions/s, server CPU %.2f cores\n", mq.Rate(), mq.CPU)
 	return rep, nil
 }
 
@@ -136,6 +145,10 @@ func sampleRow(m *inference.Model) []float32 {
 		return g[0].Features
 	}
 	return make([]float32, m.NumFeatures())
+}
+
+func jsonRow(row []float32) string {
+	return "[" + strings.ReplaceAll(csvRow(row), "na", "null") + "]"
 }
 
 func csvRow(row []float32) string {
@@ -274,6 +287,7 @@ func (r *Report) Markdown() string {
 	for _, x := range r.Rows {
 		fmt.Fprintf(&sb, "| %s | %.0f | %s | %s | %.2f | %.2f | %d | %s |\n", x.Name, x.RPS, fmtDur(x.P50), fmtDur(x.P99), x.CPU, x.GenCPU, x.Errors, x.Comment)
 	}
+	fmt.Fprintf(&sb, "\nMQTT (embedded broker, QoS 0, at most 256 readings unanswered): **%.0f predictions/s**, server CPU %.2f cores.\n", r.MQTT.Rate(), r.MQTT.CPU)
 	return sb.String()
 }
 
