@@ -48,6 +48,7 @@ type Broker struct {
 	srv   *mqtt.Server
 	reg   *prometheus.Registry
 	auth  *authHook
+	sess  *sessionHook
 	store *boltStore // nil without a DataDir
 	tls   *tls.Config
 
@@ -105,7 +106,8 @@ func New(cfg Config) (*Broker, error) {
 	if err := srv.AddHook(b.auth, nil); err != nil {
 		return nil, fmt.Errorf("add auth hook: %w", err)
 	}
-	if err := srv.AddHook(&sessionHook{srv: srv}, nil); err != nil {
+	b.sess = &sessionHook{srv: srv}
+	if err := srv.AddHook(b.sess, nil); err != nil {
 		return nil, fmt.Errorf("add session hook: %w", err)
 	}
 	if err := b.reg.Register(newCollector(b)); err != nil {
@@ -199,7 +201,7 @@ func (b *Broker) openStore() error {
 	if err != nil {
 		return fmt.Errorf("open storage %s: %w", path, err)
 	}
-	b.store = store
+	b.store, b.sess.store = store, store
 	return nil
 }
 

@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"sync"
 	"sync/atomic"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -9,11 +10,21 @@ import (
 
 var _ mqtt.Hook = (*sessionHook)(nil)
 
-// sessionHook repairs two gaps in mochi's (v2.7.9) session handling that a
-// fleet of intermittently connected trucks hits all the time.
+// sessionHook repairs gaps in mochi's (v2.7.9) session handling that a fleet
+// of intermittently connected trucks hits all the time.
 type sessionHook struct {
 	mqtt.HookBase
-	srv *mqtt.Server
+	srv   *mqtt.Server
+	store *boltStore // set by Start when there is a DataDir
+
+	displaced sync.Map // displacedKey -> packets.Packet; see OnPacketRead
+}
+
+// displacedKey names an outgoing message that a client's own publish is
+// about to push out of the client's in-flight table.
+type displacedKey struct {
+	cl *mqtt.Client
+	id uint16
 }
 
 // ID implements mqtt.Hook.
@@ -21,7 +32,11 @@ func (h *sessionHook) ID() string { return "linkedge-sessions" }
 
 // Provides implements mqtt.Hook.
 func (h *sessionHook) Provides(b byte) bool {
-	return b == mqtt.OnClientExpired || b == mqtt.OnQosDropped
+	switch b {
+	case mqtt.OnClientExpired, mqtt.OnQosDropped, mqtt.OnPacketRead, mqtt.OnPacketProcessed:
+		return true
+	}
+	return false
 }
 
 // OnClientExpired implements mqtt.Hook. When a disconnected persistent
@@ -45,4 +60,56 @@ func (h *sessionHook) OnQosDropped(cl *mqtt.Client, _ packets.Packet) {
 	if cl.IsTakenOver() {
 		atomic.AddInt64(&h.srv.Info.Inflight, 1)
 	}
+}
+
+// OnPacketRead implements mqtt.Hook. mochi keeps one in-flight table per
+// client for both directions, keyed by packet id, and treats an incoming
+// QoS 1/2 PUBLISH whose id is in the table as a retransmission: it deletes
+// the entry. But packet ids are chosen independently by each side, so the
+// entry is often an unacknowledged message the broker sent to the client, as
+// when a truck publishes its status while the broker is resending its queue
+// after a reconnect. That message would be forgotten (in memory and on disk)
+// and never redelivered if the link dropped before the truck processed it.
+// The message is set aside here and put back in OnPacketProcessed.
+func (h *sessionHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if pk.FixedHeader.Type != packets.Publish || pk.FixedHeader.Qos == 0 {
+		return pk, nil
+	}
+	if held, ok := cl.State.Inflight.Get(pk.PacketID); ok && outgoing(held) {
+		h.displaced.Store(displacedKey{cl, pk.PacketID}, held)
+	}
+	return pk, nil
+}
+
+// OnPacketProcessed implements mqtt.Hook; see OnPacketRead.
+func (h *sessionHook) OnPacketProcessed(cl *mqtt.Client, pk packets.Packet, _ error) {
+	if pk.FixedHeader.Type != packets.Publish || pk.FixedHeader.Qos == 0 {
+		return
+	}
+	v, ok := h.displaced.LoadAndDelete(displacedKey{cl, pk.PacketID})
+	if !ok {
+		return
+	}
+	if cur, taken := cl.State.Inflight.Get(pk.PacketID); taken {
+		if outgoing(cur) {
+			return // mochi returned early (say, ACL refusal) and kept it
+		}
+		// An incoming QoS 2 exchange now holds the id, and mochi's table
+		// cannot track both; the outgoing message is lost as before.
+		h.Log.Warn("queued message displaced by an incoming QoS 2 publish", "client", cl.ID, "packet_id", pk.PacketID)
+		return
+	}
+	held := v.(packets.Packet)
+	if cl.State.Inflight.Set(held) {
+		atomic.AddInt64(&h.srv.Info.Inflight, 1)
+	}
+	if h.store != nil {
+		h.store.OnQosPublish(cl, held, held.Created, 0)
+	}
+}
+
+// outgoing reports whether an in-flight entry belongs to a message the broker
+// sent (awaiting PUBACK/PUBREC, or PUBCOMP after its PUBREL).
+func outgoing(pk packets.Packet) bool {
+	return pk.FixedHeader.Type == packets.Publish || pk.FixedHeader.Type == packets.Pubrel
 }

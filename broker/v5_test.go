@@ -44,6 +44,8 @@ func (c *rawClient) send(pk packets.Packet) {
 		err = pk.SubscribeEncode(&buf)
 	case packets.Puback:
 		err = pk.PubackEncode(&buf)
+	case packets.Publish:
+		err = pk.PublishEncode(&buf)
 	default:
 		c.t.Fatalf("send: unsupported packet type %d", pk.FixedHeader.Type)
 	}
@@ -79,6 +81,8 @@ func (c *rawClient) recv() packets.Packet {
 		err = pk.SubackDecode(body)
 	case packets.Publish:
 		err = pk.PublishDecode(body)
+	case packets.Puback:
+		err = pk.PubackDecode(body)
 	default:
 		c.t.Fatalf("recv: unexpected packet type %d", pk.FixedHeader.Type)
 	}
@@ -136,4 +140,63 @@ func TestMQTT5(t *testing.T) {
 		t.Errorf("delivered message expiry = %s, want about %s", got, expiry)
 	}
 	c.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: pub.PacketID})
+}
+
+// connectV5 opens an MQTT 5 session that outlives the connection by an hour
+// and subscribes it to filter at QoS 1.
+func connectV5(t *testing.T, addr, id, filter string) *rawClient {
+	t.Helper()
+	c := dialRaw(t, addr)
+	c.send(packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Connect},
+		Connect:     packets.ConnectParams{ProtocolName: []byte("MQTT"), Keepalive: 30, ClientIdentifier: id},
+		Properties:  packets.Properties{SessionExpiryInterval: 3600, SessionExpiryIntervalFlag: true},
+	})
+	if ack := c.recv(); ack.FixedHeader.Type != packets.Connack || ack.ReasonCode != 0 {
+		t.Fatalf("CONNACK type %d reason %#x", ack.FixedHeader.Type, ack.ReasonCode)
+	}
+	c.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe}, PacketID: 1,
+		Filters: packets.Subscriptions{{Filter: filter, Qos: 1}}})
+	c.recv() // SUBACK
+	return c
+}
+
+// TestOwnPublishKeepsQueuedMessage: a client that publishes at QoS 1 with
+// the packet id of a message the broker sent it and is still waiting to have
+// acknowledged must not make the broker forget that message (mochi took the
+// publish for a retransmission and deleted the entry).
+func TestOwnPublishKeepsQueuedMessage(t *testing.T) {
+	b := startBroker(t, func(c *Config) { c.DataDir = t.TempDir() })
+	c := connectV5(t, b.Addr(), "truck-r", "linkedge/v1/models/#")
+
+	if err := b.Server().Publish("linkedge/v1/models/m/release", []byte("v3"), false, 1); err != nil {
+		t.Fatal(err)
+	}
+	out := c.recv() // not acknowledged yet
+	c.send(packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1},
+		PacketID:    out.PacketID, // same id, other direction: legal
+		TopicName:   "linkedge/v1/trucks/truck-r/status",
+		Payload:     []byte("online"),
+	})
+	if ack := c.recv(); ack.FixedHeader.Type != packets.Puback || ack.PacketID != out.PacketID {
+		t.Fatalf("got type %d id %d, want PUBACK %d", ack.FixedHeader.Type, ack.PacketID, out.PacketID)
+	}
+
+	cl, _ := b.Server().Clients.Get("truck-r")
+	held, ok := cl.State.Inflight.Get(out.PacketID)
+	if !ok || string(held.Payload) != "v3" {
+		t.Fatalf("broker forgot the unacknowledged message (entry %v, %q)", ok, held.Payload)
+	}
+	stored, err := b.store.Hook.StoredInflightMessages()
+	if err != nil || len(stored) != 1 || string(stored[0].Payload) != "v3" {
+		t.Errorf("stored records = %d (%v), want the unacknowledged message", len(stored), err)
+	}
+	if n := b.Server().Info.Clone().Inflight; n != 1 {
+		t.Errorf("in-flight gauge = %d, want 1", n)
+	}
+
+	// The acknowledgement still completes it.
+	c.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: out.PacketID})
+	waitInflightZero(t, b)
 }

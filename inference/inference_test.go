@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"math"
 	"strings"
 	"sync"
@@ -298,4 +299,27 @@ func BenchmarkEngineParallel(b *testing.B) {
 			}
 		}
 	})
+}
+
+// BenchmarkScoresBatch shows what one runtime call costs per row as the
+// batch grows: the fixed cost of a call (cgo, tensor set-up) is what the
+// micro-batcher spreads over concurrent requests.
+func BenchmarkScoresBatch(b *testing.B) {
+	m := loadAPS(b, apsmodels.V2())
+	row := m.Meta().Golden[0].Features
+	for _, n := range []int{1, 8, 32, 64} {
+		b.Run(fmt.Sprintf("rows=%d", n), func(b *testing.B) {
+			flat := make([]float32, 0, n*len(row))
+			for range n {
+				flat = append(flat, row...)
+			}
+			out := make([]float32, n)
+			for b.Loop() {
+				if err := m.Scores(flat, out); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/row")
+		})
+	}
 }
