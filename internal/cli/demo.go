@@ -29,7 +29,8 @@ and a summary table, and exits 0 only if every step held. It needs no network: e
 listens on 127.0.0.1. The ONNX Runtime library is fetched once (npm) if it is not cached.`,
 		Example: `  go run . demo
   linkedge demo --link-rate 20000          # a slow link, to watch downloads progress
-  linkedge demo --broker tcp://127.0.0.1:1883   # use an external fleet broker (e.g. mosquitto)`,
+  linkedge demo --broker tcp://127.0.0.1:1883   # use an external fleet broker (e.g. mosquitto)
+  linkedge demo --cloud-only --dir /tmp/fleet   # the cloud side alone; attach "linkedge agent" processes`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cfg.Out = cmd.OutOrStdout()
@@ -46,5 +47,6 @@ listens on 127.0.0.1. The ONNX Runtime library is fetched once (npm) if it is no
 	fl.IntVar(&cfg.LinkRate, "link-rate", 0, "limit each truck's link to this many bytes/s")
 	fl.DurationVar(&cfg.Probation, "probation", 2*time.Second, "how long a new version serves before it is committed")
 	fl.BoolVar(&verbose, "verbose", false, "show every part's logs")
+	fl.BoolVar(&cfg.CloudOnly, "cloud-only", false, "run only the broker, registry and publisher, for real agents to attach to (until Ctrl-C)")
 	return cmd
 }

@@ -25,6 +25,7 @@ import (
 
 	"github.com/linkedge/linkedge/inference/apsmodels"
 	"github.com/linkedge/linkedge/internal/fleetsim"
+	"github.com/linkedge/linkedge/internal/release"
 	"github.com/linkedge/linkedge/internal/status"
 	"github.com/linkedge/linkedge/internal/topics"
 )
@@ -42,6 +43,10 @@ type Config struct {
 	LinkRate int
 	// Probation of each truck after a switch. Default 2s.
 	Probation time.Duration
+	// CloudOnly starts the broker, the registry (v1 approved, v2 pending)
+	// and the publisher, prints how to attach real agents, and runs until
+	// ctx ends.
+	CloudOnly bool
 	// Out receives the story; Log the parts' logs (default: discarded).
 	Out io.Writer
 	Log *slog.Logger
@@ -80,6 +85,9 @@ func Run(ctx context.Context, cfg Config) error {
 		cfg.Dir = dir
 	}
 	st := &story{out: cfg.Out, start: time.Now()}
+	if cfg.CloudOnly {
+		return cloudOnly(ctx, cfg, st)
+	}
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
 	defer cancel()
 
@@ -297,4 +305,39 @@ func phaseText(s *status.Status) string {
 		}
 		return strings.ReplaceAll(s.Phase, "_", " ")
 	}
+}
+
+// cloudOnly runs the fleet's cloud side alone, for real agents to attach to.
+func cloudOnly(ctx context.Context, cfg Config, st *story) error {
+	f, err := fleetsim.Start(ctx, fleetsim.Options{Dir: cfg.Dir, Trucks: -1, FleetBroker: cfg.Broker, Logger: cfg.Log})
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	for i, data := range [][]byte{apsmodels.V1(), apsmodels.V2()} {
+		e, err := f.Register(ctx, data)
+		if err != nil {
+			return err
+		}
+		if i == 0 {
+			if _, err := f.Registry.Approve(e.Model, e.Version, "demo"); err != nil {
+				return err
+			}
+		}
+	}
+	pub := strings.TrimSuffix(f.KeyFile(), ".key") + ".pub"
+	if err := release.WritePublicKeyFile(pub, f.PubKey); err != nil {
+		return err
+	}
+	stop, err := watch(f.BrokerURL, st)
+	if err != nil {
+		return err
+	}
+	defer stop()
+	st.say("cloud side up: fleet broker %s, registry %s (v1 approved, v2 pending), artifacts %s", f.BrokerURL, f.Registry.Dir(), f.Publisher.ArtifactBaseURL())
+	st.say("attach a truck:   linkedge agent --truck truck-9 --model aps-failure --fleet %s --trusted-key %s --data /tmp/truck-9 --http 127.0.0.1:18080 --local-broker 127.0.0.1:11883", f.BrokerURL, pub)
+	st.say("roll out v2:      linkedge registry approve --registry %s --model aps-failure --version 2", f.Registry.Dir())
+	st.say("Ctrl-C stops it")
+	<-ctx.Done()
+	return nil
 }

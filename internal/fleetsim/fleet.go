@@ -30,7 +30,7 @@ import (
 type Options struct {
 	// Dir holds every part's state. Required.
 	Dir string
-	// Trucks is the fleet size. Default 3.
+	// Trucks is the fleet size. Default 3; -1 starts the cloud side only.
 	Trucks int
 	// FleetBroker is an external broker URL (e.g. mosquitto's); empty runs
 	// the embedded one.
@@ -51,7 +51,7 @@ type Options struct {
 }
 
 func (o *Options) setDefaults() {
-	if o.Trucks <= 0 {
+	if o.Trucks == 0 {
 		o.Trucks = 3
 	}
 	if o.Probation <= 0 {
@@ -168,6 +168,9 @@ func (f *Fleet) StopPublisher() error {
 	}
 	return err
 }
+
+// KeyFile is the publisher's private key; its public half is PubKey.
+func (f *Fleet) KeyFile() string { return f.keyFile }
 
 // Register adds a bundle to the registry (pending) and returns its version.
 func (f *Fleet) Register(ctx context.Context, bundle []byte) (localreg.Entry, error) {
