@@ -1,7 +1,6 @@
 package edgeclient
 
 import (
-	"bytes"
 	"crypto/ed25519"
 	"errors"
 	"fmt"
@@ -9,9 +8,8 @@ import (
 	"os"
 	"time"
 
-	"gopkg.in/yaml.v3"
-
 	"github.com/linkedge/linkedge/inference"
+	"github.com/linkedge/linkedge/internal/config"
 	"github.com/linkedge/linkedge/internal/release"
 	"github.com/linkedge/linkedge/internal/topics"
 )
@@ -94,9 +92,7 @@ func LoadConfig(path string) (Config, error) {
 		return Config{}, fmt.Errorf("read agent config: %w", err)
 	}
 	var c Config
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	dec.KnownFields(true)
-	if err := dec.Decode(&c); err != nil {
+	if err := config.DecodeYAML(data, &c); err != nil {
 		return Config{}, fmt.Errorf("agent config %s: %w", path, err)
 	}
 	return c, nil

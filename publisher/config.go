@@ -1,10 +1,8 @@
 package publisher
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/url"
@@ -14,7 +12,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"gopkg.in/yaml.v3"
+
+	"github.com/linkedge/linkedge/internal/config"
 )
 
 // Defaults applied to zero Config fields.
@@ -207,13 +206,8 @@ func checkBaseURL(s string) error {
 // [New] and [PublishOnce] validate. Keys left out take their defaults there.
 func ParseConfig(data []byte) (Config, error) {
 	var cfg Config
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	dec.KnownFields(true)
-	if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
+	if err := config.DecodeYAML(data, &cfg); err != nil {
 		return Config{}, fmt.Errorf("%w: %w", ErrInvalidConfig, err)
-	}
-	if err := dec.Decode(new(any)); !errors.Is(err, io.EOF) {
-		return Config{}, fmt.Errorf("%w: more than one YAML document", ErrInvalidConfig)
 	}
 	return cfg, nil
 }

@@ -80,7 +80,7 @@ func WriteFile(path string, data []byte, perm os.FileMode) (err error) {
 	if err := rename(tmp, path); err != nil {
 		return fmt.Errorf("atomicfile: rename %s to %s: %w", tmp, path, err)
 	}
-	if err := syncDir(dir); err != nil {
+	if err := SyncDir(dir); err != nil {
 		// The file is in place; only its durability is in doubt. Do not
 		// remove anything: tmp no longer exists under that name.
 		return fmt.Errorf("atomicfile: %s was replaced but fsync of directory %s failed, so the change may not survive a crash: %w", path, dir, err)
@@ -131,9 +131,9 @@ func checkReplaceable(path string) error {
 	return fmt.Errorf("%w: %s is %s; pass the path of a regular file (resolve symlinks first)", ErrNotRegular, path, what)
 }
 
-// syncDir makes a rename in dir durable. Windows cannot fsync a directory
+// SyncDir makes a rename in dir durable. Windows cannot fsync a directory
 // and its renames are journaled by NTFS, so it is skipped there.
-func syncDir(dir string) error {
+func SyncDir(dir string) error {
 	if runtime.GOOS == "windows" {
 		return nil
 	}

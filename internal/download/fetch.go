@@ -14,9 +14,10 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
+
+	"github.com/linkedge/linkedge/internal/atomicfile"
 )
 
 // Result says what one call did; the demo shows "resumed at 40%" from it.
@@ -305,7 +306,7 @@ func (fe *fetcher) finish() error {
 	if err := os.Rename(fe.partPath, fe.dst); err != nil {
 		return fmt.Errorf("move verified file into place: %w", err)
 	}
-	if err := syncDir(filepath.Dir(fe.dst)); err != nil {
+	if err := atomicfile.SyncDir(filepath.Dir(fe.dst)); err != nil {
 		return fmt.Errorf("%s is in place but fsync of its directory failed, so it may not survive a crash: %w", fe.dst, err)
 	}
 	// After the rename: a crash in between leaves a stale sidecar, which
@@ -346,19 +347,4 @@ func (fe *fetcher) discard() {
 			fe.log.Warn("cannot remove rejected download", "path", p, "err", err)
 		}
 	}
-}
-
-// syncDir makes a rename in dir durable. Windows cannot fsync a directory
-// (and NTFS journals renames), so it is skipped there.
-func syncDir(dir string) error {
-	if runtime.GOOS == "windows" {
-		return nil
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	serr := d.Sync()
-	cerr := d.Close()
-	return errors.Join(serr, cerr)
 }

@@ -4,12 +4,10 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"time"
 
@@ -90,7 +88,7 @@ func (r *Registry) Add(ctx context.Context, bundlePath string) (Entry, error) {
 		return Entry{}, fmt.Errorf("localreg: add: %w", err)
 	}
 	done = true
-	if err := syncDir(parent); err != nil {
+	if err := atomicfile.SyncDir(parent); err != nil {
 		return Entry{}, fmt.Errorf("localreg: add: %s version %d is in place but may not survive a crash: %w", model, version, err)
 	}
 	return Entry{Model: model, Version: version, Record: rec, Path: filepath.Join(final, ArtifactFile)}, nil
@@ -214,17 +212,4 @@ func (c ctxReader) Read(p []byte) (int, error) {
 		return 0, err
 	}
 	return c.r.Read(p)
-}
-
-// syncDir makes a rename in dir durable (skipped on Windows, which cannot
-// fsync a folder and journals renames itself).
-func syncDir(dir string) error {
-	if runtime.GOOS == "windows" {
-		return nil
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	return errors.Join(d.Sync(), d.Close())
 }
