@@ -98,12 +98,21 @@ func RunInference(ctx context.Context, cfg InferenceConfig) (*Report, error) {
 	row := sampleRow(m)
 
 	fmt.Fprintf(cfg.Progress, "in-process, single-row calls on %d goroutines for %s ...\n", runtime.GOMAXPROCS(0), cfg.Duration)
-	rep.Bare = bareRate(ctx, m, row, runtime.GOMAXPROCS(0), cfg.Duration)
+	// Each goroutine reuses its own output slice, as the batcher's workers do.
+	outs := sync.Pool{New: func() any { return make([]float32, 1) }}
+	rep.Bare = rate(ctx, runtime.GOMAXPROCS(0), cfg.Duration, func() error {
+		out := outs.Get().([]float32)
+		defer outs.Put(out)
+		return m.Scores(row, out)
+	})
 	fmt.Fprintf(cfg.Progress, "  %.0f predictions/s\n", rep.Bare)
 
 	eng := inference.NewEngine(m, inference.BatchConfig{}, nil)
 	fmt.Fprintf(cfg.Progress, "in-process through the micro-batcher, %d goroutines ...\n", cfg.Concurrency)
-	rep.Batched = engineRate(ctx, eng, row, cfg.Concurrency, cfg.Duration)
+	rep.Batched = rate(ctx, cfg.Concurrency, cfg.Duration, func() error {
+		_, err := eng.PredictOne(context.Background(), row)
+		return err
+	})
 	eng.Close()
 	fmt.Fprintf(cfg.Progress, "  %.0f predictions/s\n", rep.Batched)
 
@@ -166,29 +175,9 @@ func csvRow(row []float32) string {
 	return sb.String()
 }
 
-func bareRate(ctx context.Context, m *inference.Model, row []float32, workers int, d time.Duration) float64 {
-	var n atomic.Int64
-	ctx, cancel := context.WithTimeout(ctx, d)
-	defer cancel()
-	start := time.Now()
-	var wg sync.WaitGroup
-	for range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			out := make([]float32, 1)
-			for ctx.Err() == nil {
-				if m.Scores(row, out) == nil {
-					n.Add(1)
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	return float64(n.Load()) / time.Since(start).Seconds()
-}
-
-func engineRate(ctx context.Context, e *inference.Engine, row []float32, workers int, d time.Duration) float64 {
+// rate runs call on workers goroutines for d and returns successful calls
+// per second.
+func rate(ctx context.Context, workers int, d time.Duration, call func() error) float64 {
 	var n atomic.Int64
 	ctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
@@ -199,7 +188,7 @@ func engineRate(ctx context.Context, e *inference.Engine, row []float32, workers
 		go func() {
 			defer wg.Done()
 			for ctx.Err() == nil {
-				if _, err := e.PredictOne(context.Background(), row); err == nil {
+				if call() == nil {
 					n.Add(1)
 				}
 			}
