@@ -1,0 +1,55 @@
+package edgeclient
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/linkedge/linkedge/internal/release"
+)
+
+func TestLoadConfig(t *testing.T) {
+	dir := t.TempDir()
+	pub, _ := release.GenerateKey()
+	keyFile := filepath.Join(dir, "publisher.pub")
+	if err := release.WritePublicKeyFile(keyFile, pub); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		yaml string
+		err  string
+	}{
+		{"minimal", "truck: t1\nmodel: aps-failure\ntrusted_keys: [" + keyFile + "]\nfleet: {broker: tcp://x:1883}\n", ""},
+		{"unknown key", "truck: t1\nmodle: aps-failure\n", "field modle not found"},
+		{"no keys", "truck: t1\nmodel: m\nfleet: {broker: tcp://x:1883}\n", "trusted_keys"},
+		{"missing key file", "truck: t1\nmodel: m\ntrusted_keys: [/nope.pub]\nfleet: {broker: tcp://x:1883}\n", "nope.pub"},
+		{"bad truck id", "truck: 'a/b'\nmodel: m\ntrusted_keys: [" + keyFile + "]\nfleet: {broker: tcp://x:1883}\n", "truck"},
+		{"no broker", "truck: t1\nmodel: m\ntrusted_keys: [" + keyFile + "]\n", "fleet.broker is required"},
+		{"local off without external", "truck: t1\nmodel: m\ntrusted_keys: [" + keyFile + "]\nfleet: {broker: tcp://x:1883}\nlocal_broker: {listen: \"off\"}\n", "external"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := filepath.Join(t.TempDir(), "truck.yaml")
+			os.WriteFile(p, []byte(tt.yaml), 0o644)
+			cfg, err := LoadConfig(p)
+			if err == nil {
+				cfg.setDefaults()
+				err = cfg.Validate()
+			}
+			if tt.err == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				if cfg.HTTP != "127.0.0.1:8080" || cfg.Probation.Seconds() != 10 || len(cfg.Keys) != 1 {
+					t.Fatalf("defaults not applied: %+v", cfg)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tt.err) {
+				t.Fatalf("err = %v, want it to mention %q", err, tt.err)
+			}
+		})
+	}
+}

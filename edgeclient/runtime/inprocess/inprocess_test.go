@@ -1,0 +1,69 @@
+package inprocess
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/linkedge/linkedge/edgeclient/runtime"
+	"github.com/linkedge/linkedge/inference"
+	"github.com/linkedge/linkedge/inference/apsmodels"
+	"github.com/linkedge/linkedge/inference/bundle"
+)
+
+func write(t *testing.T, data []byte) string {
+	p := filepath.Join(t.TempDir(), "model.tar.gz")
+	if err := os.WriteFile(p, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestStageActivate(t *testing.T) {
+	ctx := context.Background()
+	if err := inference.Init(ctx, ""); err != nil {
+		t.Fatal(err)
+	}
+	slot := &inference.Slot{}
+	defer slot.Close()
+	rt := New(slot, inference.Options{}, inference.BatchConfig{}, nil)
+	v1 := runtime.Spec{Model: "aps-failure", Version: 1, Bundle: write(t, apsmodels.V1())}
+	v2 := runtime.Spec{Model: "aps-failure", Version: 2, Bundle: write(t, apsmodels.V2())}
+
+	// A bundle that is not what the release announced is refused.
+	if _, err := rt.Stage(ctx, runtime.Spec{Model: "aps-failure", Version: 7, Bundle: v1.Bundle}); !errors.Is(err, bundle.ErrInvalid) {
+		t.Fatalf("mismatched version: %v", err)
+	}
+	c1, err := rt.Stage(ctx, v1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if slot.Ready() || rt.Serving() != nil {
+		t.Fatal("a staged candidate must not serve")
+	}
+	if prev, err := rt.Activate(ctx, c1); err != nil || prev != nil {
+		t.Fatalf("first activate: %v %v", prev, err)
+	}
+	c2, err := rt.Stage(ctx, v2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c2.Check(ctx); err != nil {
+		t.Fatal(err)
+	}
+	prev, err := rt.Activate(ctx, c2)
+	if err != nil || prev.Spec().Version != 1 {
+		t.Fatalf("activate v2: prev %v, %v", prev, err)
+	}
+	if v := slot.Current().Model().Version(); v != 2 {
+		t.Fatalf("slot serves v%d", v)
+	}
+	// Rollback is one more Activate; the previous candidate was kept warm.
+	if _, err := rt.Activate(ctx, prev); err != nil || slot.Current().Model().Version() != 1 {
+		t.Fatalf("rollback: %v", err)
+	}
+	c2.Close()
+	c2.Close()
+}
