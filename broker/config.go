@@ -1,10 +1,8 @@
 package broker
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"math"
 	"net"
@@ -12,7 +10,7 @@ import (
 	"strconv"
 	"time"
 
-	"gopkg.in/yaml.v3"
+	"github.com/linkedge/linkedge/internal/config"
 )
 
 // Defaults applied by Config.setDefaults (and, for HTTPListen, by
@@ -163,13 +161,8 @@ func (c *Config) expirySeconds() int64 {
 // (the CLI's flags do); New validates, or call Config.Validate.
 func ParseConfig(data []byte) (Config, error) {
 	cfg := DefaultConfig()
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	dec.KnownFields(true)
-	if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
+	if err := config.DecodeYAML(data, &cfg); err != nil {
 		return Config{}, fmt.Errorf("%w: %w", ErrInvalidConfig, err)
-	}
-	if err := dec.Decode(new(any)); !errors.Is(err, io.EOF) {
-		return Config{}, fmt.Errorf("%w: more than one YAML document", ErrInvalidConfig)
 	}
 	return cfg, nil
 }

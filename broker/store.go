@@ -157,8 +157,8 @@ func (s *boltStore) OnQosComplete(cl *mqtt.Client, pk packets.Packet) {
 func (s *boltStore) removeQos(cl *mqtt.Client, pk packets.Packet) {
 	s.qos.Lock()
 	defer s.qos.Unlock()
-	if held, ok := cl.State.Inflight.Get(pk.PacketID); ok && held.FixedHeader.Type == packets.Publish {
-		return // the key now belongs to a message still queued for cl
+	if held, ok := cl.State.Inflight.Get(pk.PacketID); ok && outgoing(held) {
+		return // the key now belongs to a message still in flight to cl
 	}
 	s.Hook.OnQosComplete(cl, pk)
 }

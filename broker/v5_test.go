@@ -46,6 +46,8 @@ func (c *rawClient) send(pk packets.Packet) {
 		err = pk.PubackEncode(&buf)
 	case packets.Publish:
 		err = pk.PublishEncode(&buf)
+	case packets.Pingreq:
+		err = pk.PingreqEncode(&buf)
 	default:
 		c.t.Fatalf("send: unsupported packet type %d", pk.FixedHeader.Type)
 	}
@@ -83,6 +85,8 @@ func (c *rawClient) recv() packets.Packet {
 		err = pk.PublishDecode(body)
 	case packets.Puback:
 		err = pk.PubackDecode(body)
+	case packets.Pingresp:
+		err = pk.PingrespDecode(body)
 	default:
 		c.t.Fatalf("recv: unexpected packet type %d", pk.FixedHeader.Type)
 	}
@@ -181,6 +185,12 @@ func TestOwnPublishKeepsQueuedMessage(t *testing.T) {
 	})
 	if ack := c.recv(); ack.FixedHeader.Type != packets.Puback || ack.PacketID != out.PacketID {
 		t.Fatalf("got type %d id %d, want PUBACK %d", ack.FixedHeader.Type, ack.PacketID, out.PacketID)
+	}
+	// mochi sends PUBACK halfway through handling the publish; a ping is
+	// answered only once that handling is complete.
+	c.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingreq}})
+	if p := c.recv(); p.FixedHeader.Type != packets.Pingresp {
+		t.Fatalf("got type %d, want PINGRESP", p.FixedHeader.Type)
 	}
 
 	cl, _ := b.Server().Clients.Get("truck-r")
