@@ -1,0 +1,117 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"sort"
+	"sync"
+	"text/tabwriter"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/spf13/cobra"
+
+	"github.com/linkedge/linkedge/internal/status"
+	"github.com/linkedge/linkedge/internal/topics"
+)
+
+func newFleetCmd() *cobra.Command {
+	var broker, user, pass string
+	var wait time.Duration
+	var watch bool
+	cmd := &cobra.Command{
+		Use:   "fleet",
+		Short: "Show every truck's model version, update phase and last error, from the fleet broker",
+		Long: `Fleet reads the trucks' retained status documents (linkedge/v1/trucks/+/status) from the
+fleet broker and prints one line per truck: online or not, the version it serves and the
+one it was asked for, the update phase and download progress, the last error, and when it
+was last seen. An offline truck shows the version it last reported.
+
+With --watch it keeps the table current until interrupted.`,
+		Example: `  linkedge fleet --broker tcp://127.0.0.1:1883
+  linkedge fleet --broker tcp://fleet:1883 --username ops --password … --watch`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runFleet(cmd.Context(), cmd.OutOrStdout(), broker, user, pass, wait, watch)
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&broker, "broker", "tcp://127.0.0.1:1883", "fleet broker URL")
+	fl.StringVar(&user, "username", "", "MQTT username (an operator account)")
+	fl.StringVar(&pass, "password", "", "MQTT password")
+	fl.DurationVar(&wait, "wait", time.Second, "how long to collect retained statuses before printing")
+	fl.BoolVar(&watch, "watch", false, "keep printing the table every --wait")
+	return cmd
+}
+
+func runFleet(ctx context.Context, out io.Writer, broker, user, pass string, wait time.Duration, watch bool) error {
+	var mu sync.Mutex
+	trucks := map[string]status.Status{}
+	c := paho.NewClient(paho.NewClientOptions().AddBroker(broker).SetClientID(fmt.Sprintf("linkedge-fleet-%d", time.Now().UnixNano()%1e6)).
+		SetUsername(user).SetPassword(pass).SetAutoReconnect(true))
+	if t := c.Connect(); !t.WaitTimeout(10*time.Second) || t.Error() != nil {
+		return fmt.Errorf("connect to %s: %v", broker, t.Error())
+	}
+	defer c.Disconnect(100)
+	t := c.Subscribe(topics.AllTruckStatus(), 1, func(_ paho.Client, m paho.Message) {
+		s, err := status.Parse(m.Payload())
+		if err != nil {
+			return
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if prev, ok := trucks[s.Truck]; ok && !s.Online && s.Version == 0 {
+			// The last will carries no version: keep the last one reported.
+			s.Version, s.Desired, s.LastSeen = prev.Version, prev.Desired, prev.LastSeen
+		}
+		trucks[s.Truck] = *s
+	})
+	if !t.WaitTimeout(10*time.Second) || t.Error() != nil {
+		return fmt.Errorf("subscribe: %v", t.Error())
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(wait):
+		}
+		mu.Lock()
+		printFleet(out, trucks)
+		mu.Unlock()
+		if !watch {
+			return nil
+		}
+		fmt.Fprintln(out)
+	}
+}
+
+func printFleet(out io.Writer, trucks map[string]status.Status) {
+	ids := make([]string, 0, len(trucks))
+	for id := range trucks {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "TRUCK\tONLINE\tMODEL\tVERSION\tDESIRED\tPHASE\tPROGRESS\tLAST SEEN\tLAST ERROR")
+	for _, id := range ids {
+		s := trucks[id]
+		progress := ""
+		if s.Total > 0 && s.Downloaded < s.Total {
+			progress = fmt.Sprintf("%d%%", 100*s.Downloaded/s.Total)
+		}
+		seen := "-"
+		if !s.LastSeen.IsZero() {
+			seen = time.Since(s.LastSeen).Round(time.Second).String() + " ago"
+		}
+		errText := s.LastError
+		if len(errText) > 80 {
+			errText = errText[:80] + "…"
+		}
+		fmt.Fprintf(tw, "%s\t%v\t%s\tv%d\tv%d\t%s\t%s\t%s\t%s\n", id, s.Online, s.Model, s.Version, s.Desired, s.Phase, progress, seen, errText)
+	}
+	if len(ids) == 0 {
+		fmt.Fprintln(tw, "(no truck has reported yet)")
+	}
+	tw.Flush()
+}
