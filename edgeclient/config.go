@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/url"
 	"os"
 	"time"
 
@@ -64,6 +65,9 @@ type FleetConfig struct {
 	KeepAlive time.Duration `yaml:"keep_alive"`
 	// MaxReconnectInterval bounds the reconnect backoff. Default 30s.
 	MaxReconnectInterval time.Duration `yaml:"max_reconnect_interval"`
+	// HTTPProxy, e.g. http://proxy.depot:3128, carries artifact downloads;
+	// empty takes HTTPS_PROXY/HTTP_PROXY from the environment.
+	HTTPProxy string `yaml:"http_proxy"`
 }
 
 // LocalBrokerConfig is the truck-local MQTT bus.
@@ -144,6 +148,11 @@ func (c *Config) Validate() error {
 	}
 	if c.Fleet.Broker == "" {
 		errs = append(errs, errors.New("fleet.broker is required, e.g. tcp://fleet.example.com:1883"))
+	}
+	if c.Fleet.HTTPProxy != "" {
+		if u, err := url.Parse(c.Fleet.HTTPProxy); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			errs = append(errs, fmt.Errorf("fleet.http_proxy %q: want http://host:port", c.Fleet.HTTPProxy))
+		}
 	}
 	if c.LocalBroker.Listen == "off" && c.LocalBroker.External == "" {
 		errs = append(errs, errors.New(`local_broker: with listen "off", set external to the truck's broker URL`))

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net/http"
+	"net/url"
 
 	"github.com/linkedge/linkedge/edgeclient/update"
 	"github.com/linkedge/linkedge/internal/download"
@@ -12,10 +14,15 @@ import (
 // fetchArtifact downloads a release's bundle with resume and verification.
 // It retries transient failures for as long as ctx lives; the agent ends ctx
 // when the truck goes offline, and the partial file waits for the next link.
-func fetchArtifact(log *slog.Logger) update.FetchFunc {
+func fetchArtifact(log *slog.Logger, proxy string) update.FetchFunc {
+	var client *http.Client
+	if proxy != "" {
+		u, _ := url.Parse(proxy) // checked by Config.Validate
+		client = download.NewClient(u)
+	}
 	return func(ctx context.Context, t update.Target, dst string, progress func(done, total int64)) error {
 		return download.Fetch(ctx, t.Artifact.URL, dst, t.Artifact.Size, t.Artifact.SHA256,
-			download.Options{Progress: progress, Logger: log.With("part", "download", "version", t.Version)})
+			download.Options{Client: client, Progress: progress, Logger: log.With("part", "download", "version", t.Version)})
 	}
 }
 

@@ -125,6 +125,7 @@ func (a *Agent) onFleetMessage(_ paho.Client, m paho.Message) {
 	a.mu.Unlock()
 	t, canary := r.TargetFor(a.cfg.Truck, a.cfg.Groups)
 	a.log.Info("release accepted", "serial", r.Serial, "version", t.Version, "canary", canary, "pin", pin)
+	a.supersede(t.Artifact.SHA256)
 	a.kick()
 }
 

@@ -43,7 +43,13 @@ func (a *Agent) updater(ctx context.Context) {
 				break
 			}
 			a.publishEvent(status.Event{Kind: status.EventUpdateStarted, Version: t.Version, Serial: t.Serial})
+			a.mu.Lock()
+			a.running, a.cancelRunning = t.Artifact.SHA256, cancel
+			a.mu.Unlock()
 			rec, err := a.machine.Apply(octx, t)
+			a.mu.Lock()
+			a.running, a.cancelRunning = "", nil
+			a.mu.Unlock()
 			cancel()
 			a.finished(t, rec, err)
 			if errors.Is(err, update.ErrInterrupted) {
@@ -91,6 +97,19 @@ func (a *Agent) wanted() (update.Target, bool) {
 		return t, false
 	}
 	return t, true
+}
+
+// supersede stops a download that a newer release made pointless, so the
+// truck fetches what it should run now instead of finishing an old version
+// first. Only the download is cut short: from staging on, the update is
+// seconds from done and a cancel would cost a rollback.
+func (a *Agent) supersede(sha string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.cancelRunning != nil && a.running != sha && a.st.Phase == string(update.Downloading) {
+		a.log.Info("a newer release supersedes the download in progress")
+		a.cancelRunning()
+	}
 }
 
 // whileOnline returns a context that ends when the fleet link drops, and

@@ -4,6 +4,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"sync"
 	"time"
 )
@@ -78,12 +79,20 @@ func (o Options) withDefaults() Options {
 }
 
 // defaultClient is shared by all calls so that connections are reused.
-var defaultClient = sync.OnceValue(func() *http.Client {
+var defaultClient = sync.OnceValue(func() *http.Client { return NewClient(nil) })
+
+// NewClient returns a client with the timeouts downloads need over slow,
+// flaky links. proxy routes every request through an HTTP proxy; nil takes
+// the proxy from the environment (HTTPS_PROXY, HTTP_PROXY, NO_PROXY).
+func NewClient(proxy *url.URL) *http.Client {
 	t, ok := http.DefaultTransport.(*http.Transport)
 	if ok {
 		t = t.Clone()
 	} else {
 		t = &http.Transport{Proxy: http.ProxyFromEnvironment}
+	}
+	if proxy != nil {
+		t.Proxy = http.ProxyURL(proxy)
 	}
 	t.DialContext = (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext
 	t.TLSHandshakeTimeout = 10 * time.Second
@@ -92,4 +101,4 @@ var defaultClient = sync.OnceValue(func() *http.Client {
 	// the next attempt and stall again; pings detect it.
 	t.HTTP2 = &http.HTTP2Config{SendPingTimeout: 30 * time.Second, PingTimeout: 15 * time.Second}
 	return &http.Client{Transport: t}
-})
+}

@@ -20,7 +20,6 @@ import (
 	"github.com/linkedge/linkedge/broker"
 	"github.com/linkedge/linkedge/edgeclient"
 	"github.com/linkedge/linkedge/inference"
-	"github.com/linkedge/linkedge/internal/netsim"
 	"github.com/linkedge/linkedge/internal/release"
 	"github.com/linkedge/linkedge/publisher"
 	"github.com/linkedge/linkedge/publisher/localreg"
@@ -86,6 +85,7 @@ type Fleet struct {
 
 	pubCancel context.CancelFunc
 	pubDone   chan error
+	fwd       *forwardProxy
 }
 
 // Start brings the fleet up: broker, keys, registry, publisher, trucks.
@@ -121,6 +121,9 @@ func Start(ctx context.Context, opts Options) (f *Fleet, err error) {
 		return nil, err
 	}
 	if err := release.WritePrivateKeyFile(f.keyFile, priv); err != nil {
+		return nil, err
+	}
+	if f.fwd, err = startForwardProxy(); err != nil {
 		return nil, err
 	}
 	if f.Registry, err = localreg.Open(filepath.Join(opts.Dir, "registry")); err != nil {
@@ -197,6 +200,9 @@ func (f *Fleet) Close() error {
 	if f.Broker != nil {
 		errs = append(errs, f.Broker.Close())
 	}
+	if f.fwd != nil {
+		errs = append(errs, f.fwd.Close())
+	}
 	return errors.Join(errs...)
 }
 
@@ -204,9 +210,9 @@ func (f *Fleet) Close() error {
 type Truck struct {
 	ID    string
 	Agent *edgeclient.Agent
-	// Link is the truck's connection to the fleet broker; Cut it to take
-	// the truck offline.
-	Link *netsim.Proxy
+	// Link is the truck's connection to the fleet broker and to artifact
+	// downloads; Cut it to take the truck offline.
+	Link *Link
 	Load *Load
 
 	cfg edgeclient.Config
@@ -214,7 +220,7 @@ type Truck struct {
 
 func (f *Fleet) startTruck(ctx context.Context, id string) (*Truck, error) {
 	target := strings.TrimPrefix(f.BrokerURL, "tcp://")
-	link, err := netsim.New(target)
+	link, err := newLink(target, f.fwd.Addr())
 	if err != nil {
 		return nil, err
 	}
@@ -223,7 +229,8 @@ func (f *Fleet) startTruck(ctx context.Context, id string) (*Truck, error) {
 	}
 	t := &Truck{ID: id, Link: link, cfg: edgeclient.Config{
 		Truck: id, Model: "aps-failure", DataDir: filepath.Join(f.opts.Dir, id),
-		Keys: []ed25519.PublicKey{f.PubKey}, Fleet: edgeclient.FleetConfig{Broker: "tcp://" + link.Addr(), KeepAlive: 5 * time.Second, MaxReconnectInterval: time.Second},
+		Keys: []ed25519.PublicKey{f.PubKey}, Fleet: edgeclient.FleetConfig{Broker: "tcp://" + link.mqtt.Addr(), HTTPProxy: "http://" + link.http.Addr(),
+			KeepAlive: 5 * time.Second, MaxReconnectInterval: time.Second},
 		HTTP: "127.0.0.1:0", LocalBroker: edgeclient.LocalBrokerConfig{Listen: "127.0.0.1:0"},
 		Probation: f.opts.Probation, StatusInterval: 5 * time.Second, Logger: f.opts.Logger.With("part", id),
 	}}
