@@ -93,7 +93,7 @@ func New(cfg Config) (*Agent, error) {
 	close(a.offline) // offline until the first connect
 	a.srv = server.New(server.Config{Addr: cfg.HTTP, Logger: a.log}, a.slot, a.reg)
 	rt := inprocess.New(a.slot, inference.Options{IntraOpThreads: cfg.Inference.Threads}, cfg.Inference.Batch, a.srv.ObserveBatch)
-	a.machine = &update.Machine{Store: store, Runtime: rt, Fetch: fetchArtifact(a.log, cfg.Fleet.HTTPProxy), Permanent: permanentFetchError,
+	a.machine = &update.Machine{Store: store, Runtime: rt, Fetch: fetchArtifact(a.log, cfg.Fleet.HTTPProxy), Permanent: permanentFetchError, Deferred: deferredFetchError,
 		Probation: cfg.Probation, Log: a.log, OnChange: a.onRecord}
 	a.st = status.Status{Schema: status.Schema, Truck: cfg.Truck, Model: cfg.Model, Phase: string(update.Idle), Agent: "linkedge"}
 	return a, nil

@@ -5,6 +5,7 @@ import (
 	"crypto/ed25519"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/linkedge/linkedge/internal/release"
@@ -117,7 +118,7 @@ func (a *Announcer) Announce(ctx context.Context, v Version, p Policy) (*release
 	}
 	a.metrics.announced(v.Model, v.Version, float64(acked.UnixNano())/1e9)
 	a.logger().Info("announced release", "model", v.Model, "version", v.Version, "serial", rel.Serial,
-		"sha256", v.Artifact.SHA256, "url", rel.Stable.Artifact.URL, "expires_at", rel.ExpiresAt)
+		"sha256", v.Artifact.SHA256, "url", withoutQuery(rel.Stable.Artifact.URL), "expires_at", rel.ExpiresAt)
 	if a.OnAnnounce != nil {
 		a.OnAnnounce(v.Model, v.Version, rel.Serial)
 	}
@@ -186,4 +187,13 @@ func (a *Announcer) logger() *slog.Logger {
 		return a.Logger
 	}
 	return slog.Default()
+}
+
+// withoutQuery drops a URL's query for logs: a presigned URL's query is a
+// credential, good until it expires.
+func withoutQuery(u string) string {
+	if i := strings.IndexByte(u, '?'); i >= 0 {
+		return u[:i] + "?…"
+	}
+	return u
 }

@@ -147,6 +147,12 @@ func (p *Publisher) Run(ctx context.Context) error {
 		"artifacts", p.arts.BaseURL(), "listen", p.arts.Addr(), "poll", p.cfg.PollInterval, "state", p.state.Path())
 	tick := time.NewTicker(p.cfg.PollInterval)
 	defer tick.Stop()
+	// A registry that hears about changes (the SageMaker backend's event
+	// mode) asks for a poll at once instead of waiting for the ticker.
+	var notify <-chan struct{}
+	if n, ok := p.reg.(interface{ Notify() <-chan struct{} }); ok {
+		notify = n.Notify()
+	}
 	for {
 		p.poll(ctx)
 		select {
@@ -157,6 +163,7 @@ func (p *Publisher) Run(ctx context.Context) error {
 			return err
 		case <-tick.C:
 		case <-p.wake:
+		case <-notify:
 		}
 	}
 }

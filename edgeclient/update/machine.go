@@ -35,6 +35,10 @@ type Machine struct {
 	Fetch   FetchFunc
 	// Permanent classifies fetch errors that retrying cannot fix.
 	Permanent func(error) bool
+	// Deferred classifies fetch errors that only a newer release can fix
+	// (an expired presigned URL): the update pauses as if interrupted,
+	// without counting an attempt, until the next release or reconnect.
+	Deferred func(error) bool
 	// Probation is how long a switched-to version serves before it is
 	// committed; a failed request or health check in that time rolls back.
 	// Default 10 s.
@@ -198,6 +202,12 @@ func (m *Machine) run(ctx context.Context, rec *Record) (Record, error) {
 	if err != nil {
 		if ctx.Err() != nil {
 			rec.Error = "paused: " + ctx.Err().Error()
+			m.save(rec, Downloading)
+			return *rec, fmt.Errorf("%w: %w", ErrInterrupted, err)
+		}
+		if m.Deferred != nil && m.Deferred(err) {
+			rec.Attempt--
+			rec.Error = "waiting for a fresh release: " + err.Error()
 			m.save(rec, Downloading)
 			return *rec, fmt.Errorf("%w: %w", ErrInterrupted, err)
 		}

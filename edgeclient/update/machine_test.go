@@ -273,3 +273,31 @@ func TestBootEmptyAndCorrupt(t *testing.T) {
 		t.Fatalf("corrupt installed.json: %v, want ErrCorruptState", err)
 	}
 }
+
+func TestDeferredFetchErrorWaitsWithoutCountingAttempts(t *testing.T) {
+	h := newHarness(t, t.TempDir())
+	expired := errors.New("403 request has expired")
+	fetch := h.m.Fetch
+	fails := 5
+	h.m.Fetch = func(ctx context.Context, tg Target, dst string, p func(int64, int64)) error {
+		if fails > 0 {
+			fails--
+			return expired
+		}
+		return fetch(ctx, tg, dst, p)
+	}
+	h.m.Deferred = func(err error) bool { return errors.Is(err, expired) }
+	tg := h.target(1, 1)
+	for range 5 { // more than MaxAttempts: none of them may count
+		if _, err := h.m.Apply(context.Background(), tg); !errors.Is(err, ErrInterrupted) {
+			t.Fatalf("expired URL: %v, want ErrInterrupted", err)
+		}
+	}
+	if _, failed := h.m.Store.Failed(tg.Artifact.SHA256); failed {
+		t.Fatal("an expired URL marked the artifact as failed")
+	}
+	rec, err := h.m.Apply(context.Background(), tg)
+	if err != nil || rec.Phase != Committed || rec.Attempt != 1 {
+		t.Fatalf("after a fresh URL: %s attempt %d %v", rec.Phase, rec.Attempt, err)
+	}
+}

@@ -103,6 +103,7 @@ func (f *publisherFlags) publisherConfig(cmd *cobra.Command) (publisher.Config, 
 
 func newPublisherCmd() *cobra.Command {
 	var f publisherFlags
+	var smf sagemakerFlags
 	cmd := &cobra.Command{
 		Use:   "publisher",
 		Short: "Announce each model's highest approved version to the fleet as a signed release",
@@ -130,10 +131,18 @@ and /metrics on the same address. It runs until interrupted (SIGINT or SIGTERM).
 			if err != nil {
 				return err
 			}
+			if smf.enabled() {
+				b, err := sagemakerRegistryFromFlags(cmd.Context(), &smf, smf.groups, cfg.StateFile, cfg.Logger)
+				if err != nil {
+					return err
+				}
+				return runSageMakerPublisher(cmd.Context(), cfg, b)
+			}
 			return runPublisher(cmd.Context(), cfg)
 		},
 	}
 	f.register(cmd)
+	smf.register(cmd, false)
 	return cmd
 }
 
@@ -157,6 +166,7 @@ func newPublishCmd() *cobra.Command {
 		approve bool
 		by      string
 		timeout time.Duration
+		smf     sagemakerFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "publish",
@@ -182,6 +192,17 @@ http://ARTIFACTS-LISTEN), where a running "linkedge publisher" serves them.`,
 			if err != nil {
 				return err
 			}
+			if smf.enabled() {
+				ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
+				defer cancel()
+				if _, err := runPublishSageMaker(ctx, cmd.OutOrStdout(), cfg, &smf, version, cfg.Logger); err != nil {
+					return explainPublishSageMaker(err, timeout)
+				}
+				return nil
+			}
+			if model == "" || version == 0 {
+				return errors.New("--model and --version are required (or --model-package-arn, or --registry-kind sagemaker --group G --version N)")
+			}
 			if approve {
 				if err := approveLocal(cfg.RegistryDir, model, version, by); err != nil {
 					return err
@@ -201,13 +222,12 @@ http://ARTIFACTS-LISTEN), where a running "linkedge publisher" serves them.`,
 	}
 	f.register(cmd)
 	fl := cmd.Flags()
-	fl.StringVar(&model, "model", "", "model name (required)")
-	fl.Int64Var(&version, "version", 0, "model version (required)")
+	fl.StringVar(&model, "model", "", "model name (local registry)")
+	fl.Int64Var(&version, "version", 0, "model version (local registry, or with --group)")
 	fl.BoolVar(&approve, "approve", false, "approve the version in the local registry first")
 	fl.StringVar(&by, "by", registryApprover(), "approver recorded by --approve")
 	fl.DurationVar(&timeout, "timeout", 30*time.Second, "give up if the broker has not acknowledged by then")
-	_ = cmd.MarkFlagRequired("model")
-	_ = cmd.MarkFlagRequired("version")
+	smf.register(cmd, true)
 	return cmd
 }
 

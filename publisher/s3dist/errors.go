@@ -2,6 +2,7 @@ package s3dist
 
 import (
 	"errors"
+	"fmt"
 	"net/http"
 
 	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
@@ -35,29 +36,29 @@ func classify(err error) error {
 	var nf *types.NotFound
 	var nsb *types.NoSuchBucket
 	if errors.As(err, &nsk) || errors.As(err, &nf) || errors.As(err, &nsb) {
-		return errors.Join(ErrNotFound, err)
+		return fmt.Errorf("%w: %w", ErrNotFound, err)
 	}
 	var ae smithy.APIError
 	if errors.As(err, &ae) {
 		switch ae.ErrorCode() {
 		case "NoSuchKey", "NoSuchBucket", "NotFound":
-			return errors.Join(ErrNotFound, err)
+			return fmt.Errorf("%w: %w", ErrNotFound, err)
 		case "AccessDenied", "AllAccessDisabled", "InvalidAccessKeyId", "SignatureDoesNotMatch", "Forbidden":
-			return errors.Join(ErrAccessDenied, err)
+			return fmt.Errorf("%w: %w", ErrAccessDenied, err)
 		case "PreconditionFailed":
-			return errors.Join(ErrChanged, err)
+			return fmt.Errorf("%w: %w", ErrChanged, err)
 		}
 	}
 	var re *awshttp.ResponseError
 	if errors.As(err, &re) {
 		switch re.HTTPStatusCode() {
 		case http.StatusNotFound:
-			return errors.Join(ErrNotFound, err)
+			return fmt.Errorf("%w: %w", ErrNotFound, err)
 		case http.StatusForbidden:
 			// HEAD answers carry no body, so a 403 has no error code.
-			return errors.Join(ErrAccessDenied, err)
+			return fmt.Errorf("%w: %w", ErrAccessDenied, err)
 		case http.StatusPreconditionFailed:
-			return errors.Join(ErrChanged, err)
+			return fmt.Errorf("%w: %w", ErrChanged, err)
 		}
 	}
 	return err

@@ -1,0 +1,170 @@
+package sagemaker
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	sm "github.com/aws/aws-sdk-go-v2/service/sagemaker"
+	"github.com/aws/aws-sdk-go-v2/service/sagemaker/types"
+
+	"github.com/linkedge/linkedge/publisher"
+	"github.com/linkedge/linkedge/publisher/s3dist"
+)
+
+// refreshGroup reads one group: its approved packages, newest first, until
+// one checks out. It returns that version (none if no approved version
+// checks out), the problems met on the way, and an error if the group
+// could not be read at all, or if a version could not be judged (a
+// transient failure with no earlier good description of it): stepping
+// past such a version could roll the fleet back for nothing.
+func (r *Registry) refreshGroup(ctx context.Context, group string, now time.Time) ([]publisher.Version, []Problem, error) {
+	sums, err := r.listApproved(ctx, group)
+	if err != nil {
+		return nil, nil, err
+	}
+	var probs []Problem
+	for _, s := range sums {
+		if s.ModelPackageVersion == nil {
+			arn := aws.ToString(s.ModelPackageArn)
+			probs = append(probs, Problem{Group: group, ARN: arn, Err: fmt.Errorf("model package %s: %w", arn, ErrNoVersion), Since: now})
+		}
+	}
+	for _, s := range sums {
+		if s.ModelPackageVersion == nil {
+			continue
+		}
+		arn := aws.ToString(s.ModelPackageArn)
+		version := int64(*s.ModelPackageVersion)
+		v, err := r.resolve(ctx, group, arn)
+		if err == nil {
+			r.mu.Lock()
+			r.lastGood[arn] = v
+			r.mu.Unlock()
+			return []publisher.Version{v}, probs, nil
+		}
+		if ctx.Err() != nil {
+			return nil, nil, ctx.Err()
+		}
+		err = fmt.Errorf("%s version %d (model package %s): %w", group, version, arn, err)
+		probs = append(probs, Problem{Group: group, ARN: arn, Version: version, Err: err, Since: now})
+		if classify(err) == permanent {
+			continue // this version is bad: the next lower one stands in
+		}
+		r.mu.Lock()
+		good, ok := r.lastGood[arn]
+		r.mu.Unlock()
+		if ok {
+			return []publisher.Version{good}, probs, nil
+		}
+		return nil, probs, err
+	}
+	return nil, probs, nil
+}
+
+// listApproved lists every approved versioned package of group, all
+// pages, newest first.
+func (r *Registry) listApproved(ctx context.Context, group string) ([]types.ModelPackageSummary, error) {
+	in := &sm.ListModelPackagesInput{
+		ModelPackageGroupName: aws.String(group),
+		ModelApprovalStatus:   types.ModelApprovalStatusApproved,
+		ModelPackageType:      types.ModelPackageTypeVersioned,
+		SortBy:                types.ModelPackageSortByCreationTime,
+		SortOrder:             types.SortOrderDescending,
+		MaxResults:            aws.Int32(r.cfg.PageSize),
+	}
+	pages := sm.NewListModelPackagesPaginator(r.cfg.Client, in, func(o *sm.ListModelPackagesPaginatorOptions) {
+		o.StopOnDuplicateToken = true
+	})
+	var out []types.ModelPackageSummary
+	for pages.HasMorePages() {
+		page, err := pages.NextPage(ctx)
+		if err != nil {
+			if notFound(err) {
+				return nil, fmt.Errorf("%w: %s: %w", ErrGroupNotFound, group, err)
+			}
+			return nil, fmt.Errorf("list model packages of %s: %w", group, err)
+		}
+		out = append(out, page.ModelPackageSummaryList...)
+	}
+	// Creation order is not version order when a pipeline registers out of
+	// order; the version number is what trucks compare.
+	slices.SortStableFunc(out, func(a, b types.ModelPackageSummary) int {
+		return cmp.Compare(aws.ToInt32(b.ModelPackageVersion), aws.ToInt32(a.ModelPackageVersion))
+	})
+	return out, nil
+}
+
+// resolve describes one package and checks its artifact.
+func (r *Registry) resolve(ctx context.Context, group, arn string) (publisher.Version, error) {
+	p, err := r.describe(ctx, arn)
+	if err != nil {
+		return publisher.Version{}, err
+	}
+	if p.Group != group {
+		return publisher.Version{}, fmt.Errorf("%w: it belongs to group %q", ErrPackageNotFound, p.Group)
+	}
+	if err := p.Ready(); err != nil {
+		return publisher.Version{}, err
+	}
+	loc, err := p.Location()
+	if err != nil {
+		return publisher.Version{}, err
+	}
+	a, err := r.artifact(ctx, p, loc)
+	if err != nil {
+		return publisher.Version{}, err
+	}
+	return p.Versioned(loc, a, r.cfg.ContainerRuntime)
+}
+
+// describe calls DescribeModelPackage and maps the answer.
+func (r *Registry) describe(ctx context.Context, arn string) (Package, error) {
+	out, err := r.cfg.Client.DescribeModelPackage(ctx, &sm.DescribeModelPackageInput{ModelPackageName: aws.String(arn)})
+	if err != nil {
+		if notFound(err) {
+			return Package{}, fmt.Errorf("%w: %w", ErrPackageNotFound, err)
+		}
+		return Package{}, fmt.Errorf("describe: %w", err)
+	}
+	return FromDescribe(out)
+}
+
+// artifact returns the digest and size of p's artifact at loc: from the
+// cache when the object's ETag is one already read for this package, else
+// by reading the object once.
+func (r *Registry) artifact(ctx context.Context, p Package, loc s3dist.Location) (s3dist.Artifact, error) {
+	head, err := r.cfg.Artifacts.Head(ctx, loc)
+	if err != nil {
+		return s3dist.Artifact{}, err
+	}
+	if e, ok := r.cache.get(p.ARN, head.ETag); ok && head.ETag != "" {
+		if e.Problem != "" {
+			return s3dist.Artifact{}, fmt.Errorf("%w: %s (remembered for etag %s)", s3dist.ErrInvalidBundle, e.Problem, head.ETag)
+		}
+		return s3dist.Artifact{Head: s3dist.Head{ETag: head.ETag, VersionID: e.VersionID, Size: e.Size}, SHA256: e.SHA256}, nil
+	}
+	a, err := r.cfg.Artifacts.Inspect(ctx, loc, head.ETag)
+	if err == nil {
+		err = a.CheckNames(p.Group, p.Version)
+	}
+	var entry cacheEntry
+	switch {
+	case err == nil:
+		entry = cacheEntry{SHA256: a.SHA256, Size: a.Size, VersionID: a.VersionID}
+	case errors.Is(err, s3dist.ErrInvalidBundle):
+		entry = cacheEntry{Problem: err.Error()}
+	default:
+		return s3dist.Artifact{}, err
+	}
+	if head.ETag != "" {
+		if werr := r.cache.put(p.ARN, head.ETag, entry); werr != nil {
+			r.log.Warn("cannot write the artifact cache; digests will be computed again after a restart", "err", werr)
+		}
+	}
+	return a, err
+}
