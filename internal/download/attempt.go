@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/linkedge/linkedge/internal/backoff"
 )
 
 // errRestart says the attempt discarded the partial file and the next
@@ -19,7 +21,7 @@ var errRestart = errors.New("starting over from zero")
 // download sends requests until the partial file holds size bytes, with
 // backoff between failed attempts.
 func (fe *fetcher) download() error {
-	bo := backoff{min: fe.opt.MinBackoff, max: fe.opt.MaxBackoff}
+	bo := backoff.Backoff{Min: fe.opt.MinBackoff, Max: fe.opt.MaxBackoff}
 	for fe.off < fe.size {
 		if err := fe.ctx.Err(); err != nil {
 			return fe.interrupted(err)
@@ -41,11 +43,11 @@ func (fe *fetcher) download() error {
 				fe.res.Attempts, fe.off, fe.size, err)
 		}
 		if fe.res.Downloaded > before {
-			bo.reset()
+			bo.Reset()
 		}
 		var delay time.Duration
 		if !errors.Is(err, errRestart) {
-			delay = max(bo.next(), min(retryAfter(err), fe.opt.MaxBackoff))
+			delay = max(bo.Next(), min(retryAfter(err), fe.opt.MaxBackoff))
 		}
 		fe.log.Warn("download attempt failed; will retry", "attempt", fe.res.Attempts,
 			"have", fe.off, "size", fe.size, "retry_in", delay, "err", err)

@@ -114,25 +114,3 @@ func TestRedact(t *testing.T) {
 		t.Error("redact modified its argument")
 	}
 }
-
-func TestBackoff(t *testing.T) {
-	b := backoff{min: 100 * time.Millisecond, max: time.Second}
-	ceilings := []time.Duration{100, 200, 400, 800, 1000, 1000}
-	for i := range ceilings {
-		ceil := ceilings[i] * time.Millisecond
-		for range 50 {
-			b.n = i
-			if d := b.next(); d < ceil/2 || d > ceil {
-				t.Fatalf("attempt %d: wait %v outside [%v, %v]", i, d, ceil/2, ceil)
-			}
-		}
-	}
-	b.n = 1000 // no overflow after very many attempts
-	if d := b.next(); d < 500*time.Millisecond || d > time.Second {
-		t.Fatalf("after many attempts: %v", d)
-	}
-	b.reset()
-	if d := b.next(); d > 100*time.Millisecond {
-		t.Fatalf("after reset: %v", d)
-	}
-}

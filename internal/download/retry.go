@@ -3,32 +3,8 @@ package download
 import (
 	"context"
 	"io"
-	"math/rand/v2"
 	"time"
 )
-
-// backoff yields exponentially growing waits with "equal jitter": half of
-// each wait is fixed, half random. The fixed half keeps a flapping server
-// from being hammered; the random half spreads out a fleet of trucks that
-// all regained coverage at the same moment (leaving a tunnel, a depot).
-type backoff struct {
-	min, max time.Duration
-	n        int
-}
-
-func (b *backoff) next() time.Duration {
-	d := b.max
-	if b.n < 32 {
-		if e := b.min << b.n; e > 0 && e < b.max {
-			d = e
-		}
-	}
-	b.n++
-	half := d / 2
-	return d - half + rand.N(half+1)
-}
-
-func (b *backoff) reset() { b.n = 0 }
 
 // sleep waits for d or until ctx is done.
 func sleep(ctx context.Context, d time.Duration) error {

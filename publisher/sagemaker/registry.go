@@ -15,6 +15,8 @@ import (
 	"github.com/linkedge/linkedge/internal/topics"
 	"github.com/linkedge/linkedge/publisher"
 	"github.com/linkedge/linkedge/publisher/s3dist"
+
+	"github.com/linkedge/linkedge/internal/backoff"
 )
 
 // Defaults applied to zero Config fields.
@@ -139,7 +141,7 @@ type Registry struct {
 	dirty     map[string]bool // groups an event asked to refresh
 	lastFull  time.Time
 	retryAt   time.Time // no SageMaker call before, after a failure
-	backoff   backoff
+	backoff   backoff.Backoff
 	groups    map[string]*groupState
 	lastGood  map[string]publisher.Version // by package ARN
 	problems  map[string]Problem           // by ARN, or group name for a group problem
@@ -184,7 +186,7 @@ func New(cfg Config) (*Registry, error) {
 	r := &Registry{cfg: cfg, log: cfg.Logger, cache: cache, notify: make(chan struct{}, 1),
 		dirty: map[string]bool{}, groups: map[string]*groupState{}, lastGood: map[string]publisher.Version{},
 		problems: map[string]Problem{}, reported: map[string]string{},
-		backoff: backoff{min: cfg.MinBackoff, max: cfg.MaxBackoff}}
+		backoff: backoff.Backoff{Min: cfg.MinBackoff, Max: cfg.MaxBackoff}}
 	r.cfg.Groups = slices.Clone(cfg.Groups)
 	return r, nil
 }
@@ -335,13 +337,13 @@ func (r *Registry) refresh(ctx context.Context, due []string, full bool, now tim
 		r.dirty[g] = true
 	}
 	if len(failed) > 0 {
-		wait := r.backoff.next()
+		wait := r.backoff.Next()
 		r.retryAt = now.Add(wait)
 		if throttledAny {
 			r.log.Warn("sagemaker throttled the registry; backing off", "wait", wait.Round(time.Millisecond))
 		}
 	} else {
-		r.backoff.reset()
+		r.backoff.Reset()
 		r.retryAt = time.Time{}
 	}
 	return errs

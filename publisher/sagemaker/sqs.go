@@ -10,6 +10,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
 	"github.com/aws/aws-sdk-go-v2/service/sqs/types"
+
+	"github.com/linkedge/linkedge/internal/backoff"
 )
 
 // SQSAPI is the part of *sqs.Client that [Events] uses.
@@ -79,7 +81,7 @@ func (e *Events) Run(ctx context.Context) error {
 	if vis == 0 {
 		vis = DefaultVisibility
 	}
-	b := backoff{min: cmpOr(e.MinBackoff, time.Second), max: cmpOr(e.MaxBackoff, time.Minute)}
+	b := backoff.Backoff{Min: cmpOr(e.MinBackoff, time.Second), Max: cmpOr(e.MaxBackoff, time.Minute)}
 	var lastErr string
 	log.Info("listening for sagemaker model package events", "queue", e.QueueURL)
 	for {
@@ -97,7 +99,7 @@ func (e *Events) Run(ctx context.Context) error {
 				lastErr = msg
 				log.Warn("cannot receive sagemaker events; polling continues, retrying", "queue", e.QueueURL, "err", err)
 			}
-			if !sleep(ctx, b.next()) {
+			if !sleep(ctx, b.Next()) {
 				return nil
 			}
 			continue
@@ -106,7 +108,7 @@ func (e *Events) Run(ctx context.Context) error {
 			log.Info("receiving sagemaker events again", "queue", e.QueueURL)
 			lastErr = ""
 		}
-		b.reset()
+		b.Reset()
 		for _, m := range out.Messages {
 			e.handle(ctx, log, m)
 		}
