@@ -115,7 +115,9 @@ func Fetch(ctx context.Context, dst string) error {
 		return err
 	}
 	if _, err := exec.LookPath("npm"); err != nil {
-		return fmt.Errorf("%w: npm is needed to fetch it (apt-get install npm), or set %s", ErrNotFound, EnvVar)
+		if err := installNPM(ctx); err != nil {
+			return fmt.Errorf("%w: npm is needed to fetch it (%w); install npm, or set %s", ErrNotFound, err, EnvVar)
+		}
 	}
 	tmp, err := os.MkdirTemp("", "linkedge-ort-*")
 	if err != nil {
@@ -178,4 +180,33 @@ func extract(tgz, member, dst string) error {
 		}
 		return os.Rename(out.Name(), dst)
 	}
+}
+
+// installNPM installs Debian's npm package when running as root on a
+// machine with apt-get, so that `go run . demo` works on a fresh machine
+// with nothing but Go. Anywhere else it says what to do instead.
+func installNPM(ctx context.Context) error {
+	if os.Geteuid() != 0 {
+		return errors.New("npm is not installed and this is not root")
+	}
+	if _, err := exec.LookPath("apt-get"); err != nil {
+		return errors.New("npm is not installed and there is no apt-get")
+	}
+	slog.Info("installing npm with apt-get, to fetch the ONNX Runtime library (once per machine)")
+	for _, args := range [][]string{{"update", "-qq"}, {"install", "-y", "-qq", "--no-install-recommends", "npm"}} {
+		cmd := exec.CommandContext(ctx, "apt-get", args...)
+		cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("apt-get %s: %w: %s", strings.Join(args, " "), err, lastLines(out, 5))
+		}
+	}
+	return nil
+}
+
+func lastLines(b []byte, n int) string {
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "; ")
 }
