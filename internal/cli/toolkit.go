@@ -10,6 +10,7 @@ import (
 
 	"github.com/linkedge/linkedge/inference"
 	"github.com/linkedge/linkedge/inference/bundle"
+	"github.com/linkedge/linkedge/inference/container"
 )
 
 func newToolkitCmd() *cobra.Command {
@@ -20,7 +21,7 @@ func newToolkitCmd() *cobra.Command {
 model.tar.gz holding model.onnx and metadata.json) and checks bundles the way a truck
 will before it switches to them.`,
 	}
-	cmd.AddCommand(newToolkitBundleCmd(), newToolkitValidateCmd(), newToolkitInspectCmd())
+	cmd.AddCommand(newToolkitBundleCmd(), newToolkitValidateCmd(), newToolkitInspectCmd(), newToolkitImageCmd())
 	addToolkitTrainCommands(cmd)
 	return cmd
 }
@@ -163,4 +164,44 @@ func newToolkitInspectCmd() *cobra.Command {
 			return err
 		},
 	}
+}
+
+func newToolkitImageCmd() *cobra.Command {
+	var opts container.ImageOptions
+	cmd := &cobra.Command{
+		Use:   "image --tag NAME[:TAG] [--bundle model.tar.gz]",
+		Short: "Package linkedge serve (and optionally a model) into a SageMaker-compatible container image",
+		Long: `Image builds a container image on the local Docker Engine, FROM scratch: the linkedge binary,
+the ONNX Runtime library and the shared libraries both need, and, with --bundle, the model
+unpacked at /opt/ml/model. Nothing is pulled from a registry.
+
+The image follows the SageMaker hosting contract: "docker run IMAGE serve" serves
+/opt/ml/model on port 8080 (GET /ping, POST /invocations, plus the Open Inference Protocol v2
+and /metrics) and stops cleanly on SIGTERM. Without --bundle, mount the model there.`,
+		Example: `  linkedge toolkit image --tag aps-failure:2 --bundle inference/apsmodels/aps-failure-v2.tar.gz
+  docker run --rm --network host aps-failure:2 serve --http 127.0.0.1:8080`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := inference.Init(cmd.Context(), ""); err != nil {
+				return err
+			}
+			cli, err := container.Connect(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer cli.Close()
+			opts.Progress = cmd.ErrOrStderr()
+			tag, err := container.BuildImage(cmd.Context(), cli, opts)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "built %s\n", tag)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&opts.Tag, "tag", "", "image name and tag (required)")
+	cmd.Flags().StringVar(&opts.Bundle, "bundle", "", "model bundle to bake in at /opt/ml/model")
+	cmd.Flags().StringVar(&opts.Binary, "binary", "", "linkedge binary to package (default: this one)")
+	cmd.MarkFlagRequired("tag")
+	return cmd
 }
