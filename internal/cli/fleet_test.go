@@ -1,0 +1,53 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/linkedge/linkedge/broker"
+	"github.com/linkedge/linkedge/internal/status"
+	"github.com/linkedge/linkedge/internal/topics"
+)
+
+// TestFleetTable reads retained statuses from a real broker, including an
+// offline truck whose last will carries no version.
+func TestFleetTable(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	b, err := broker.New(broker.Config{Listen: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	url := "tcp://" + b.Addr()
+	c := paho.NewClient(paho.NewClientOptions().AddBroker(url).SetClientID("test-trucks"))
+	if tok := c.Connect(); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	defer c.Disconnect(100)
+	for _, s := range []status.Status{
+		{Schema: status.Schema, Truck: "truck-1", Online: true, Model: "aps-failure", Version: 2, Desired: 2, Phase: "committed", LastSeen: time.Now()},
+		{Schema: status.Schema, Truck: "truck-2", Online: true, Model: "aps-failure", Version: 1, Desired: 2, Phase: "downloading", Downloaded: 50, Total: 100, LastSeen: time.Now(), LastError: "paused"},
+	} {
+		data, _ := json.Marshal(s)
+		c.Publish(topics.TruckStatus(s.Truck), 1, true, data).Wait()
+	}
+	var out bytes.Buffer
+	if err := runFleet(ctx, &out, url, "", "", 500*time.Millisecond, false); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"truck-1  true", "v2", "truck-2", "downloading", "50%", "paused"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("table lacks %q:\n%s", want, out.String())
+		}
+	}
+}
