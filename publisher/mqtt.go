@@ -2,6 +2,7 @@ package publisher
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -72,6 +73,59 @@ type session struct {
 
 	mu     sync.Mutex
 	client paho.Client // nil while dialing
+
+	// The release documents the broker retains, as seen through a
+	// subscription made on every connect: a broker that restarted without
+	// persistence has lost them, and the publisher announces them again.
+	retMu      sync.Mutex
+	retained   map[string]int64 // model → serial of the retained document
+	watchSince time.Time        // when the current subscription was made; zero while down
+}
+
+// retainedGrace is how long after subscribing the retained documents are
+// taken to have all arrived.
+const retainedGrace = 2 * time.Second
+
+// watchRetained subscribes to every model's release topic and records the
+// serial of what the broker retains.
+func (s *session) watchRetained(c paho.Client) {
+	s.retMu.Lock()
+	s.retained, s.watchSince = map[string]int64{}, time.Time{}
+	s.retMu.Unlock()
+	tok := c.Subscribe(topics.AllModelReleases(), topics.ReleaseQoS, func(_ paho.Client, m paho.Message) {
+		model, ok := topics.ParseModelRelease(m.Topic())
+		if !ok {
+			return
+		}
+		var doc struct {
+			Serial int64 `json:"serial"`
+		}
+		s.retMu.Lock()
+		defer s.retMu.Unlock()
+		if len(m.Payload()) == 0 || json.Unmarshal(m.Payload(), &doc) != nil {
+			delete(s.retained, model)
+			return
+		}
+		s.retained[model] = doc.Serial
+	})
+	go func() {
+		if tok.WaitTimeout(10*time.Second) && tok.Error() == nil {
+			s.retMu.Lock()
+			s.watchSince = time.Now()
+			s.retMu.Unlock()
+		}
+	}()
+}
+
+// retainedSerial returns the serial the broker retains for model, and
+// whether the view is settled enough to act on (subscribed for a while).
+func (s *session) retainedSerial(model string) (serial int64, settled bool) {
+	s.retMu.Lock()
+	defer s.retMu.Unlock()
+	if s.watchSince.IsZero() || time.Since(s.watchSince) < retainedGrace {
+		return 0, false
+	}
+	return s.retained[model], true
 }
 
 func newSession(cfg *Config, log *slog.Logger, m *metrics, onUp func()) *session {
@@ -113,15 +167,19 @@ func (s *session) dial(ctx context.Context) paho.Client {
 		c := paho.NewClient(mqttOptions(s.cfg, s.cfg.ClientID).
 			SetCleanSession(false).SetAutoReconnect(true).SetConnectRetry(false).
 			SetMaxReconnectInterval(maxReconnectInterval).
-			SetOnConnectHandler(func(paho.Client) {
+			SetOnConnectHandler(func(c paho.Client) {
 				s.log.Info("connected to broker", "broker", s.cfg.Broker, "client_id", s.cfg.ClientID)
 				s.everUp.Store(true)
 				s.metrics.setConnected(true)
+				s.watchRetained(c)
 				if s.onUp != nil {
 					s.onUp()
 				}
 			}).
 			SetConnectionLostHandler(func(_ paho.Client, err error) {
+				s.retMu.Lock()
+				s.watchSince = time.Time{}
+				s.retMu.Unlock()
 				s.log.Warn("broker connection lost; reconnecting", "broker", s.cfg.Broker, "err", err)
 				s.metrics.setConnected(false)
 			}))

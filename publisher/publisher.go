@@ -246,6 +246,15 @@ func (p *Publisher) poll(ctx context.Context) {
 			p.report(m, "no approved version remains; announcing nothing, trucks keep what they run",
 				"model", m, "announced_version", last.Version, "serial", last.Serial)
 			continue
+		case ok && last != nil && !due(last, v, now) && p.lostByBroker(m, last):
+			// Announced and acknowledged, but the broker no longer holds it
+			// (it restarted without persistence): trucks that connect now
+			// would get nothing. Announce it again, under a new serial.
+			p.log.Warn("the broker lost the retained release; announcing it again", "model", m, "version", v.Version, "serial", last.Serial)
+			if _, err := p.ann.Announce(ctx, v, Always); err != nil && ctx.Err() == nil {
+				p.report(m, "re-announcement failed; retrying on the next poll", "model", m, "err", err)
+			}
+			continue
 		case !ok || !due(last, v, now):
 			p.clear(m)
 			continue
@@ -262,6 +271,16 @@ func (p *Publisher) poll(ctx context.Context) {
 		}
 		p.clear(m)
 	}
+}
+
+// lostByBroker reports whether the broker's retained release for model is
+// missing or older than the last one acknowledged.
+func (p *Publisher) lostByBroker(model string, last *Announcement) bool {
+	if time.Since(last.AckedAt) < retainedGrace {
+		return false // our own retained copy may still be on its way back
+	}
+	serial, settled := p.sess.retainedSerial(model)
+	return settled && serial < last.Serial
 }
 
 func announcedOf(st *State, model string) *Announcement {

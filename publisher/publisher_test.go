@@ -2,16 +2,26 @@ package publisher
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/linkedge/linkedge/broker"
+	"github.com/linkedge/linkedge/inference/apsmodels"
+	"github.com/linkedge/linkedge/internal/release"
+	"github.com/linkedge/linkedge/internal/topics"
+	"github.com/linkedge/linkedge/publisher/localreg"
 )
 
 // The whole policy against a real broker: announce, upgrade, withdraw,
@@ -274,4 +284,93 @@ func TestRunAndCloseLifecycle(t *testing.T) {
 	case <-time.After(waitFor):
 		t.Fatal("Close did not stop Run")
 	}
+}
+
+// TestReannouncesWhenBrokerLosesRetained restarts an in-memory broker on
+// the same port: the retained release is gone, and the publisher notices
+// and announces it again, so trucks connecting later still get it.
+func TestReannouncesWhenBrokerLosesRetained(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	b1, err := broker.New(broker.Config{Listen: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b1.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	addr := b1.Addr()
+	dir := t.TempDir()
+	reg, err := localreg.Open(filepath.Join(dir, "registry"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, priv := release.GenerateKey()
+	keyFile := filepath.Join(dir, "publisher.key")
+	if err := release.WritePrivateKeyFile(keyFile, priv); err != nil {
+		t.Fatal(err)
+	}
+	bundlePath := filepath.Join(dir, "v1.tar.gz")
+	if err := os.WriteFile(bundlePath, apsmodels.V1(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e, err := reg.Add(ctx, bundlePath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := reg.Approve(e.Model, e.Version, "test"); err != nil {
+		t.Fatal(err)
+	}
+	p, err := New(Config{Broker: "tcp://" + addr, RegistryDir: reg.Dir(), KeyFile: keyFile, PollInterval: 100 * time.Millisecond,
+		ArtifactListen: "127.0.0.1:0", Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	defer func() { p.Close(); <-done }()
+
+	readRetained := func() []byte {
+		got := make(chan []byte, 1)
+		c := paho.NewClient(paho.NewClientOptions().AddBroker("tcp://" + addr).SetClientID(fmt.Sprintf("reader-%d", time.Now().UnixNano())))
+		if tok := c.Connect(); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+			return nil
+		}
+		defer c.Disconnect(50)
+		c.Subscribe(topics.ModelRelease(e.Model), 1, func(_ paho.Client, m paho.Message) {
+			select {
+			case got <- m.Payload():
+			default:
+			}
+		})
+		select {
+		case b := <-got:
+			return b
+		case <-time.After(500 * time.Millisecond):
+			return nil
+		}
+	}
+	waitRetained := func(what string) {
+		for ctx.Err() == nil {
+			if readRetained() != nil {
+				return
+			}
+		}
+		t.Fatalf("no retained release %s", what)
+	}
+	waitRetained("after approval")
+
+	b1.Close()
+	b2, err := broker.New(broker.Config{Listen: addr}) // same port, no persistence
+	if err != nil {
+		t.Fatal(err)
+	}
+	for ctx.Err() == nil {
+		if err = b2.Start(ctx); err == nil {
+			break
+		}
+		time.Sleep(100 * time.Millisecond) // the port may take a moment to free
+	}
+	defer b2.Close()
+	waitRetained("after the broker restarted empty")
 }
