@@ -61,8 +61,8 @@ type Agent struct {
 	pinRel     *release.Release // latest accepted per-truck pin, if any
 	online     bool
 	offline    chan struct{} // closed when the fleet link drops
-	lastSerial int64
-	updated    time.Time // when the last update committed
+	fleetState update.Fleet  // last accepted serials, as persisted
+	updated    time.Time     // when the last update committed
 
 	// running is the artifact the updater works on, cancelRunning stops it.
 	running       string
@@ -115,8 +115,16 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 	if f, err := a.store.Fleet(); err != nil {
 		a.log.Error("boot: fleet state unreadable; accepting the next valid release", "err", err)
 	} else {
-		a.lastSerial = f.LastSerial
-		a.st.Serial = f.LastSerial
+		a.fleetState = f
+		a.st.Serial = max(f.LastSerial, f.LastPinSerial)
+	}
+	// The last accepted documents, checked again (an expired one is
+	// dropped: the broker will have a newer one).
+	if r, err := a.verifier.Verify(a.store.Document(update.ReleaseDocument)); err == nil && r.Model == a.cfg.Model {
+		a.fleetRel = r
+	}
+	if r, err := a.verifier.Verify(a.store.Document(update.PinDocument)); err == nil && r.Model == a.cfg.Model {
+		a.pinRel = r
 	}
 	serving, err := a.machine.Boot(ctx)
 	if err != nil {

@@ -86,8 +86,15 @@ func (a *Agent) onFleetMessage(_ paho.Client, m paho.Message) {
 	pin := m.Topic() == topics.TruckDesired(a.cfg.Truck)
 	if pin && len(m.Payload()) == 0 {
 		a.mu.Lock()
+		had := a.pinRel != nil
 		a.pinRel = nil
 		a.mu.Unlock()
+		if err := a.store.SetDocument(update.PinDocument, nil); err != nil {
+			a.log.Error("cannot forget the pin on disk", "err", err)
+		}
+		if !had {
+			return
+		}
 		a.log.Info("per-truck pin cleared")
 		a.kick()
 		return
@@ -100,32 +107,56 @@ func (a *Agent) onFleetMessage(_ paho.Client, m paho.Message) {
 		a.refuse(0, err)
 		return
 	}
+	// Model releases and per-truck pins are two streams, each with its own
+	// serial: a pin must not make the fleet's (older) release look stale.
 	a.mu.Lock()
-	last := a.lastSerial
+	fs := a.fleetState
 	a.mu.Unlock()
-	if r.Serial == last {
-		return // the retained copy of what we already have, re-sent on reconnect
+	last := fs.LastSerial
+	if pin {
+		last = fs.LastPinSerial
 	}
-	if err := release.CheckNewer(r, last); err != nil {
-		a.refuse(r.Serial, err)
+	if r.Serial < last {
+		a.refuse(r.Serial, release.CheckNewer(r, last))
 		return
 	}
-	if err := a.store.SetFleet(update.Fleet{LastSerial: r.Serial}); err != nil {
-		a.log.Error("cannot record the release serial; ignoring the release until it can", "err", err)
-		return
+	newer := r.Serial > last
+	if newer {
+		if pin {
+			fs.LastPinSerial = r.Serial
+		} else {
+			fs.LastSerial = r.Serial
+		}
+		doc := update.ReleaseDocument
+		if pin {
+			doc = update.PinDocument
+		}
+		if err := a.store.SetDocument(doc, m.Payload()); err != nil {
+			a.log.Error("cannot record the release; ignoring it until it can", "err", err)
+			return
+		}
+		if err := a.store.SetFleet(fs); err != nil {
+			a.log.Error("cannot record the release serial; ignoring the release until it can", "err", err)
+			return
+		}
 	}
+	// The same serial is the broker re-sending the retained copy on a
+	// reconnect or after a restart: nothing new, but after a restart it is
+	// how the agent learns its targets again.
 	a.mu.Lock()
-	a.lastSerial = r.Serial
+	a.fleetState = fs
 	if pin {
 		a.pinRel = r
 	} else {
 		a.fleetRel = r
 	}
-	a.st.Serial = r.Serial
+	a.st.Serial = max(a.st.Serial, r.Serial)
 	a.mu.Unlock()
-	t, canary := r.TargetFor(a.cfg.Truck, a.cfg.Groups)
-	a.log.Info("release accepted", "serial", r.Serial, "version", t.Version, "canary", canary, "pin", pin)
-	a.supersede(t.Artifact.SHA256)
+	if newer {
+		t, canary := r.TargetFor(a.cfg.Truck, a.cfg.Groups)
+		a.log.Info("release accepted", "serial", r.Serial, "version", t.Version, "canary", canary, "pin", pin)
+		a.supersede(t.Artifact.SHA256)
+	}
 	a.kick()
 }
 

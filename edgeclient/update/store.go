@@ -177,6 +177,8 @@ type Fleet struct {
 	// LastSerial is the serial of the last release document accepted;
 	// anything not above it is a replay.
 	LastSerial int64 `json:"last_serial"`
+	// LastPinSerial is the same for this truck's pins, a separate stream.
+	LastPinSerial int64 `json:"last_pin_serial,omitempty"`
 }
 
 // Fleet returns the remembered fleet state.
@@ -193,4 +195,37 @@ func (s *Store) SetFleet(f Fleet) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.write("fleet.json", f)
+}
+
+// Documents the agent keeps: the last accepted release and pin, as received
+// (signed), so that after a restart the truck knows its targets before the
+// broker re-sends them, whatever order they then arrive in.
+const (
+	ReleaseDocument = "release.json"
+	PinDocument     = "pin.json"
+)
+
+// SetDocument stores a signed document; nil data deletes it.
+func (s *Store) SetDocument(name string, data []byte) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p := filepath.Join(s.dir, name)
+	if data == nil {
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+		return nil
+	}
+	return atomicfile.WriteFile(p, data, 0o644)
+}
+
+// Document returns a stored document, or nil.
+func (s *Store) Document(name string) []byte {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	data, err := os.ReadFile(filepath.Join(s.dir, name))
+	if err != nil {
+		return nil
+	}
+	return data
 }
