@@ -37,19 +37,9 @@ func PublishOnce(ctx context.Context, cfg Config, model string, version int64) (
 	if err != nil {
 		return nil, err
 	}
-	reg := cfg.Registry
-	if reg == nil {
-		if reg, err = NewLocalRegistry(cfg.RegistryDir); err != nil {
-			return nil, err
-		}
-	}
-	dist := cfg.Distributor
-	if dist == nil {
-		base, err := onceBaseURL(&cfg)
-		if err != nil {
-			return nil, err
-		}
-		dist = BaseURLDistributor{Base: base}
+	reg, dist, err := onceBackends(&cfg)
+	if err != nil {
+		return nil, err
 	}
 	v, err := findVersion(ctx, reg, model, version)
 	if err != nil {

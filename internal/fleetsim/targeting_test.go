@@ -2,6 +2,7 @@ package fleetsim
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -60,8 +61,15 @@ func TestPinAndCanary(t *testing.T) {
 		return data
 	}
 
-	// Pin truck 2 to v1: only truck 2 moves.
-	publishRetained(t, f.BrokerURL, topics.TruckDesired(t2.ID), sign(release.Release{Stable: target(entries[0])}))
+	// Pin truck 2 to v1 (as `linkedge pin` does): only truck 2 moves.
+	pcfg := publisher.Config{Broker: f.BrokerURL, RegistryDir: f.Registry.Dir(), KeyFile: f.KeyFile(),
+		ArtifactBaseURL: f.Publisher.ArtifactBaseURL(), Logger: f.opts.Logger}
+	if _, err := publisher.Pin(ctx, pcfg, t2.ID, "aps-failure", 1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := publisher.Pin(ctx, pcfg, t2.ID, "aps-failure", 9); !errors.Is(err, publisher.ErrUnknownVersion) {
+		t.Fatalf("pin to a missing version: %v", err)
+	}
 	if err := WaitVersion(ctx, 1, t2); err != nil {
 		t.Fatal(err)
 	}
@@ -78,7 +86,9 @@ func TestPinAndCanary(t *testing.T) {
 		t.Fatalf("pinned truck after a restart and a new fleet release: %+v", st)
 	}
 	// Clear the pin: truck 2 follows the fleet release again.
-	publishRetained(t, f.BrokerURL, topics.TruckDesired(t2.ID), nil)
+	if err := publisher.Unpin(ctx, pcfg, t2.ID); err != nil {
+		t.Fatal(err)
+	}
 	if err := WaitVersion(ctx, 2, t2); err != nil {
 		t.Fatal(err)
 	}
