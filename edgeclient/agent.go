@@ -180,7 +180,7 @@ func (a *Agent) startLocalBus(ctx context.Context) error {
 
 func (a *Agent) onPrediction(p server.PredictionMessage) {
 	a.predictions.Add(1)
-	if e := a.slot.Current(); e != nil && p.Label == e.Model().Meta().Labels[1] {
+	if b := a.slot.Current(); b != nil && p.Label == b.Meta().Labels[1] {
 		a.alerts.Add(1)
 	}
 }

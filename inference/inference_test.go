@@ -238,8 +238,8 @@ func TestSlotSwapUnderLoad(t *testing.T) {
 					failures.Add(1)
 					continue
 				}
-				_, err = lease.Engine().PredictOne(context.Background(), row)
-				seen[lease.Engine().Model().Version()].Add(1)
+				_, err = lease.Backend().PredictOne(context.Background(), row)
+				seen[lease.Backend().Meta().Version].Add(1)
 				lease.Release()
 				calls.Add(1)
 				if err != nil {

@@ -21,7 +21,7 @@ type Slot struct {
 }
 
 type slotEntry struct {
-	eng  *Engine
+	eng  Backend
 	refs atomic.Int64
 	// retired is closed once the entry has left the slot.
 	retired chan struct{}
@@ -34,8 +34,8 @@ type Lease struct {
 	e *slotEntry
 }
 
-// Engine is the leased engine.
-func (l Lease) Engine() *Engine { return l.e.eng }
+// Backend is the leased backend.
+func (l Lease) Backend() Backend { return l.e.eng }
 
 // Release gives the engine back; the last release of a retired engine lets
 // its Swap go on to close it.
@@ -66,9 +66,9 @@ func (s *Slot) Acquire() (Lease, error) {
 	}
 }
 
-// Current returns the serving engine without leasing it, for metadata only
+// Current returns the serving backend without leasing it, for metadata only
 // (name, version); nil when empty.
-func (s *Slot) Current() *Engine {
+func (s *Slot) Current() Backend {
 	if e := s.cur.Load(); e != nil {
 		return e.eng
 	}
@@ -82,7 +82,7 @@ func (s *Slot) Ready() bool { return s.cur.Load() != nil }
 // the previous engine has finished, or drainTimeout passed. It returns the
 // previous engine, still open, so the caller decides whether to close it or
 // keep it warm for a rollback.
-func (s *Slot) Swap(next *Engine, drainTimeout time.Duration) (prev *Engine, drained bool) {
+func (s *Slot) Swap(next Backend, drainTimeout time.Duration) (prev Backend, drained bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var ne *slotEntry

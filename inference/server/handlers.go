@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/linkedge/linkedge/inference"
+	"github.com/linkedge/linkedge/inference/bundle"
 )
 
 const (
@@ -50,17 +51,17 @@ func (s *Server) handleInvocations(w http.ResponseWriter, r *http.Request) int {
 		return writeError(w, http.StatusServiceUnavailable, "no model is loaded yet; retry when GET /ping answers 200")
 	}
 	defer lease.Release()
-	eng := lease.Engine()
-	m := eng.Model()
+	eng := lease.Backend()
+	m := eng.Meta()
 	body := buf.Bytes()
 	if ct == "" || ct == "text/plain" {
 		ct = sniff(body)
 	}
 	var rows [][]float32
 	if ct == "application/json" {
-		rows, err = parseJSON(body, m.Meta().Features, s.cfg.MaxRows)
+		rows, err = parseJSON(body, m.Features, s.cfg.MaxRows)
 	} else {
-		rows, err = parseCSV(body, m.NumFeatures(), s.cfg.MaxRows)
+		rows, err = parseCSV(body, len(m.Features), s.cfg.MaxRows)
 	}
 	if err != nil {
 		return writeError(w, http.StatusBadRequest, err.Error())
@@ -70,8 +71,8 @@ func (s *Server) handleInvocations(w http.ResponseWriter, r *http.Request) int {
 		return s.predictError(w, err)
 	}
 	h := w.Header()
-	h.Set(headerModel, m.Name())
-	h.Set(headerVersion, strconv.FormatInt(m.Version(), 10))
+	h.Set(headerModel, m.Name)
+	h.Set(headerVersion, strconv.FormatInt(m.Version, 10))
 	out := buf.Bytes()[:0] // the body is parsed; reuse its memory
 	if accept == "text/csv" {
 		h.Set("Content-Type", "text/csv")
@@ -91,11 +92,11 @@ func (s *Server) handleInvocations(w http.ResponseWriter, r *http.Request) int {
 
 // appendPredictions writes the /invocations JSON answer by hand: it is the
 // hot path, and reflection-based encoding costs more than the model call.
-func appendPredictions(b []byte, m *inference.Model, preds []inference.Prediction) []byte {
+func appendPredictions(b []byte, m *bundle.Metadata, preds []inference.Prediction) []byte {
 	b = append(b, `{"model":`...)
-	b = strconv.AppendQuote(b, m.Name())
+	b = strconv.AppendQuote(b, m.Name)
 	b = append(b, `,"model_version":`...)
-	b = strconv.AppendInt(b, m.Version(), 10)
+	b = strconv.AppendInt(b, m.Version, 10)
 	b = append(b, `,"predictions":[`...)
 	for i, p := range preds {
 		if i > 0 {
@@ -181,14 +182,14 @@ func (s *Server) modelFor(w http.ResponseWriter, r *http.Request) (inference.Lea
 	if err != nil {
 		return inference.Lease{}, writeError(w, http.StatusServiceUnavailable, "no model is loaded yet")
 	}
-	m := lease.Engine().Model()
-	if name := r.PathValue("name"); name != m.Name() {
+	m := lease.Backend().Meta()
+	if name := r.PathValue("name"); name != m.Name {
 		lease.Release()
-		return inference.Lease{}, writeError(w, http.StatusNotFound, "unknown model "+strconv.Quote(name)+"; this server serves "+strconv.Quote(m.Name()))
+		return inference.Lease{}, writeError(w, http.StatusNotFound, "unknown model "+strconv.Quote(name)+"; this server serves "+strconv.Quote(m.Name))
 	}
-	if v := r.PathValue("version"); v != "" && v != strconv.FormatInt(m.Version(), 10) {
+	if v := r.PathValue("version"); v != "" && v != strconv.FormatInt(m.Version, 10) {
 		lease.Release()
-		return inference.Lease{}, writeError(w, http.StatusNotFound, "model "+m.Name()+" version "+strconv.Quote(v)+" is not loaded; version "+strconv.FormatInt(m.Version(), 10)+" is")
+		return inference.Lease{}, writeError(w, http.StatusNotFound, "model "+m.Name+" version "+strconv.Quote(v)+" is not loaded; version "+strconv.FormatInt(m.Version, 10)+" is")
 	}
 	return lease, 0
 }
@@ -205,16 +206,16 @@ func (s *Server) handleModelMeta(w http.ResponseWriter, r *http.Request) int {
 		return code
 	}
 	defer lease.Release()
-	m := lease.Engine().Model()
-	meta := m.Meta()
-	ver := strconv.FormatInt(m.Version(), 10)
-	w.Header().Set(headerModel, m.Name())
+	b := lease.Backend()
+	meta := b.Meta()
+	ver := strconv.FormatInt(meta.Version, 10)
+	w.Header().Set(headerModel, meta.Name)
 	w.Header().Set(headerVersion, ver)
 	return writeJSON(w, http.StatusOK, map[string]any{
-		"name":     m.Name(),
+		"name":     meta.Name,
 		"versions": []string{ver},
 		"platform": "onnxruntime_onnx",
-		"inputs":   []tensorMeta{{Name: meta.Input, Datatype: "FP32", Shape: []int64{-1, int64(m.NumFeatures())}}},
+		"inputs":   []tensorMeta{{Name: meta.Input, Datatype: "FP32", Shape: []int64{-1, int64(len(meta.Features))}}},
 		"outputs": []tensorMeta{
 			{Name: meta.Output, Datatype: "FP32", Shape: []int64{-1, 1}},
 			{Name: "label", Datatype: "BYTES", Shape: []int64{-1}},
@@ -223,7 +224,7 @@ func (s *Server) handleModelMeta(w http.ResponseWriter, r *http.Request) int {
 			"features":  meta.Features,
 			"labels":    meta.Labels,
 			"threshold": meta.Threshold,
-			"sha256":    m.Digest(),
+			"sha256":    b.Digest(),
 		},
 	})
 }
@@ -266,9 +267,9 @@ func (s *Server) handleInfer(w http.ResponseWriter, r *http.Request) int {
 		return code
 	}
 	defer lease.Release()
-	eng := lease.Engine()
-	m := eng.Model()
-	req, rows, err := parseOIP(buf.Bytes(), m.Meta().Input, m.NumFeatures(), s.cfg.MaxRows)
+	eng := lease.Backend()
+	m := eng.Meta()
+	req, rows, err := parseOIP(buf.Bytes(), m.Input, len(m.Features), s.cfg.MaxRows)
 	if err != nil {
 		return writeError(w, http.StatusBadRequest, err.Error())
 	}
@@ -283,14 +284,14 @@ func (s *Server) handleInfer(w http.ResponseWriter, r *http.Request) int {
 	}
 	n := int64(len(preds))
 	outs := []map[string]any{
-		{"name": m.Meta().Output, "datatype": "FP32", "shape": []int64{n, 1}, "data": scores},
+		{"name": m.Output, "datatype": "FP32", "shape": []int64{n, 1}, "data": scores},
 		{"name": "label", "datatype": "BYTES", "shape": []int64{n}, "data": labels},
 	}
 	if len(req.Outputs) > 0 {
 		want := map[string]bool{}
 		for _, o := range req.Outputs {
-			if o.Name != m.Meta().Output && o.Name != "label" {
-				return writeError(w, http.StatusBadRequest, "unknown output "+strconv.Quote(o.Name)+"; outputs are "+strconv.Quote(m.Meta().Output)+" and \"label\"")
+			if o.Name != m.Output && o.Name != "label" {
+				return writeError(w, http.StatusBadRequest, "unknown output "+strconv.Quote(o.Name)+"; outputs are "+strconv.Quote(m.Output)+" and \"label\"")
 			}
 			want[o.Name] = true
 		}
@@ -302,11 +303,11 @@ func (s *Server) handleInfer(w http.ResponseWriter, r *http.Request) int {
 		}
 		outs = kept
 	}
-	ver := strconv.FormatInt(m.Version(), 10)
-	w.Header().Set(headerModel, m.Name())
+	ver := strconv.FormatInt(m.Version, 10)
+	w.Header().Set(headerModel, m.Name)
 	w.Header().Set(headerVersion, ver)
 	return writeJSON(w, http.StatusOK, map[string]any{
-		"model_name": m.Name(), "model_version": ver, "id": req.ID, "outputs": outs,
+		"model_name": m.Name, "model_version": ver, "id": req.ID, "outputs": outs,
 	})
 }
 

@@ -64,10 +64,10 @@ var modelInfoDesc = prometheus.NewDesc("linkedge_model_info",
 func (c *modelInfo) Describe(ch chan<- *prometheus.Desc) { ch <- modelInfoDesc }
 
 func (c *modelInfo) Collect(ch chan<- prometheus.Metric) {
-	e := c.slot.Current()
-	if e == nil {
+	b := c.slot.Current()
+	if b == nil {
 		return
 	}
-	m := e.Model()
-	ch <- prometheus.MustNewConstMetric(modelInfoDesc, prometheus.GaugeValue, 1, m.Name(), strconv.FormatInt(m.Version(), 10), m.Digest())
+	m := b.Meta()
+	ch <- prometheus.MustNewConstMetric(modelInfoDesc, prometheus.GaugeValue, 1, m.Name, strconv.FormatInt(m.Version, 10), b.Digest())
 }

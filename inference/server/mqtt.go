@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/linkedge/linkedge/inference"
+	"github.com/linkedge/linkedge/inference/bundle"
 )
 
 // MQTTConfig connects the inference engine to an MQTT broker: every reading
@@ -168,8 +169,8 @@ func (b *MQTTBridge) onReading(_ paho.Client, msg paho.Message) {
 		b.publishError(id, fmt.Errorf("no model is loaded yet: %w", err))
 		return
 	}
-	eng := lease.Engine()
-	m := eng.Model()
+	eng := lease.Backend()
+	m := eng.Meta()
 	if row == nil {
 		err = fmt.Errorf("%w: reading has no features", inference.ErrBadInput)
 	} else if vals, ferr := b.fit(row, m); ferr != nil {
@@ -179,7 +180,7 @@ func (b *MQTTBridge) onReading(_ paho.Client, msg paho.Message) {
 		p, err = eng.PredictOne(context.Background(), vals)
 		if err == nil {
 			lease.Release()
-			pm := PredictionMessage{ID: id, Model: m.Name(), ModelVersion: m.Version(), Label: p.Label, Score: p.Score,
+			pm := PredictionMessage{ID: id, Model: m.Name, ModelVersion: m.Version, Label: p.Label, Score: p.Score,
 				LatencyMS: float64(time.Since(start).Microseconds()) / 1000, Time: time.Now().UTC().Format(time.RFC3339Nano)}
 			data, _ := json.Marshal(pm)
 			b.client.Publish(b.cfg.PredictionsTopic, b.cfg.QoS, false, data)
@@ -246,11 +247,11 @@ func (b *MQTTBridge) decode(p []byte) (string, *rawRow, error) {
 	return r.ID, nil, nil
 }
 
-func (b *MQTTBridge) fit(r *rawRow, m *inference.Model) ([]float32, error) {
-	feats := m.Meta().Features
+func (b *MQTTBridge) fit(r *rawRow, m *bundle.Metadata) ([]float32, error) {
+	feats := m.Features
 	if r.named == nil {
 		if len(r.pos) != len(feats) {
-			return nil, fmt.Errorf("%w: reading has %d features, model %s v%d takes %d", inference.ErrBadInput, len(r.pos), m.Name(), m.Version(), len(feats))
+			return nil, fmt.Errorf("%w: reading has %d features, model %s v%d takes %d", inference.ErrBadInput, len(r.pos), m.Name, m.Version, len(feats))
 		}
 		return r.pos, nil
 	}

@@ -66,7 +66,7 @@ func TestMQTTBridge(t *testing.T) {
 		preds <- p
 	}).Wait()
 
-	g := slot.Current().Model().Meta().Golden[0]
+	g := slot.Current().Meta().Golden[0]
 	feats, _ := g.Features.MarshalJSON()
 	c.Publish("t/readings", 0, false, `{"id":"r-1","features":`+string(feats)+`}`)
 	select {

@@ -50,7 +50,7 @@ func newServer(t *testing.T) (*httptest.Server, *inference.Slot, *server.Server)
 }
 
 func goldenCSV(t *testing.T, slot *inference.Slot) (string, bundle.Golden) {
-	g := slot.Current().Model().Meta().Golden
+	g := slot.Current().Meta().Golden
 	// The sample with a missing value, so the CSV carries "na".
 	for _, s := range g {
 		var sb strings.Builder
@@ -204,7 +204,7 @@ func TestBadRequests(t *testing.T) {
 
 func TestOpenInferenceProtocol(t *testing.T) {
 	ts, slot, _ := newServer(t)
-	g := slot.Current().Model().Meta().Golden[0]
+	g := slot.Current().Meta().Golden[0]
 	for _, path := range []string{"/v2/health/live", "/v2/health/ready", "/v2/models/aps-failure/ready", "/v2/models/aps-failure/versions/1/ready", "/v2"} {
 		if resp, body := do(t, "GET", ts.URL+path, "", ""); resp.StatusCode != 200 {
 			t.Errorf("%s: %d %s", path, resp.StatusCode, body)

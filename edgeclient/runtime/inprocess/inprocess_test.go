@@ -57,11 +57,11 @@ func TestStageActivate(t *testing.T) {
 	if err != nil || prev.Spec().Version != 1 {
 		t.Fatalf("activate v2: prev %v, %v", prev, err)
 	}
-	if v := slot.Current().Model().Version(); v != 2 {
+	if v := slot.Current().Meta().Version; v != 2 {
 		t.Fatalf("slot serves v%d", v)
 	}
 	// Rollback is one more Activate; the previous candidate was kept warm.
-	if _, err := rt.Activate(ctx, prev); err != nil || slot.Current().Model().Version() != 1 {
+	if _, err := rt.Activate(ctx, prev); err != nil || slot.Current().Meta().Version != 1 {
 		t.Fatalf("rollback: %v", err)
 	}
 	c2.Close()
