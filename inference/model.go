@@ -378,3 +378,33 @@ func lowerFirst(s string) string {
 	}
 	return strings.ToLower(s[:1]) + s[1:]
 }
+
+// CheckBackendGolden runs the golden samples of b's metadata through b
+// itself (for a remote backend: over the wire, as requests will go) and
+// returns ErrGoldenMismatch naming the samples that differ.
+func CheckBackendGolden(ctx context.Context, b Backend) error {
+	meta := b.Meta()
+	if len(meta.Golden) == 0 {
+		return nil
+	}
+	rows := make([][]float32, len(meta.Golden))
+	for i, g := range meta.Golden {
+		rows[i] = g.Features
+	}
+	preds, err := b.Predict(ctx, rows)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrGoldenMismatch, err)
+	}
+	tol := meta.EffectiveTolerance()
+	var bad []string
+	for i, p := range preds {
+		g := meta.Golden[i]
+		if math.Abs(float64(p.Score)-g.Score) > tol || p.Label != g.Label {
+			bad = append(bad, fmt.Sprintf("%s: want %s %.6g, got %s %.6g", g.ID, g.Label, g.Score, p.Label, p.Score))
+		}
+	}
+	if len(bad) > 0 {
+		return fmt.Errorf("%w: %d of %d samples of %s v%d differ: %s", ErrGoldenMismatch, len(bad), len(preds), meta.Name, meta.Version, strings.Join(bad, "; "))
+	}
+	return nil
+}

@@ -1,0 +1,119 @@
+package docker
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/docker/docker/api/types/image"
+
+	"github.com/linkedge/linkedge/edgeclient/runtime"
+	"github.com/linkedge/linkedge/inference"
+	"github.com/linkedge/linkedge/inference/apsmodels"
+	icontainer "github.com/linkedge/linkedge/inference/container"
+)
+
+// TestContainerSwapUnderLoad stages v1 and v2 of the APS model as two
+// containers of a real serving image on the real Docker Engine, serves v1,
+// then switches to v2 while 8 goroutines predict through the slot: no call
+// may fail, and both versions must have answered.
+func TestContainerSwapUnderLoad(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cli, err := icontainer.Connect(ctx)
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal(err)
+		}
+		t.Skipf("%v (deployments/scripts/setup.sh starts one)", err)
+	}
+	defer cli.Close()
+	if err := inference.Init(ctx, ""); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "linkedge")
+	if out, err := exec.CommandContext(ctx, "go", "build", "-o", bin, "github.com/linkedge/linkedge").CombinedOutput(); err != nil {
+		t.Fatalf("build linkedge: %v\n%s", err, out)
+	}
+	tag := "linkedge-test-runtime:swap"
+	if _, err := icontainer.BuildImage(ctx, cli, icontainer.ImageOptions{Tag: tag, Binary: bin}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.ImageRemove(context.Background(), tag, image.RemoveOptions{Force: true, PruneChildren: true}) })
+
+	slot := &inference.Slot{}
+	rt := &Runtime{Docker: cli, Slot: slot, WorkDir: filepath.Join(dir, "work")}
+	spec := func(v int64, data []byte) runtime.Spec {
+		p := filepath.Join(dir, "v"+string(rune('0'+v))+".tar.gz")
+		os.WriteFile(p, data, 0o644)
+		return runtime.Spec{Model: "aps-failure", Version: v, SHA256: "sha-v" + string(rune('0'+v)), Bundle: p, Kind: "container", Image: tag}
+	}
+	c1, err := rt.Stage(ctx, spec(1, apsmodels.V1()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c1.Close()
+	if err := c1.Check(ctx); err != nil {
+		t.Fatal(err)
+	}
+	rt.Activate(ctx, c1)
+	c2, err := rt.Stage(ctx, spec(2, apsmodels.V2()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	if err := c2.Check(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	row := slot.Current().Meta().Golden[0].Features
+	var calls, failures atomic.Int64
+	var seen [3]atomic.Int64
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				lease, err := slot.Acquire()
+				if err != nil {
+					failures.Add(1)
+					continue
+				}
+				_, err = lease.Backend().PredictOne(ctx, row)
+				seen[lease.Backend().Meta().Version].Add(1)
+				lease.Release()
+				calls.Add(1)
+				if err != nil {
+					failures.Add(1)
+				}
+			}
+		}()
+	}
+	time.Sleep(300 * time.Millisecond)
+	prev, err := rt.Activate(ctx, c2)
+	if err != nil || prev.Spec().Version != 1 {
+		t.Fatalf("activate v2: %v %v", prev, err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	prev.Close() // the old container goes only after the switch
+	time.Sleep(200 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+	if failures.Load() != 0 || seen[1].Load() == 0 || seen[2].Load() == 0 {
+		t.Fatalf("%d of %d calls failed; answers v1 %d, v2 %d", failures.Load(), calls.Load(), seen[1].Load(), seen[2].Load())
+	}
+	t.Logf("%d calls through the containers, 0 failed (v1 %d, v2 %d)", calls.Load(), seen[1].Load(), seen[2].Load())
+}
