@@ -17,7 +17,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -26,9 +28,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/linkedge/linkedge/broker"
+	"github.com/linkedge/linkedge/edgeclient/runtime/docker"
 	"github.com/linkedge/linkedge/edgeclient/runtime/inprocess"
 	"github.com/linkedge/linkedge/edgeclient/update"
 	"github.com/linkedge/linkedge/inference"
+	icontainer "github.com/linkedge/linkedge/inference/container"
 	"github.com/linkedge/linkedge/inference/server"
 	"github.com/linkedge/linkedge/internal/release"
 	"github.com/linkedge/linkedge/internal/status"
@@ -44,6 +48,8 @@ type Agent struct {
 	log      *slog.Logger
 	store    *update.Store
 	machine  *update.Machine
+	rts      *runtimes
+	docker   io.Closer // the Docker client, when containers are enabled
 	slot     *inference.Slot
 	srv      *server.Server
 	reg      *prometheus.Registry
@@ -92,8 +98,8 @@ func New(cfg Config) (*Agent, error) {
 	}
 	close(a.offline) // offline until the first connect
 	a.srv = server.New(server.Config{Addr: cfg.HTTP, Logger: a.log}, a.slot, a.reg)
-	rt := inprocess.New(a.slot, inference.Options{IntraOpThreads: cfg.Inference.Threads}, cfg.Inference.Batch, a.srv.ObserveBatch)
-	a.machine = &update.Machine{Store: store, Runtime: rt, Fetch: fetchArtifact(a.log, cfg.Fleet.HTTPProxy), Permanent: permanentFetchError, Deferred: deferredFetchError,
+	a.rts = &runtimes{inprocess: inprocess.New(a.slot, inference.Options{IntraOpThreads: cfg.Inference.Threads}, cfg.Inference.Batch, a.srv.ObserveBatch)}
+	a.machine = &update.Machine{Store: store, Runtime: a.rts, Fetch: fetchArtifact(a.log, cfg.Fleet.HTTPProxy), Permanent: permanentFetchError, Deferred: deferredFetchError,
 		Probation: cfg.Probation, Log: a.log, OnChange: a.onRecord}
 	a.st = status.Status{Schema: status.Schema, Truck: cfg.Truck, Model: cfg.Model, Phase: string(update.Idle), Agent: "linkedge"}
 	return a, nil
@@ -111,6 +117,15 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 	}()
 	if err := inference.Init(ctx, ""); err != nil {
 		return err
+	}
+	if a.cfg.Containers.Enabled {
+		cli, err := icontainer.Connect(ctx)
+		if err != nil {
+			return fmt.Errorf("containers.enabled: %w", err)
+		}
+		a.docker = cli
+		a.rts.container = &docker.Runtime{Docker: cli, Slot: a.slot, WorkDir: filepath.Join(a.cfg.DataDir, "containers"),
+			ReadyTimeout: a.cfg.Containers.ReadyTimeout, Log: a.log}
 	}
 	if f, err := a.store.Fleet(); err != nil {
 		a.log.Error("boot: fleet state unreadable; accepting the next valid release", "err", err)
@@ -211,7 +226,13 @@ func (a *Agent) Close() error {
 		if a.local != nil {
 			a.local.Close()
 		}
+		if c := a.rts.Serving(); c != nil && c.Spec().Kind == release.RuntimeContainer {
+			c.Close() // the serving container goes with the agent; it restarts from the committed bundle
+		}
 		a.slot.Close()
+		if a.docker != nil {
+			a.docker.Close()
+		}
 	})
 	return nil
 }

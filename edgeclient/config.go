@@ -39,6 +39,9 @@ type Config struct {
 	LocalBroker LocalBrokerConfig `yaml:"local_broker"`
 	// Inference tunes the model runtime and the micro-batcher.
 	Inference InferenceConfig `yaml:"inference"`
+	// Containers lets releases whose runtime is "container" run as
+	// containers on the local Docker Engine.
+	Containers ContainersConfig `yaml:"containers"`
 	// Probation is how long a new version serves before it is committed;
 	// a failed request or health check in that time rolls back. Default 10s.
 	Probation time.Duration `yaml:"probation"`
@@ -80,6 +83,15 @@ type LocalBrokerConfig struct {
 	External string `yaml:"external"`
 	// DataDir persists the embedded broker; empty keeps it in memory.
 	DataDir string `yaml:"data_dir"`
+}
+
+// ContainersConfig enables the container runtime.
+type ContainersConfig struct {
+	// Enabled runs container releases; off, the truck refuses them and
+	// stays on its version. Default off.
+	Enabled bool `yaml:"enabled"`
+	// ReadyTimeout bounds the wait for a new container's /ping. Default 60s.
+	ReadyTimeout time.Duration `yaml:"ready_timeout"`
 }
 
 // InferenceConfig tunes serving.

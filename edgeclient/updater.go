@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/linkedge/linkedge/edgeclient/update"
-	"github.com/linkedge/linkedge/internal/release"
 	"github.com/linkedge/linkedge/internal/status"
 )
 
@@ -88,8 +87,8 @@ func (a *Agent) wanted() (update.Target, bool) {
 	if c := a.machine.Runtime.Serving(); c != nil && t.Same(c.Spec()) {
 		return t, false
 	}
-	if t.Runtime.Kind != "" && t.Runtime.Kind != release.RuntimeInProcess {
-		a.setError(fmt.Sprintf("version %d needs runtime %q, which this agent does not run; staying on the current version", t.Version, t.Runtime.Kind))
+	if _, err := a.rts.pick(t.Runtime.Kind); err != nil {
+		a.setError(fmt.Sprintf("version %d: %v; staying on the current version", t.Version, err))
 		return t, false
 	}
 	if f, failed := a.store.Failed(t.Artifact.SHA256); failed && f.Attempts >= 3 {

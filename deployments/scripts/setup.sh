@@ -2,7 +2,8 @@
 # Installs what LinkEdge's tests and demo need on a fresh Debian machine with
 # Go, as root: npm (to fetch the ONNX Runtime library from the npm registry),
 # mosquitto (the second, independent MQTT broker for interop tests), a Docker
-# Engine (for the container image tests; started here if none answers), and
+# Engine (for the container tests; started here if none answers), Debian's
+# docker-registry (the tests push serving images to one on loopback), and
 # the ONNX Runtime library itself (cached under ~/.cache/linkedge). Safe to
 # run again: it skips what is already there.
 set -euo pipefail
@@ -12,6 +13,7 @@ need=()
 command -v npm >/dev/null 2>&1 || need+=(npm)
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
+command -v docker-registry >/dev/null 2>&1 || need+=(docker-registry)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "setup: need ${need[*]}; run as root or install them with apt-get" >&2
@@ -22,8 +24,8 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
-# The broker package starts as a service on install; the tests start their own.
-if command -v systemctl >/dev/null 2>&1; then systemctl stop mosquitto >/dev/null 2>&1 || true; fi
+# These packages start services on install; the tests start their own.
+if command -v systemctl >/dev/null 2>&1; then systemctl stop mosquitto docker-registry >/dev/null 2>&1 || true; fi
 
 # A Docker Engine for the image tests. Where none runs (a CI machine, a
 # container), start one that needs no kernel networking set-up: images are

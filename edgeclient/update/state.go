@@ -67,9 +67,19 @@ type Target struct {
 	Canary   bool             `json:"canary,omitempty"`
 }
 
-// Same reports whether t and spec are the same version of the same bundle.
+// Same reports whether t and spec are the same version of the same bundle,
+// run the same way (the same version moving into a container is a change).
 func (t Target) Same(spec runtime.Spec) bool {
-	return t.Model == spec.Model && t.Version == spec.Version && t.Artifact.SHA256 == spec.SHA256
+	kind := t.Runtime.Kind
+	if kind == "" {
+		kind = "inprocess"
+	}
+	specKind := spec.Kind
+	if specKind == "" {
+		specKind = "inprocess"
+	}
+	return t.Model == spec.Model && t.Version == spec.Version && t.Artifact.SHA256 == spec.SHA256 &&
+		kind == specKind && t.Runtime.Image == spec.Image
 }
 
 // Record is where an update stands; it is update.json.

@@ -45,7 +45,9 @@ func TestContainerSwapUnderLoad(t *testing.T) {
 	if _, err := icontainer.BuildImage(ctx, cli, icontainer.ImageOptions{Tag: tag, Binary: bin}); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { cli.ImageRemove(context.Background(), tag, image.RemoveOptions{Force: true, PruneChildren: true}) })
+	t.Cleanup(func() {
+		cli.ImageRemove(context.Background(), tag, image.RemoveOptions{Force: true, PruneChildren: true})
+	})
 
 	slot := &inference.Slot{}
 	rt := &Runtime{Docker: cli, Slot: slot, WorkDir: filepath.Join(dir, "work")}

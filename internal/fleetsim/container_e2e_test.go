@@ -1,0 +1,171 @@
+package fleetsim
+
+import (
+	"context"
+	"encoding/base64"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/filters"
+	"github.com/docker/docker/api/types/image"
+	"github.com/docker/docker/client"
+
+	"github.com/linkedge/linkedge/edgeclient"
+	"github.com/linkedge/linkedge/inference/apsmodels"
+	icontainer "github.com/linkedge/linkedge/inference/container"
+	"github.com/linkedge/linkedge/internal/release"
+	"github.com/linkedge/linkedge/internal/topics"
+	"github.com/linkedge/linkedge/publisher"
+	"github.com/linkedge/linkedge/publisher/localreg"
+)
+
+// TestContainerRelease: a release whose runtime is a container (an image
+// pinned by digest in a registry) moves a truck from its in-process model to
+// a model container, under HTTP load, without a failed request; a later
+// in-process release moves it back and the container goes away.
+func TestContainerRelease(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cli, err := icontainer.Connect(ctx)
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal(err)
+		}
+		t.Skipf("%v (deployments/scripts/setup.sh starts one)", err)
+	}
+	defer cli.Close()
+	dir := t.TempDir()
+	imageRef := pushServingImage(t, ctx, cli, dir)
+
+	f, err := Start(ctx, Options{Dir: filepath.Join(dir, "fleet"), Trucks: 1, Probation: 500 * time.Millisecond, HTTPClients: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	tr := f.Trucks[0]
+	if err := tr.RestartWith(ctx, func(c *edgeclient.Config) { c.Containers.Enabled = true }); err != nil {
+		t.Fatal(err)
+	}
+	var entries []localreg.Entry
+	for _, data := range [][]byte{apsmodels.V1(), apsmodels.V2()} {
+		e, err := f.Register(ctx, data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		entries = append(entries, e)
+	}
+	f.Registry.Approve("aps-failure", 1, "test")
+	f.Registry.Approve("aps-failure", 2, "test")
+	if err := WaitVersion(ctx, 2, tr); err != nil {
+		t.Fatal(err)
+	}
+	// From here on the test signs the releases itself (with serials above
+	// the publisher's, which leaves newer documents alone).
+	priv, err := release.ReadPrivateKeyFile(f.KeyFile())
+	if err != nil {
+		t.Fatal(err)
+	}
+	publish := func(e localreg.Entry, rt release.Runtime) {
+		now := time.Now()
+		doc, err := release.Sign(&release.Release{Schema: release.Schema, Model: "aps-failure", Serial: now.UnixMilli() + 1000,
+			IssuedAt: now, ExpiresAt: now.Add(time.Hour), Stable: release.Target{Version: e.Version, Runtime: rt,
+				Source: release.Source{Registry: release.RegistryLocal},
+				Artifact: release.Artifact{URL: f.Publisher.ArtifactBaseURL() + publisher.ArtifactPath(e.Model, e.Version),
+					SHA256: e.SHA256, Size: e.Size, MediaType: release.MediaTypeBundle}}}, priv)
+		if err != nil {
+			t.Fatal(err)
+		}
+		publishRetained(t, f.BrokerURL, topics.ModelRelease("aps-failure"), doc)
+	}
+	// The same version, now as a container: the truck moves from its
+	// in-process session to the container.
+	failed := tr.Load.HTTPFailed.Load()
+	publish(entries[1], release.Runtime{Kind: release.RuntimeContainer, Image: imageRef})
+	if err := WaitFor(ctx, "v2 in a container", func() bool {
+		st := tr.Agent.Status()
+		return st.Phase == "committed" && countServing(t, ctx, cli) == 1
+	}); err != nil {
+		t.Fatalf("%v: %+v", err, tr.Agent.Status())
+	}
+	publish(entries[0], release.Runtime{Kind: release.RuntimeInProcess})
+	if err := WaitVersion(ctx, 1, tr); err != nil {
+		t.Fatalf("%v: %+v", err, tr.Agent.Status())
+	}
+	if n := tr.Load.HTTPFailed.Load() - failed; n != 0 {
+		t.Fatalf("%d HTTP requests failed across in-process → container → in-process: %s", n, tr.Load.LastFailure())
+	}
+	if v := tr.Load.ByVersion(); v["1"] == 0 || v["2"] == 0 {
+		t.Fatalf("answers by version %v", v)
+	}
+	// The old container is removed right after the commit.
+	if err := WaitFor(ctx, "the container removed", func() bool { return countServing(t, ctx, cli) == 0 }); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func countServing(t *testing.T, ctx context.Context, cli interface {
+	ContainerList(context.Context, container.ListOptions) ([]container.Summary, error)
+}) int {
+	list, err := cli.ContainerList(ctx, container.ListOptions{Filters: filters.NewArgs(filters.Arg("name", "linkedge-aps-failure"))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(list)
+}
+
+// pushServingImage builds the serving image, pushes it to a registry on
+// loopback (Debian's docker-registry) and returns its digest reference.
+func pushServingImage(t *testing.T, ctx context.Context, cli *client.Client, dir string) string {
+	t.Helper()
+	bin, err := exec.LookPath("docker-registry")
+	if err != nil {
+		t.Fatal("docker-registry is not installed (deployments/scripts/setup.sh installs it)")
+	}
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	addr := ln.Addr().String()
+	ln.Close()
+	cfg := filepath.Join(dir, "registry.yml")
+	os.WriteFile(cfg, []byte("version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: "+filepath.Join(dir, "registry-data")+"\nhttp:\n  addr: "+addr+"\n"), 0o644)
+	reg := exec.Command(bin, "serve", cfg)
+	if err := reg.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { reg.Process.Kill(); reg.Wait() })
+	exe := filepath.Join(dir, "linkedge")
+	if out, err := exec.CommandContext(ctx, "go", "build", "-o", exe, "github.com/linkedge/linkedge").CombinedOutput(); err != nil {
+		t.Fatalf("build linkedge: %v\n%s", err, out)
+	}
+	tag := addr + "/linkedge-serve:e2e"
+	if _, err := icontainer.BuildImage(ctx, cli, icontainer.ImageOptions{Tag: tag, Binary: exe}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.ImageRemove(context.Background(), tag, image.RemoveOptions{Force: true, PruneChildren: true}) })
+	var pushErr error
+	for range 50 { // the registry may still be starting
+		rc, err := cli.ImagePush(ctx, tag, image.PushOptions{RegistryAuth: base64.URLEncoding.EncodeToString([]byte("{}"))})
+		if pushErr = err; err == nil {
+			b, _ := io.ReadAll(rc)
+			rc.Close()
+			if !strings.Contains(string(b), `"error"`) {
+				break
+			}
+			pushErr = io.ErrUnexpectedEOF
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if pushErr != nil {
+		t.Fatalf("push %s: %v", tag, pushErr)
+	}
+	info, err := cli.ImageInspect(ctx, tag)
+	if err != nil || len(info.RepoDigests) == 0 {
+		t.Fatalf("no repo digest after push: %v", err)
+	}
+	return info.RepoDigests[0]
+}
