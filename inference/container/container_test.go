@@ -44,7 +44,9 @@ func TestImageServesSageMakerContract(t *testing.T) {
 	if _, err := icontainer.BuildImage(ctx, cli, icontainer.ImageOptions{Tag: tag, Binary: bin, Bundle: "../apsmodels/aps-failure-v1.tar.gz"}); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { cli.ImageRemove(context.Background(), tag, image.RemoveOptions{Force: true, PruneChildren: true}) })
+	t.Cleanup(func() {
+		cli.ImageRemove(context.Background(), tag, image.RemoveOptions{Force: true, PruneChildren: true})
+	})
 
 	ln, _ := net.Listen("tcp", "127.0.0.1:0")
 	addr := ln.Addr().String()

@@ -146,7 +146,9 @@ func pushServingImage(t *testing.T, ctx context.Context, cli *client.Client, dir
 	if _, err := icontainer.BuildImage(ctx, cli, icontainer.ImageOptions{Tag: tag, Binary: exe}); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { cli.ImageRemove(context.Background(), tag, image.RemoveOptions{Force: true, PruneChildren: true}) })
+	t.Cleanup(func() {
+		cli.ImageRemove(context.Background(), tag, image.RemoveOptions{Force: true, PruneChildren: true})
+	})
 	var pushErr error
 	for range 50 { // the registry may still be starting
 		rc, err := cli.ImagePush(ctx, tag, image.PushOptions{RegistryAuth: base64.URLEncoding.EncodeToString([]byte("{}"))})
