@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/linkedge/linkedge/broker"
@@ -216,6 +217,15 @@ type Truck struct {
 	Load *Load
 
 	cfg edgeclient.Config
+	mu  sync.Mutex // guards Agent against the load's goroutines during a restart
+}
+
+// agent returns the current agent; the load's goroutines use it, since a
+// restart replaces Agent while they run.
+func (t *Truck) agent() *edgeclient.Agent {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.Agent
 }
 
 func (f *Fleet) startTruck(ctx context.Context, id string) (*Truck, error) {
@@ -250,7 +260,9 @@ func (t *Truck) startAgent(ctx context.Context) error {
 	if err := a.Start(ctx); err != nil {
 		return err
 	}
+	t.mu.Lock()
 	t.Agent = a
+	t.mu.Unlock()
 	// Later starts reuse the same ports, so the sensors and the application
 	// reconnect to the same addresses, as on a real truck.
 	t.cfg.HTTP, t.cfg.LocalBroker.Listen = a.HTTPAddr(), a.LocalBrokerAddr()
@@ -264,7 +276,7 @@ func (t *Truck) Restart(ctx context.Context) error {
 }
 
 // Version is the model version the truck serves now (0: none).
-func (t *Truck) Version() int64 { return t.Agent.Status().Version }
+func (t *Truck) Version() int64 { return t.agent().Status().Version }
 
 // Close stops the truck's load, agent and link.
 func (t *Truck) Close() error {
@@ -294,7 +306,7 @@ func WaitFor(ctx context.Context, what string, cond func() bool) error {
 func WaitVersion(ctx context.Context, version int64, trucks ...*Truck) error {
 	return WaitFor(ctx, fmt.Sprintf("v%d on %d trucks", version, len(trucks)), func() bool {
 		for _, t := range trucks {
-			st := t.Agent.Status()
+			st := t.agent().Status()
 			if st.Version != version || (st.Phase != "committed" && st.Phase != "idle") {
 				return false
 			}

@@ -118,7 +118,7 @@ func (l *Load) app(ctx context.Context, n int) {
 	client := &http.Client{Timeout: 10 * time.Second}
 	// An application starts asking once the truck has a model; before that
 	// every answer is a 503 by design, not a failure worth counting.
-	for l.truck.Agent.Status().Version == 0 {
+	for l.truck.agent().Status().Version == 0 {
 		select {
 		case <-ctx.Done():
 			return
@@ -130,7 +130,7 @@ func (l *Load) app(ctx context.Context, n int) {
 			time.Sleep(10 * time.Millisecond)
 			continue
 		}
-		url := "http://" + l.truck.Agent.HTTPAddr() + "/invocations"
+		url := "http://" + l.truck.agent().HTTPAddr() + "/invocations"
 		resp, err := client.Post(url, "text/csv", strings.NewReader(rowsCSV[i%len(rowsCSV)]))
 		if err != nil {
 			if ctx.Err() == nil {
