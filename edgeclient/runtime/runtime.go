@@ -9,7 +9,10 @@ package runtime
 import (
 	"context"
 	"errors"
+	"sync"
 	"time"
+
+	"github.com/linkedge/linkedge/inference"
 )
 
 // ErrUnhealthy means a candidate or the serving model failed a health check.
@@ -57,4 +60,30 @@ type Candidate interface {
 	Failures() int64
 	// Close releases the candidate. Closing a serving candidate is a bug.
 	Close() error
+}
+
+// Switch is what a runtime that serves through an inference.Slot shares:
+// it swaps a candidate's backend into the slot and remembers which
+// candidate serves, so Activate can hand back the previous one.
+type Switch struct {
+	mu      sync.Mutex
+	serving Candidate
+}
+
+// Activate installs b (c's backend) in slot and returns the candidate that
+// served before, or nil.
+func (s *Switch) Activate(slot *inference.Slot, c Candidate, b inference.Backend) Candidate {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	slot.Swap(b, 0)
+	prev := s.serving
+	s.serving = c
+	return prev
+}
+
+// Serving returns the candidate that serves, or nil.
+func (s *Switch) Serving() Candidate {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.serving
 }

@@ -44,8 +44,7 @@ type Runtime struct {
 	ReadyTimeout time.Duration
 	Log          *slog.Logger
 
-	mu      sync.Mutex
-	serving *candidate
+	sw runtime.Switch
 }
 
 var _ runtime.Runtime = (*Runtime)(nil)
@@ -183,11 +182,7 @@ func (r *Runtime) Activate(ctx context.Context, c runtime.Candidate) (runtime.Ca
 	if !ok {
 		return nil, fmt.Errorf("docker: cannot activate a %T", c)
 	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.Slot.Swap(cc.cl, 0)
-	prev := r.serving
-	r.serving = cc
+	prev := r.sw.Activate(r.Slot, cc, cc.cl)
 	if prev == nil {
 		return nil, nil
 	}
@@ -196,12 +191,7 @@ func (r *Runtime) Activate(ctx context.Context, c runtime.Candidate) (runtime.Ca
 
 // Serving returns the serving container candidate.
 func (r *Runtime) Serving() runtime.Candidate {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.serving == nil {
-		return nil
-	}
-	return r.serving
+	return r.sw.Serving()
 }
 
 func freeAddr() (string, error) {

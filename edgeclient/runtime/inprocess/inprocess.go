@@ -21,8 +21,7 @@ type Runtime struct {
 	batch   inference.BatchConfig
 	observe inference.BatchObserver
 
-	mu      sync.Mutex
-	serving *candidate
+	sw runtime.Switch
 }
 
 var _ runtime.Runtime = (*Runtime)(nil)
@@ -81,11 +80,7 @@ func (r *Runtime) Activate(ctx context.Context, c runtime.Candidate) (runtime.Ca
 	if !ok {
 		return nil, fmt.Errorf("inprocess: cannot activate a %T", c)
 	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.slot.Swap(cc.eng, 0)
-	prev := r.serving
-	r.serving = cc
+	prev := r.sw.Activate(r.slot, cc, cc.eng)
 	if prev == nil {
 		return nil, nil
 	}
@@ -94,10 +89,5 @@ func (r *Runtime) Activate(ctx context.Context, c runtime.Candidate) (runtime.Ca
 
 // Serving returns the serving candidate.
 func (r *Runtime) Serving() runtime.Candidate {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.serving == nil {
-		return nil
-	}
-	return r.serving
+	return r.sw.Serving()
 }
