@@ -29,15 +29,7 @@ import (
 // http://{cfg.ArtifactListen}), where a running publisher service, or a
 // mirror, must serve them.
 func PublishOnce(ctx context.Context, cfg Config, model string, version int64) (*release.Release, error) {
-	cfg.setDefaults()
-	if err := cfg.Validate(); err != nil {
-		return nil, err
-	}
-	key, err := release.ReadPrivateKeyFile(cfg.KeyFile)
-	if err != nil {
-		return nil, err
-	}
-	reg, dist, err := onceBackends(&cfg)
+	key, reg, dist, err := oncePrepare(&cfg)
 	if err != nil {
 		return nil, err
 	}

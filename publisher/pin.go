@@ -2,6 +2,7 @@ package publisher
 
 import (
 	"context"
+	"crypto/ed25519"
 	"fmt"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -25,15 +26,7 @@ func Pin(ctx context.Context, cfg Config, truck, model string, version int64) (*
 	if err := topics.ValidID(truck); err != nil {
 		return nil, fmt.Errorf("%w: truck: %w", ErrInvalidConfig, err)
 	}
-	cfg.setDefaults()
-	if err := cfg.Validate(); err != nil {
-		return nil, err
-	}
-	key, err := release.ReadPrivateKeyFile(cfg.KeyFile)
-	if err != nil {
-		return nil, err
-	}
-	reg, dist, err := onceBackends(&cfg)
+	key, reg, dist, err := oncePrepare(&cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -80,6 +73,24 @@ func Unpin(ctx context.Context, cfg Config, truck string) error {
 		return fmt.Errorf("unpin %s: %w", truck, err)
 	}
 	return nil
+}
+
+// oncePrepare defaults and checks cfg for a one-shot command and returns
+// its signing key, registry and distributor.
+func oncePrepare(cfg *Config) (ed25519.PrivateKey, Registry, Distributor, error) {
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, nil, nil, err
+	}
+	key, err := release.ReadPrivateKeyFile(cfg.KeyFile)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	reg, dist, err := onceBackends(cfg)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return key, reg, dist, nil
 }
 
 // onceBackends returns the registry and distributor a one-shot command uses.

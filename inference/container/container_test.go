@@ -5,18 +5,14 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/docker/docker/api/types/container"
-	"github.com/docker/docker/api/types/image"
 
-	"github.com/linkedge/linkedge/inference"
 	icontainer "github.com/linkedge/linkedge/inference/container"
+	"github.com/linkedge/linkedge/inference/container/containertest"
 )
 
 // TestImageServesSageMakerContract builds a FROM-scratch image of
@@ -25,28 +21,9 @@ import (
 func TestImageServesSageMakerContract(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	cli, err := icontainer.Connect(ctx)
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatal(err) // CI's set-up starts dockerd; missing it is a failure there
-		}
-		t.Skipf("%v (deployments/scripts/setup.sh starts one)", err)
-	}
-	defer cli.Close()
-	if err := inference.Init(ctx, ""); err != nil {
-		t.Fatal(err)
-	}
-	bin := filepath.Join(t.TempDir(), "linkedge")
-	if out, err := exec.CommandContext(ctx, "go", "build", "-o", bin, "github.com/linkedge/linkedge").CombinedOutput(); err != nil {
-		t.Fatalf("build linkedge: %v\n%s", err, out)
-	}
-	tag := "linkedge-test-serve:" + strings.ToLower(strings.ReplaceAll(t.Name(), "/", "-"))[:20]
-	if _, err := icontainer.BuildImage(ctx, cli, icontainer.ImageOptions{Tag: tag, Binary: bin, Bundle: "../apsmodels/aps-failure-v1.tar.gz"}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cli.ImageRemove(context.Background(), tag, image.RemoveOptions{Force: true, PruneChildren: true})
-	})
+	cli := containertest.Engine(ctx, t)
+	tag := "linkedge-test-serve:image"
+	containertest.ServingImage(ctx, t, cli, tag, "../apsmodels/aps-failure-v1.tar.gz")
 
 	ln, _ := net.Listen("tcp", "127.0.0.1:0")
 	addr := ln.Addr().String()

@@ -19,7 +19,7 @@ import (
 
 	"github.com/linkedge/linkedge/edgeclient"
 	"github.com/linkedge/linkedge/inference/apsmodels"
-	icontainer "github.com/linkedge/linkedge/inference/container"
+	"github.com/linkedge/linkedge/inference/container/containertest"
 	"github.com/linkedge/linkedge/internal/release"
 	"github.com/linkedge/linkedge/internal/topics"
 	"github.com/linkedge/linkedge/publisher"
@@ -33,14 +33,7 @@ import (
 func TestContainerRelease(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	cli, err := icontainer.Connect(ctx)
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatal(err)
-		}
-		t.Skipf("%v (deployments/scripts/setup.sh starts one)", err)
-	}
-	defer cli.Close()
+	cli := containertest.Engine(ctx, t)
 	dir := t.TempDir()
 	imageRef := pushServingImage(t, ctx, cli, dir)
 
@@ -138,17 +131,8 @@ func pushServingImage(t *testing.T, ctx context.Context, cli *client.Client, dir
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { reg.Process.Kill(); reg.Wait() })
-	exe := filepath.Join(dir, "linkedge")
-	if out, err := exec.CommandContext(ctx, "go", "build", "-o", exe, "github.com/linkedge/linkedge").CombinedOutput(); err != nil {
-		t.Fatalf("build linkedge: %v\n%s", err, out)
-	}
 	tag := addr + "/linkedge-serve:e2e"
-	if _, err := icontainer.BuildImage(ctx, cli, icontainer.ImageOptions{Tag: tag, Binary: exe}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cli.ImageRemove(context.Background(), tag, image.RemoveOptions{Force: true, PruneChildren: true})
-	})
+	containertest.ServingImage(ctx, t, cli, tag, "")
 	var pushErr error
 	for range 50 { // the registry may still be starting
 		rc, err := cli.ImagePush(ctx, tag, image.PushOptions{RegistryAuth: base64.URLEncoding.EncodeToString([]byte("{}"))})

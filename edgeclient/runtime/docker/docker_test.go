@@ -3,19 +3,16 @@ package docker
 import (
 	"context"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/docker/docker/api/types/image"
-
 	"github.com/linkedge/linkedge/edgeclient/runtime"
 	"github.com/linkedge/linkedge/inference"
 	"github.com/linkedge/linkedge/inference/apsmodels"
-	icontainer "github.com/linkedge/linkedge/inference/container"
+	"github.com/linkedge/linkedge/inference/container/containertest"
 )
 
 // TestContainerSwapUnderLoad stages v1 and v2 of the APS model as two
@@ -25,29 +22,10 @@ import (
 func TestContainerSwapUnderLoad(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	cli, err := icontainer.Connect(ctx)
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatal(err)
-		}
-		t.Skipf("%v (deployments/scripts/setup.sh starts one)", err)
-	}
-	defer cli.Close()
-	if err := inference.Init(ctx, ""); err != nil {
-		t.Fatal(err)
-	}
+	cli := containertest.Engine(ctx, t)
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "linkedge")
-	if out, err := exec.CommandContext(ctx, "go", "build", "-o", bin, "github.com/linkedge/linkedge").CombinedOutput(); err != nil {
-		t.Fatalf("build linkedge: %v\n%s", err, out)
-	}
 	tag := "linkedge-test-runtime:swap"
-	if _, err := icontainer.BuildImage(ctx, cli, icontainer.ImageOptions{Tag: tag, Binary: bin}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cli.ImageRemove(context.Background(), tag, image.RemoveOptions{Force: true, PruneChildren: true})
-	})
+	containertest.ServingImage(ctx, t, cli, tag, "")
 
 	slot := &inference.Slot{}
 	rt := &Runtime{Docker: cli, Slot: slot, WorkDir: filepath.Join(dir, "work")}
