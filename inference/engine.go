@@ -169,7 +169,8 @@ func (e *Engine) worker() {
 	defer e.wg.Done()
 	nf := e.model.nFeat
 	batch := make([]*call, 0, e.cfg.MaxBatch)
-	flat := make([]float32, 0, e.cfg.MaxBatch*nf)
+	sc := e.model.newScratch(e.cfg.MaxBatch)
+	defer sc.close()
 	scores := make([]float32, e.cfg.MaxBatch)
 	var timer *time.Timer
 	for {
@@ -216,12 +217,12 @@ func (e *Engine) worker() {
 			timer.Stop()
 			break
 		}
-		flat = flat[:0]
-		for _, c := range batch {
-			flat = append(flat, c.row...)
+		flat := sc.input(len(batch))
+		for i, c := range batch {
+			copy(flat[i*nf:(i+1)*nf], c.row)
 		}
 		start := time.Now()
-		err := e.model.Scores(flat, scores[:len(batch)])
+		err := sc.run(len(batch), scores)
 		if err != nil {
 			e.failures.Add(int64(len(batch)))
 		}

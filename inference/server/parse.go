@@ -83,6 +83,9 @@ func parseField(f []byte) (float32, error) {
 	case "", "na", "NA", "nan", "NaN", "null":
 		return nan32, nil
 	}
+	if v, ok := parseDecimal32(f); ok {
+		return v, nil
+	}
 	v, err := strconv.ParseFloat(string(f), 32)
 	if errors.Is(err, strconv.ErrRange) || math.IsInf(v, 0) {
 		return 0, fmt.Errorf("%q is out of float32 range", truncate(f, 40))

@@ -55,6 +55,9 @@ type Report struct {
 	Features int
 	Model    string
 	MQTT     MQTTResult
+	// Floor is the req/s of the floor server and Served that of `linkedge
+	// serve` with batching on, both from Rows.
+	Floor, Served float64
 }
 
 // RunInference runs the suite: bare in-process rate, the batcher in-process,
@@ -117,20 +120,22 @@ func RunInference(ctx context.Context, cfg InferenceConfig) (*Report, error) {
 	fmt.Fprintf(cfg.Progress, "  %.0f predictions/s\n", rep.Batched)
 
 	body := []byte(csvRow(row) + "\n")
+	serve := []string{"serve", "--log-level", "warn", "--model", cfg.Model}
 	runs := []struct {
-		name  string
-		flags []string
-		load  LoadConfig
-		note  string
+		name string
+		args []string
+		load LoadConfig
+		note string
 	}{
-		{"HTTP /invocations, batching on", nil, LoadConfig{Concurrency: cfg.Concurrency}, fmt.Sprintf("closed loop, %d keep-alive connections", cfg.Concurrency)},
-		{"HTTP /invocations, batching off", []string{"--no-batch"}, LoadConfig{Concurrency: cfg.Concurrency}, fmt.Sprintf("closed loop, %d keep-alive connections", cfg.Concurrency)},
-		{"HTTP /invocations, fixed rate", nil, LoadConfig{Concurrency: cfg.Concurrency, Rate: cfg.Rate}, fmt.Sprintf("open loop at %.0f req/s", cfg.Rate)},
+		{"HTTP floor: net/http answering without a model", []string{"bench", "http-floor"}, LoadConfig{Concurrency: cfg.Concurrency}, "closed loop; the same answer, no parsing, no model, no metrics"},
+		{"HTTP /invocations, batching on", serve, LoadConfig{Concurrency: cfg.Concurrency}, fmt.Sprintf("closed loop, %d keep-alive connections", cfg.Concurrency)},
+		{"HTTP /invocations, batching off", append(serve[:len(serve):len(serve)], "--no-batch"), LoadConfig{Concurrency: cfg.Concurrency}, fmt.Sprintf("closed loop, %d keep-alive connections", cfg.Concurrency)},
+		{"HTTP /invocations, fixed rate", serve, LoadConfig{Concurrency: cfg.Concurrency, Rate: cfg.Rate}, fmt.Sprintf("open loop at %.0f req/s", cfg.Rate)},
 	}
 	for _, r := range runs {
 		fmt.Fprintf(cfg.Progress, "%s (%s) ...\n", r.name, r.note)
 		r.load.Duration, r.load.Warmup = cfg.Duration, cfg.Warmup
-		res, err := runAgainstServer(ctx, cfg.Binary, cfg.Model, r.flags, body, r.load)
+		res, err := runAgainstServer(ctx, cfg.Binary, r.args, body, r.load)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", r.name, err)
 		}
@@ -138,6 +143,7 @@ func RunInference(ctx context.Context, cfg InferenceConfig) (*Report, error) {
 		fmt.Fprintf(cfg.Progress, "  %.0f req/s, p50 %s, p99 %s, server CPU %.2f cores, errors %d\n", res.RPS, res.P50, res.P99, res.CPU, res.Errors)
 		rep.Rows = append(rep.Rows, res)
 	}
+	rep.Floor, rep.Served = rep.Rows[0].RPS, rep.Rows[1].RPS
 	fmt.Fprintf(cfg.Progress, "MQTT readings → predictions through an embedded broker ...\n")
 	reading := []byte(`{"id":"bench","features":` + jsonRow(row) + `}`)
 	mq, err := runMQTT(ctx, cfg.Binary, cfg.Model, reading, 256, cfg.Duration, cfg.Warmup)
@@ -198,14 +204,15 @@ func rate(ctx context.Context, workers int, d time.Duration, call func() error) 
 	return float64(n.Load()) / time.Since(start).Seconds()
 }
 
-// runAgainstServer starts `linkedge serve` as a child process, loads it and
-// stops it. The server's CPU use comes from /proc.
-func runAgainstServer(ctx context.Context, bin, model string, flags []string, body []byte, load LoadConfig) (Row, error) {
+// runAgainstServer starts bin with args and --http ADDR as a child process
+// (`linkedge serve`, or the floor server), loads it and stops it. The
+// server's CPU use comes from /proc.
+func runAgainstServer(ctx context.Context, bin string, args []string, body []byte, load LoadConfig) (Row, error) {
 	addr, err := freeAddr()
 	if err != nil {
 		return Row{}, err
 	}
-	args := append([]string{"serve", "--log-level", "warn", "--model", model, "--http", addr}, flags...)
+	args = append(args[:len(args):len(args)], "--http", addr)
 	cmd := exec.CommandContext(ctx, bin, args...)
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
@@ -275,6 +282,10 @@ func (r *Report) Markdown() string {
 	sb.WriteString("| run | req/s | p50 | p99 | server CPU (cores) | load generator CPU (cores) | errors | how |\n|---|---:|---:|---:|---:|---:|---:|---|\n")
 	for _, x := range r.Rows {
 		fmt.Fprintf(&sb, "| %s | %.0f | %s | %s | %.2f | %.2f | %d | %s |\n", x.Name, x.RPS, fmtDur(x.P50), fmtDur(x.P99), x.CPU, x.GenCPU, x.Errors, x.Comment)
+	}
+	if r.Bare > 0 && r.Floor > 0 {
+		fmt.Fprintf(&sb, "\nRatios in this run: served (batching on) / bare in-process = **%.3f**; HTTP floor / bare in-process = **%.3f**; served / HTTP floor = **%.3f**.\n",
+			r.Served/r.Bare, r.Floor/r.Bare, r.Served/r.Floor)
 	}
 	fmt.Fprintf(&sb, "\nMQTT (embedded broker, QoS 0, at most 256 readings unanswered): **%.0f predictions/s**, server CPU %.2f cores.\n", r.MQTT.Rate(), r.MQTT.CPU)
 	return sb.String()

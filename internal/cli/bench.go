@@ -1,7 +1,10 @@
 package cli
 
 import (
+	"errors"
 	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"runtime"
 	"time"
@@ -19,7 +22,7 @@ func newBenchCmd() *cobra.Command {
 suite is measured side by side, so compare the ratios between its rows: absolute numbers
 move with whatever else the machine is doing.`,
 	}
-	cmd.AddCommand(newBenchInferenceCmd())
+	cmd.AddCommand(newBenchInferenceCmd(), newBenchFloorCmd())
 	return cmd
 }
 
@@ -32,9 +35,11 @@ func newBenchInferenceCmd() *cobra.Command {
 
   1. the bare in-process rate: single-row calls into ONNX Runtime on GOMAXPROCS goroutines;
   2. the in-process rate through the micro-batcher at --concurrency goroutines;
-  3. "linkedge serve" as a child process under single-row POST /invocations (text/csv)
+  3. the HTTP floor: a net/http server that gives the same answer without parsing the
+     body or running a model, under the same load as the next step;
+  4. "linkedge serve" as a child process under single-row POST /invocations (text/csv)
      over --concurrency keep-alive connections, with batching on and off;
-  4. the same server open-loop at --rate requests/s, for tail latency.
+  5. the same server open-loop at --rate requests/s, for tail latency.
 
 The load generator runs in this process on the same machine. It prints a Markdown table.`,
 		Example: `  linkedge bench inference --model inference/apsmodels/aps-failure-v2.tar.gz`,
@@ -57,5 +62,34 @@ The load generator runs in this process on the same machine. It prints a Markdow
 	fl.DurationVar(&cfg.Duration, "duration", 10*time.Second, "measured time of each run")
 	fl.DurationVar(&cfg.Warmup, "warmup", 2*time.Second, "unmeasured time before each run")
 	fl.Float64Var(&cfg.Rate, "rate", 1000, "requests/s of the open-loop run")
+	return cmd
+}
+
+// newBenchFloorCmd is the floor server `bench inference` runs as a child
+// process; hidden, since it is only useful under that load.
+func newBenchFloorCmd() *cobra.Command {
+	var addr string
+	cmd := &cobra.Command{
+		Use:    "http-floor",
+		Short:  "Serve the answer of POST /invocations without a model (the bench's HTTP floor)",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ln, err := net.Listen("tcp", addr)
+			if err != nil {
+				return err
+			}
+			hs := &http.Server{Handler: bench.FloorHandler(), ReadHeaderTimeout: 10 * time.Second}
+			go func() {
+				<-cmd.Context().Done()
+				hs.Close()
+			}()
+			if err := hs.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+				return err
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&addr, "http", "127.0.0.1:8080", "address to listen on")
 	return cmd
 }
