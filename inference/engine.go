@@ -14,16 +14,17 @@ import (
 type BatchConfig struct {
 	// MaxBatch is the most rows one runtime call takes. Default 64.
 	MaxBatch int `json:"max_batch" yaml:"max_batch"`
-	// MaxDelay is how long a worker that has fewer than MaxBatch rows waits
-	// for more before it runs. Default 0: it takes whatever is queued at that
-	// moment and runs at once, so a lone request never waits and batches
-	// grow by themselves exactly when requests queue up.
+	// MaxDelay is how long a batch with fewer than MaxBatch rows waits for
+	// more before it runs. Default 0: a batch takes whatever is queued at
+	// that moment and runs at once, so a lone request never waits and
+	// batches grow by themselves exactly when requests queue up.
 	MaxDelay time.Duration `json:"max_delay" yaml:"max_delay"`
 	// Workers is how many runtime calls may run at once. Default 2: one
 	// batch runs while the next one gathers.
 	Workers int `json:"workers" yaml:"workers"`
-	// QueueSize bounds the rows waiting for a worker. Default 4096; a full
-	// queue makes callers wait (back-pressure), bounded by their context.
+	// QueueSize bounds the rows waiting for a runtime call. Default 4096; a
+	// full queue makes callers wait (back-pressure), bounded by their
+	// context.
 	QueueSize int `json:"queue_size" yaml:"queue_size"`
 	// Disabled runs every call on its own, without batching. For comparison.
 	Disabled bool `json:"disabled" yaml:"disabled"`
@@ -49,7 +50,17 @@ func (c BatchConfig) withDefaults() BatchConfig {
 // The server feeds its Prometheus histograms from it.
 type BatchObserver func(rows int, took time.Duration)
 
-// Engine serves one model: it owns the model and its batcher workers.
+// Engine serves one model through the micro-batcher.
+//
+// The batcher has no goroutines of its own. A caller queues its row and then
+// waits either for its answer or for a runner, the right to make one runtime
+// call (there are Workers of them). A caller that gets a runner scores a
+// batch of whatever is queued, its own row and other callers' rows alike,
+// answers them all and gives the runner back. With few requests the caller
+// scores its own row at once, without handing it to another goroutine and
+// waiting to be woken; under load, rows queue while the runners are busy and
+// the next batch takes them together. No row is stranded: a caller with an
+// unanswered row keeps waiting for a runner, and every runner comes back.
 type Engine struct {
 	model   *Model
 	cfg     BatchConfig
@@ -57,17 +68,17 @@ type Engine struct {
 
 	failures atomic.Int64
 
-	queue chan *call
-	stop  chan struct{}
-	wg    sync.WaitGroup
+	queue   chan *call
+	runners chan *runner
 
-	// gate keeps Close from stopping the workers while a caller is between
-	// its closed check and its enqueue: a call queued after the workers left
-	// would never be answered.
+	// gate keeps Close from draining the queue while a caller is between
+	// its closed check and its enqueue: a row queued after the drain would
+	// never be answered.
 	gate   sync.RWMutex
 	closed bool
 
 	closeOnce sync.Once
+	closeErr  error
 }
 
 type call struct {
@@ -79,16 +90,21 @@ type call struct {
 
 var callPool = sync.Pool{New: func() any { return &call{done: make(chan struct{}, 1)} }}
 
-// NewEngine starts the batcher workers for m. The engine owns m from now on:
-// Close closes it.
+// runner is what one runtime call at a time needs, kept between calls.
+type runner struct {
+	sc     *scratch
+	batch  []*call
+	scores []float32
+	timer  *time.Timer
+}
+
+// NewEngine makes an engine for m. The engine owns m from now on: Close
+// closes it.
 func NewEngine(m *Model, cfg BatchConfig, observe BatchObserver) *Engine {
 	cfg = cfg.withDefaults()
-	e := &Engine{model: m, cfg: cfg, observe: observe, queue: make(chan *call, cfg.QueueSize), stop: make(chan struct{})}
-	if !cfg.Disabled {
-		for range cfg.Workers {
-			e.wg.Add(1)
-			go e.worker()
-		}
+	e := &Engine{model: m, cfg: cfg, observe: observe, queue: make(chan *call, cfg.QueueSize), runners: make(chan *runner, cfg.Workers)}
+	for range cfg.Workers {
+		e.runners <- &runner{sc: m.newScratch(cfg.MaxBatch), batch: make([]*call, 0, cfg.MaxBatch), scores: make([]float32, cfg.MaxBatch)}
 	}
 	return e
 }
@@ -133,9 +149,17 @@ func (e *Engine) PredictOne(ctx context.Context, row []float32) (Prediction, err
 		callPool.Put(c)
 		return Prediction{}, ctx.Err()
 	}
-	// Once queued, a worker always answers (Close drains the queue), so the
-	// call is never abandoned while a worker still writes to it.
-	<-c.done
+	// Once queued, the row is always answered (by a runner or by Close), so
+	// the call is never abandoned while someone still writes to it.
+	for waiting := true; waiting; {
+		select {
+		case <-c.done:
+			waiting = false
+		case r := <-e.runners:
+			e.runBatch(r)
+			e.runners <- r
+		}
+	}
 	score, err := c.score, c.err
 	c.row = nil
 	callPool.Put(c)
@@ -165,88 +189,85 @@ func (e *Engine) Predict(ctx context.Context, rows [][]float32) ([]Prediction, e
 	return out, err
 }
 
-func (e *Engine) worker() {
-	defer e.wg.Done()
-	nf := e.model.nFeat
-	batch := make([]*call, 0, e.cfg.MaxBatch)
-	sc := e.model.newScratch(e.cfg.MaxBatch)
-	defer sc.close()
-	scores := make([]float32, e.cfg.MaxBatch)
-	var timer *time.Timer
-	for {
-		var first *call
+// runBatch scores up to MaxBatch queued rows in one runtime call and answers
+// them. The queue may be empty by now (another runner took the rows), and
+// then it does nothing.
+func (e *Engine) runBatch(r *runner) {
+	batch := r.batch[:0]
+gather:
+	for len(batch) < e.cfg.MaxBatch {
 		select {
-		case first = <-e.queue:
-		case <-e.stop:
-			// Answer whatever is still queued, then leave.
-			for {
-				select {
-				case c := <-e.queue:
-					c.err = ErrClosed
-					c.done <- struct{}{}
-				default:
-					return
-				}
-			}
+		case c := <-e.queue:
+			batch = append(batch, c)
+			continue
+		default:
 		}
-		batch = append(batch[:0], first)
-	gather:
+		if e.cfg.MaxDelay <= 0 || len(batch) == 0 {
+			break
+		}
+		if r.timer == nil {
+			r.timer = time.NewTimer(e.cfg.MaxDelay)
+		} else {
+			r.timer.Reset(e.cfg.MaxDelay)
+		}
 		for len(batch) < e.cfg.MaxBatch {
 			select {
 			case c := <-e.queue:
 				batch = append(batch, c)
-				continue
-			default:
+			case <-r.timer.C:
+				break gather
 			}
-			if e.cfg.MaxDelay <= 0 {
-				break
-			}
-			if timer == nil {
-				timer = time.NewTimer(e.cfg.MaxDelay)
-			} else {
-				timer.Reset(e.cfg.MaxDelay)
-			}
-			for len(batch) < e.cfg.MaxBatch {
-				select {
-				case c := <-e.queue:
-					batch = append(batch, c)
-				case <-timer.C:
-					break gather
-				}
-			}
-			timer.Stop()
-			break
 		}
-		flat := sc.input(len(batch))
-		for i, c := range batch {
-			copy(flat[i*nf:(i+1)*nf], c.row)
-		}
-		start := time.Now()
-		err := sc.run(len(batch), scores)
-		if err != nil {
-			e.failures.Add(int64(len(batch)))
-		}
-		if err == nil && e.observe != nil {
-			e.observe(len(batch), time.Since(start))
-		}
-		for i, c := range batch {
-			c.score, c.err = scores[i], err
-			c.done <- struct{}{}
-		}
+		r.timer.Stop()
+		break
+	}
+	if len(batch) == 0 {
+		return
+	}
+	nf := e.model.nFeat
+	flat := r.sc.input(len(batch))
+	for i, c := range batch {
+		copy(flat[i*nf:(i+1)*nf], c.row)
+	}
+	start := time.Now()
+	err := r.sc.run(len(batch), r.scores)
+	if err != nil {
+		e.failures.Add(int64(len(batch)))
+	}
+	if err == nil && e.observe != nil {
+		e.observe(len(batch), time.Since(start))
+	}
+	for i, c := range batch {
+		c.score, c.err = r.scores[i], err
+		c.done <- struct{}{}
+		batch[i] = nil
 	}
 }
 
-// Close stops the workers after they answered every queued call, then
-// closes the model. It is idempotent.
+// Close waits for the runtime calls in progress, answers rows still queued
+// with ErrClosed, then closes the model. It is idempotent.
 func (e *Engine) Close() error {
-	var err error
 	e.closeOnce.Do(func() {
 		e.gate.Lock()
 		e.closed = true
 		e.gate.Unlock()
-		close(e.stop)
-		e.wg.Wait()
-		err = e.model.Close()
+		for range e.cfg.Workers {
+			r := <-e.runners
+			r.sc.close()
+		}
+		// No runner is left and nothing can be queued any more: answer
+		// what is.
+		for {
+			select {
+			case c := <-e.queue:
+				c.err = ErrClosed
+				c.done <- struct{}{}
+				continue
+			default:
+			}
+			break
+		}
+		e.closeErr = e.model.Close()
 	})
-	return err
+	return e.closeErr
 }

@@ -204,6 +204,55 @@ func TestEngineClose(t *testing.T) {
 	}
 }
 
+// TestEngineCloseUnderLoad closes an engine while 32 goroutines predict:
+// every call ends, either with a right answer or with ErrClosed, and none is
+// left waiting for a row nobody will score.
+func TestEngineCloseUnderLoad(t *testing.T) {
+	for _, cfg := range []inference.BatchConfig{{}, {MaxBatch: 4, MaxDelay: time.Millisecond, Workers: 1}} {
+		m := loadAPS(t, apsmodels.V1())
+		eng := inference.NewEngine(m, cfg, nil)
+		g := m.Meta().Golden[0]
+		var wg sync.WaitGroup
+		var answered, closed atomic.Int64
+		errs := make(chan error, 32)
+		for range 32 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for {
+					p, err := eng.PredictOne(context.Background(), g.Features)
+					switch {
+					case errors.Is(err, inference.ErrClosed):
+						closed.Add(1)
+						return
+					case err != nil:
+						errs <- err
+						return
+					case p.Label != g.Label:
+						errs <- errors.New("wrong label " + p.Label)
+						return
+					}
+					answered.Add(1)
+				}
+			}()
+		}
+		for answered.Load() < 200 {
+			time.Sleep(time.Millisecond)
+		}
+		if err := eng.Close(); err != nil {
+			t.Fatal(err)
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Fatal(err)
+		}
+		if closed.Load() != 32 {
+			t.Fatalf("%d callers saw ErrClosed, want all 32", closed.Load())
+		}
+	}
+}
+
 // TestSlotSwapUnderLoad swaps models back and forth while 16 goroutines
 // predict without pause: no call may fail, and every answer must come from
 // one of the two models, whole.
