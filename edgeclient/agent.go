@@ -124,8 +124,16 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 			return fmt.Errorf("containers.enabled: %w", err)
 		}
 		a.docker = cli
-		a.rts.container = &docker.Runtime{Docker: cli, Slot: a.slot, WorkDir: filepath.Join(a.cfg.DataDir, "containers"),
-			ReadyTimeout: a.cfg.Containers.ReadyTimeout, Log: a.log}
+		rt := &docker.Runtime{Docker: cli, Slot: a.slot, WorkDir: filepath.Join(a.cfg.DataDir, "containers"),
+			ReadyTimeout: a.cfg.Containers.ReadyTimeout, Owner: docker.OwnerOf(a.cfg.Truck, a.cfg.DataDir), Log: a.log}
+		// Containers of an earlier run (a crash, a power cut) would hold
+		// ports and memory for ever; boot starts the committed one again.
+		if n, err := rt.Sweep(ctx); err != nil {
+			a.log.Error("boot: could not remove every container an earlier run left; remove them with docker rm -f", "label", docker.OwnerLabel+"="+rt.Owner, "removed", n, "err", err)
+		} else if n > 0 {
+			a.log.Info("boot: removed containers an earlier run left", "count", n)
+		}
+		a.rts.container = rt
 	}
 	if f, err := a.store.Fleet(); err != nil {
 		a.log.Error("boot: fleet state unreadable; accepting the next valid release", "err", err)

@@ -32,12 +32,20 @@ type RunOptions struct {
 	HTTP string
 	// ModelDir, if set, is mounted read-only at /opt/ml/model.
 	ModelDir string
+	// Labels are added to the container's, next to
+	// org.linkedge.component=serve; the truck agent marks its containers
+	// with them so that a restart can find the ones it left behind.
+	Labels map[string]string
 }
 
 // Run creates and starts a container serving as the SageMaker contract
 // describes (`serve`), and returns its id.
 func Run(ctx context.Context, cli client.APIClient, o RunOptions) (string, error) {
-	cfg := &container.Config{Image: o.Image, Cmd: []string{"serve", "--http", o.HTTP}, Labels: map[string]string{"org.linkedge.component": "serve"}}
+	labels := map[string]string{"org.linkedge.component": "serve"}
+	for k, v := range o.Labels {
+		labels[k] = v
+	}
+	cfg := &container.Config{Image: o.Image, Cmd: []string{"serve", "--http", o.HTTP}, Labels: labels}
 	host := &container.HostConfig{NetworkMode: "host"}
 	if o.ModelDir != "" {
 		host.Binds = []string{o.ModelDir + ":" + modelDir + ":ro"}

@@ -18,6 +18,9 @@ import (
 	"github.com/docker/docker/client"
 
 	"github.com/linkedge/linkedge/edgeclient"
+	"github.com/linkedge/linkedge/edgeclient/runtime"
+	"github.com/linkedge/linkedge/edgeclient/runtime/docker"
+	"github.com/linkedge/linkedge/inference"
 	"github.com/linkedge/linkedge/inference/apsmodels"
 	"github.com/linkedge/linkedge/inference/container/containertest"
 	"github.com/linkedge/linkedge/internal/release"
@@ -99,6 +102,32 @@ func TestContainerRelease(t *testing.T) {
 	}
 	// The old container is removed right after the commit.
 	if err := WaitFor(ctx, "the container removed", func() bool { return countServing(t, ctx, cli) == 0 }); err != nil {
+		t.Fatal(err)
+	}
+
+	// A container an earlier run of this agent left behind (after a crash
+	// or a power cut) is removed when the agent starts again. (Its folder
+	// is named apart from the one the agent may still be clearing.)
+	bundlePath := filepath.Join(dir, "orphan-v2.tar.gz")
+	if err := os.WriteFile(bundlePath, apsmodels.V2(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	crashed := &docker.Runtime{Docker: cli, Slot: &inference.Slot{}, WorkDir: filepath.Join(tr.cfg.DataDir, "containers"), Owner: docker.OwnerOf(tr.ID, tr.cfg.DataDir)}
+	orphan, err := crashed.Stage(ctx, runtime.Spec{Model: "aps-failure", Version: 2, SHA256: "orphan-" + entries[1].SHA256, Bundle: bundlePath, Kind: release.RuntimeContainer, Image: imageRef})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { orphan.Close() })
+	if n := countServing(t, ctx, cli); n != 1 {
+		t.Fatalf("%d serving containers before the restart, want the orphan", n)
+	}
+	if err := tr.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := countServing(t, ctx, cli); n != 0 {
+		t.Fatalf("%d containers still there after the agent restarted on an in-process model", n)
+	}
+	if err := WaitVersion(ctx, 1, tr); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -9,6 +9,8 @@ package docker
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -20,7 +22,9 @@ import (
 	"sync"
 	"time"
 
+	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/api/types/image"
 	dockerclient "github.com/docker/docker/client"
 
@@ -42,7 +46,11 @@ type Runtime struct {
 	WorkDir string
 	// ReadyTimeout bounds the wait for a new container's /ping. Default 60s.
 	ReadyTimeout time.Duration
-	Log          *slog.Logger
+	// Owner marks every container this runtime starts (the label
+	// org.linkedge.owner), so that Sweep finds the ones an earlier run of
+	// the same agent left behind. OwnerOf gives the agent's value.
+	Owner string
+	Log   *slog.Logger
 
 	sw runtime.Switch
 }
@@ -108,7 +116,11 @@ func (r *Runtime) Stage(ctx context.Context, spec runtime.Spec) (runtime.Candida
 		return nil, err
 	}
 	name := fmt.Sprintf("linkedge-%s-v%d-%d", spec.Model, spec.Version, time.Now().UnixNano()%1e6)
-	id, err := icontainer.Run(ctx, r.Docker, icontainer.RunOptions{Image: spec.Image, Name: name, HTTP: addr, ModelDir: dir})
+	var labels map[string]string
+	if r.Owner != "" {
+		labels = map[string]string{OwnerLabel: r.Owner}
+	}
+	id, err := icontainer.Run(ctx, r.Docker, icontainer.RunOptions{Image: spec.Image, Name: name, HTTP: addr, ModelDir: dir, Labels: labels})
 	if err != nil {
 		os.RemoveAll(dir)
 		return nil, err
@@ -174,6 +186,56 @@ func (r *Runtime) ensureImage(ctx context.Context, ref string) error {
 		return fmt.Errorf("pull %s: image still missing: %w", ref, err)
 	}
 	return nil
+}
+
+// OwnerLabel is the container label Runtime.Owner sets.
+const OwnerLabel = "org.linkedge.owner"
+
+// OwnerOf names an agent for OwnerLabel: its truck and the data folder it
+// keeps its state in, so that two agents on one host (the fleet simulator,
+// or two models on one truck) never sweep each other's containers.
+func OwnerOf(truck, dataDir string) string {
+	if abs, err := filepath.Abs(dataDir); err == nil {
+		dataDir = abs
+	}
+	sum := sha256.Sum256([]byte(dataDir))
+	return truck + "." + hex.EncodeToString(sum[:6])
+}
+
+// Sweep removes what an earlier run of this agent left behind: containers
+// labelled with Owner, running or not, and the bundles unpacked for them.
+// The agent calls it at start, before it stages anything: the container that
+// served before a crash is not adopted but started again from the committed
+// bundle, like the in-process model is, so every container with this owner
+// is an orphan. It returns how many containers it removed.
+func (r *Runtime) Sweep(ctx context.Context) (int, error) {
+	if r.Owner == "" {
+		return 0, errors.New("docker: sweep needs an owner")
+	}
+	list, err := r.Docker.ContainerList(ctx, container.ListOptions{All: true,
+		Filters: filters.NewArgs(filters.Arg("label", OwnerLabel+"="+r.Owner))})
+	if err != nil {
+		return 0, fmt.Errorf("list containers of %s: %w", r.Owner, err)
+	}
+	removed := 0
+	var errs []error
+	for _, c := range list {
+		if err := r.Docker.ContainerRemove(ctx, c.ID, container.RemoveOptions{Force: true}); err != nil && !cerrdefs.IsNotFound(err) {
+			errs = append(errs, fmt.Errorf("remove container %s: %w", c.ID[:12], err))
+			continue
+		}
+		removed++
+		if r.Log != nil {
+			r.Log.Info("removed a container left by an earlier run", "container", c.ID[:12], "image", c.Image, "state", c.State)
+		}
+	}
+	if len(errs) == 0 {
+		// Only once no container mounts them any more.
+		if err := os.RemoveAll(r.WorkDir); err != nil {
+			errs = append(errs, fmt.Errorf("clear %s: %w", r.WorkDir, err))
+		}
+	}
+	return removed, errors.Join(errs...)
 }
 
 // Activate swaps the container's client into the slot.

@@ -97,3 +97,56 @@ func TestContainerSwapUnderLoad(t *testing.T) {
 	}
 	t.Logf("%d calls through the containers, 0 failed (v1 %d, v2 %d)", calls.Load(), seen[1].Load(), seen[2].Load())
 }
+
+// TestSweepRemovesOrphans leaves a container behind as a crashed agent would
+// (staged, never closed), then sweeps as the restarted agent does: the
+// orphan and its unpacked bundle go, while a container of another agent on
+// the same host stays.
+func TestSweepRemovesOrphans(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cli := containertest.Engine(ctx, t)
+	dir := t.TempDir()
+	tag := "linkedge-test-runtime:sweep"
+	containertest.ServingImage(ctx, t, cli, tag, "")
+	p := filepath.Join(dir, "v1.tar.gz")
+	if err := os.WriteFile(p, apsmodels.V1(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	spec := runtime.Spec{Model: "aps-failure", Version: 1, SHA256: "sha-v1", Bundle: p, Kind: "container", Image: tag}
+
+	mine := filepath.Join(dir, "truck-1")
+	crashed := &Runtime{Docker: cli, Slot: &inference.Slot{}, WorkDir: filepath.Join(mine, "containers"), Owner: OwnerOf("truck-1", mine)}
+	orphan, err := crashed.Stage(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { orphan.Close() })
+	other := &Runtime{Docker: cli, Slot: &inference.Slot{}, WorkDir: filepath.Join(dir, "truck-2", "containers"), Owner: OwnerOf("truck-2", filepath.Join(dir, "truck-2"))}
+	kept, err := other.Stage(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { kept.Close() })
+
+	restarted := &Runtime{Docker: cli, Slot: &inference.Slot{}, WorkDir: filepath.Join(mine, "containers"), Owner: OwnerOf("truck-1", mine)}
+	n, err := restarted.Sweep(ctx)
+	if err != nil || n != 1 {
+		t.Fatalf("sweep removed %d containers (%v), want the 1 orphan", n, err)
+	}
+	if _, err := cli.ContainerInspect(ctx, orphan.(*candidate).id); err == nil {
+		t.Fatal("the orphan container is still there")
+	}
+	if _, err := os.Stat(restarted.WorkDir); !os.IsNotExist(err) {
+		t.Fatalf("unpacked bundles of the orphan still there: %v", err)
+	}
+	if err := kept.Check(ctx); err != nil {
+		t.Fatalf("the other agent's container was touched: %v", err)
+	}
+	if n, err := restarted.Sweep(ctx); err != nil || n != 0 {
+		t.Fatalf("second sweep: %d, %v; want nothing left to do", n, err)
+	}
+	if _, err := (&Runtime{Docker: cli}).Sweep(ctx); err == nil {
+		t.Fatal("a sweep without an owner would remove every agent's containers")
+	}
+}
