@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/linkedge/linkedge/internal/config"
+	"github.com/linkedge/linkedge/internal/topics"
 )
 
 // Defaults applied to zero Config fields.
@@ -26,6 +27,23 @@ const (
 	DefaultArtifactListen = "127.0.0.1:9884"
 	// DefaultStateFileName is the state file's name inside RegistryDir.
 	DefaultStateFileName = "publisher-state.json"
+)
+
+// Registry kinds, the values of Config.RegistryKind.
+const (
+	// RegistryKindLocal is a local registry folder (RegistryDir).
+	RegistryKindLocal = "local"
+	// RegistryKindSageMaker is the SageMaker Model Registry, described by
+	// Config.SageMaker.
+	RegistryKindSageMaker = "sagemaker"
+)
+
+// Presigned URL lifetimes SigV4 accepts. package s3dist, which presigns,
+// has the same limits; it imports this package, so they are repeated here
+// rather than referenced (a test in internal/cli checks that they agree).
+const (
+	minPresignTTL = time.Second
+	maxPresignTTL = 7 * 24 * time.Hour
 )
 
 // ErrInvalidConfig wraps every configuration error.
@@ -68,8 +86,18 @@ type Config struct {
 	ArtifactListen string `yaml:"artifact_listen"`
 	// ArtifactBaseURL is the base URL trucks download artifacts from,
 	// e.g. "https://models.example.com". Default "http://{bound
-	// ArtifactListen}"; required when ArtifactListen binds every interface.
+	// ArtifactListen}"; required when ArtifactListen binds every interface
+	// (except with the SageMaker kind, whose artifacts are presigned S3
+	// URLs).
 	ArtifactBaseURL string `yaml:"artifact_base_url"`
+	// RegistryKind is where approved versions come from: "local" (the
+	// folder RegistryDir) or "sagemaker" (the SageMaker Model Registry,
+	// configured by SageMaker). Default "local".
+	RegistryKind string `yaml:"registry_kind"`
+	// SageMaker configures the SageMaker Model Registry backend; only
+	// allowed, and then required, with RegistryKind "sagemaker". Default
+	// none.
+	SageMaker *SageMakerConfig `yaml:"sagemaker"`
 
 	// Logger receives the logs. Default slog.Default().
 	Logger *slog.Logger `yaml:"-"`
@@ -77,7 +105,10 @@ type Config struct {
 	// /metrics serves. Default: a new registry ([Publisher.Metrics]).
 	Metrics *prometheus.Registry `yaml:"-"`
 	// Registry replaces the local registry (e.g. a SageMaker backend); it
-	// then needs Distributor too, and RegistryDir is not used.
+	// then needs Distributor too, and RegistryDir is not used. With
+	// RegistryKind "sagemaker" both must be set, to the backend built from
+	// the SageMaker section (package publisher/sagemaker; the linkedge CLI
+	// builds it).
 	Registry Registry `yaml:"-"`
 	// Distributor replaces the artifact server's URLs (e.g. presigned S3
 	// URLs). Default: the artifact server (local registry only).
@@ -86,8 +117,61 @@ type Config struct {
 	OnAnnounce func(model string, version int64, serial int64) `yaml:"-"`
 }
 
+// SageMakerConfig is the `sagemaker:` section: how to reach the SageMaker
+// Model Registry, its events and the S3 artifacts. It is plain data because
+// package publisher/sagemaker imports this package, so this one cannot
+// import it; the linkedge CLI builds the backend from it. Every field has a
+// command-line flag of the `publisher` and `publish` commands, named in its
+// comment, which overrides the file. AWS credentials are not part of it:
+// they come from the SDK's standard chain, so nothing secret sits in the
+// file.
+type SageMakerConfig struct {
+	// Groups are the model package groups to watch; each group's name is
+	// the model id trucks run (1-64 of A-Z a-z 0-9 . _ -). Required for
+	// the service; `linkedge publish` ignores it and announces the one
+	// group named on its command line. Flag --groups.
+	Groups []string `yaml:"groups"`
+	// SQSQueueURL is the SQS queue an EventBridge rule fills with model
+	// package state changes (docs/pipeline-hook.md); an event makes the
+	// publisher read that group at once. Default none: polling alone.
+	// Service only. Flag --sqs-queue-url.
+	SQSQueueURL string `yaml:"sqs_queue_url"`
+	// RefreshInterval is the longest time between two reads of a group
+	// from SageMaker, the safety net under the events. Default 1m.
+	// Service only. Flag --sagemaker-refresh.
+	RefreshInterval time.Duration `yaml:"refresh_interval"`
+	// PresignTTL is the lifetime of the presigned S3 URLs trucks download,
+	// 1s to 168h (SigV4's limit). Releases are re-signed before it ends.
+	// Default 24h. Flag --presign-ttl.
+	PresignTTL time.Duration `yaml:"presign_ttl"`
+	// Region is the AWS region. Default $AWS_REGION or the profile's.
+	// Flag --region.
+	Region string `yaml:"region"`
+	// EndpointURL sends every AWS call (SageMaker, S3 and SQS alike) to
+	// this endpoint: S3-compatible stores, tests. It takes precedence over
+	// the SDK's AWS_ENDPOINT_URL_<SERVICE> variables, so leave it out to
+	// give each service its own endpoint with those. Default: AWS's own
+	// endpoints. Flag --endpoint-url.
+	EndpointURL string `yaml:"endpoint_url"`
+	// S3PathStyle addresses buckets by path (https://host/bucket/key),
+	// which most S3-compatible stores need. Default false. Flag
+	// --s3-path-style.
+	S3PathStyle bool `yaml:"s3_path_style"`
+	// ArtifactCache is the file remembering artifact digests by package
+	// ARN and ETag, so a restart reads no artifact again. Default
+	// sagemaker-artifacts.json beside StateFile. Flag --artifact-cache.
+	ArtifactCache string `yaml:"artifact_cache"`
+	// ContainerRuntime announces the package's container image, pinned by
+	// digest, as the runtime instead of in-process ONNX. Default false.
+	// Flag --container-runtime.
+	ContainerRuntime bool `yaml:"container_runtime"`
+}
+
 // setDefaults fills zero fields that have a default.
 func (c *Config) setDefaults() {
+	if c.RegistryKind == "" {
+		c.RegistryKind = RegistryKindLocal
+	}
 	if c.ClientID == "" {
 		c.ClientID = DefaultClientID
 	}
@@ -113,7 +197,17 @@ func (c *Config) setDefaults() {
 
 // Validate reports every configuration mistake, wrapped in
 // [ErrInvalidConfig]. Zero fields are checked as if defaulted.
-func (c *Config) Validate() error {
+func (c *Config) Validate() error { return c.validate(true) }
+
+// ValidateSettings is [Config.Validate] without the one check that needs
+// the SageMaker backend built (Registry and Distributor set with
+// RegistryKind "sagemaker"): it reports what a config file and flags can
+// get wrong. Building the backend calls AWS, so the CLI runs this first
+// and a typo is reported as such rather than as an AWS error. With the
+// local kind it is Validate.
+func (c *Config) ValidateSettings() error { return c.validate(false) }
+
+func (c *Config) validate(needBackend bool) error {
 	cc := *c
 	cc.setDefaults()
 	var errs []error
@@ -124,13 +218,27 @@ func (c *Config) Validate() error {
 	if len(cc.ClientID) > 128 {
 		bad("client_id: %d bytes, limit 128", len(cc.ClientID))
 	}
-	switch {
-	case cc.Registry == nil && cc.RegistryDir == "":
-		bad("registry_dir: required (the local registry folder)")
-	case cc.Registry != nil && cc.Distributor == nil:
-		bad("a registry other than the local one needs a Distributor for artifact URLs")
+	sageMaker := cc.RegistryKind == RegistryKindSageMaker
+	switch cc.RegistryKind {
+	case RegistryKindLocal:
+		if cc.SageMaker != nil {
+			bad("sagemaker: this section needs registry_kind: sagemaker; add that key to use the SageMaker Model Registry, or remove the section to use the local registry")
+		}
+		switch {
+		case cc.Registry == nil && cc.RegistryDir == "":
+			bad("registry_dir: required (the local registry folder)")
+		case cc.Registry != nil && cc.Distributor == nil:
+			bad("a registry other than the local one needs a Distributor for artifact URLs")
+		}
+	case RegistryKindSageMaker:
+		errs = append(errs, cc.sageMakerErrors(needBackend)...)
+	default:
+		bad("registry_kind: %q: want %s (a registry folder) or %s (the SageMaker Model Registry)", cc.RegistryKind, RegistryKindLocal, RegistryKindSageMaker)
 	}
-	if cc.StateFile == "" {
+	switch {
+	case cc.StateFile == "" && sageMaker:
+		bad("state_file: required with registry_kind: sagemaker; it is the publisher's memory of what it announced, and its folder is created (flag --state)")
+	case cc.StateFile == "":
 		bad("state_file: required when registry_dir is empty")
 	}
 	if cc.KeyFile == "" {
@@ -148,7 +256,9 @@ func (c *Config) Validate() error {
 	host, port, err := net.SplitHostPort(cc.ArtifactListen)
 	if n, perr := strconv.Atoi(port); err != nil || perr != nil || n < 0 || n > 65535 {
 		bad("artifact_listen: %q is not host:port", cc.ArtifactListen)
-	} else if ip := net.ParseIP(host); (host == "" || ip != nil && ip.IsUnspecified()) && cc.ArtifactBaseURL == "" {
+	} else if ip := net.ParseIP(host); (host == "" || ip != nil && ip.IsUnspecified()) && cc.ArtifactBaseURL == "" && !sageMaker {
+		// With SageMaker the server only answers /healthz and /metrics;
+		// trucks download from presigned S3 URLs, so no base URL is needed.
 		bad("artifact_base_url: required when artifact_listen (%s) binds every interface; set it to the URL trucks reach this server at", cc.ArtifactListen)
 	}
 	if cc.ArtifactBaseURL != "" {
@@ -158,6 +268,71 @@ func (c *Config) Validate() error {
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+	}
+	return nil
+}
+
+// sageMakerErrors checks the SageMaker kind: its section, and that
+// nothing of the local kind is set. needBackend also requires Registry
+// and Distributor, which only Go code can set.
+func (c *Config) sageMakerErrors(needBackend bool) []error {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	if c.RegistryDir != "" {
+		bad("registry_dir: not used with registry_kind: sagemaker (versions and artifacts come from SageMaker and S3); remove it")
+	}
+	if needBackend && (c.Registry == nil || c.Distributor == nil) {
+		bad("registry_kind: sagemaker needs Registry and Distributor set to the backend built from the sagemaker section (package publisher/sagemaker)")
+	}
+	s := c.SageMaker
+	if s == nil {
+		bad("sagemaker: section required with registry_kind: sagemaker; list at least the model package groups to watch under sagemaker.groups (flag --groups)")
+		return errs
+	}
+	if len(s.Groups) == 0 {
+		bad("sagemaker.groups: required with registry_kind: sagemaker; list the model package groups to watch, each named like the model id trucks run (flag --groups)")
+	}
+	seen := make(map[string]bool, len(s.Groups))
+	for _, g := range s.Groups {
+		// The group's name becomes the model id in topics and releases.
+		if err := topics.ValidID(g); err != nil {
+			bad("sagemaker.groups: group %q cannot be a model id: %w", g, err)
+		}
+		if seen[g] {
+			bad("sagemaker.groups: %q is listed twice; remove one", g)
+		}
+		seen[g] = true
+	}
+	if s.RefreshInterval < 0 {
+		bad("sagemaker.refresh_interval: %s is negative; leave it out for the 1m default (flag --sagemaker-refresh)", s.RefreshInterval)
+	}
+	if s.PresignTTL != 0 && (s.PresignTTL < minPresignTTL || s.PresignTTL > maxPresignTTL) {
+		bad("sagemaker.presign_ttl: %s is outside %s to %s, the lifetimes SigV4 allows a presigned URL; leave it out for 24h (flag --presign-ttl)", s.PresignTTL, minPresignTTL, maxPresignTTL)
+	}
+	if s.SQSQueueURL != "" {
+		if err := checkServiceURL(s.SQSQueueURL); err != nil {
+			bad("sagemaker.sqs_queue_url: %w; want the queue's URL, e.g. https://sqs.eu-west-1.amazonaws.com/123456789012/linkedge-model-events (flag --sqs-queue-url)", err)
+		}
+	}
+	if s.EndpointURL != "" {
+		if err := checkServiceURL(s.EndpointURL); err != nil {
+			bad("sagemaker.endpoint_url: %w; want the endpoint's base URL, e.g. https://s3.example.com, or leave it out for AWS's endpoints (flag --endpoint-url)", err)
+		}
+	}
+	return errs
+}
+
+// checkServiceURL accepts what the AWS SDK can send requests to: an
+// absolute http or https URL with a host.
+func checkServiceURL(s string) error {
+	u, err := url.Parse(s)
+	switch {
+	case err != nil:
+		return err
+	case u.Scheme != "http" && u.Scheme != "https":
+		return fmt.Errorf("%q: scheme must be http or https", s)
+	case u.Host == "":
+		return fmt.Errorf("%q has no host", s)
 	}
 	return nil
 }

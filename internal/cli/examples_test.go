@@ -2,6 +2,7 @@ package cli
 
 import (
 	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/linkedge/linkedge/broker"
@@ -19,11 +20,30 @@ func TestExampleConfigs(t *testing.T) {
 	if _, err := broker.LoadConfig(dir + "broker.yaml"); err != nil {
 		t.Error(err)
 	}
-	data, err := os.ReadFile(dir + "publisher.yaml")
+	// Every publisher example, so a new one is covered without a new line
+	// here. Beyond decoding, the settings must hold together (Validate
+	// without what only Go code sets; nothing here touches the files the
+	// examples name).
+	examples, err := filepath.Glob(dir + "publisher*.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := publisher.ParseConfig(data); err != nil {
-		t.Error(err)
+	if len(examples) < 2 {
+		t.Fatalf("publisher examples: %v, want publisher.yaml and publisher-sagemaker.yaml", examples)
+	}
+	for _, path := range examples {
+		t.Run(filepath.Base(path), func(t *testing.T) {
+			data, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cfg, err := publisher.ParseConfig(data)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := cfg.ValidateSettings(); err != nil {
+				t.Error(err)
+			}
+		})
 	}
 }

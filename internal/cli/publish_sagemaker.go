@@ -22,16 +22,12 @@ import (
 	"github.com/linkedge/linkedge/publisher/sagemaker"
 )
 
-// Registry kinds for --registry-kind.
-const (
-	registryKindLocal     = "local"
-	registryKindSageMaker = "sagemaker"
-)
-
 // sagemakerFlags are the flags that put `publisher` and `publish` on the
-// SageMaker Model Registry. AWS credentials come from the SDK's standard
-// chain (environment, shared config and SSO, web identity, container or
-// instance role); nothing secret is a flag.
+// SageMaker Model Registry. Each one overrides its key in the config
+// file's registry_kind and sagemaker section (publisher.SageMakerConfig);
+// apply merges them. AWS credentials come from the SDK's standard chain
+// (environment, shared config and SSO, web identity, container or
+// instance role); nothing secret is a flag or a key.
 type sagemakerFlags struct {
 	kind        string
 	groups      []string
@@ -43,7 +39,7 @@ type sagemakerFlags struct {
 	refresh     time.Duration
 	cacheFile   string
 	container   bool
-	// publish only
+	// publish only: which package to announce, not configuration.
 	arn   string
 	group string
 }
@@ -52,9 +48,9 @@ type sagemakerFlags struct {
 // and --group (its --version is the command's own).
 func (s *sagemakerFlags) register(cmd *cobra.Command, publish bool) {
 	fl := cmd.Flags()
-	fl.StringVar(&s.kind, "registry-kind", registryKindLocal, "model registry: local (a folder, --registry) or sagemaker (the SageMaker Model Registry)")
+	fl.StringVar(&s.kind, "registry-kind", publisher.RegistryKindLocal, "model registry: local (a folder, --registry) or sagemaker (the SageMaker Model Registry); config key registry_kind")
 	fl.StringVar(&s.region, "region", "", "AWS region (default $AWS_REGION or the profile's)")
-	fl.StringVar(&s.endpointURL, "endpoint-url", "", "send every AWS call to this endpoint (S3-compatible stores, tests); $AWS_ENDPOINT_URL_<SERVICE> overrides it per service")
+	fl.StringVar(&s.endpointURL, "endpoint-url", "", "send every AWS call (SageMaker, S3, SQS) to this endpoint (S3-compatible stores, tests); without it $AWS_ENDPOINT_URL_<SERVICE> apply")
 	fl.BoolVar(&s.pathStyle, "s3-path-style", false, "address S3 buckets by path (most S3-compatible stores need it)")
 	fl.DurationVar(&s.presignTTL, "presign-ttl", s3dist.DefaultTTL, "lifetime of the presigned artifact URLs trucks download (1s to 168h)")
 	fl.BoolVar(&s.container, "container-runtime", false, "announce the package's container image (pinned by digest) as the runtime instead of in-process ONNX")
@@ -69,20 +65,71 @@ func (s *sagemakerFlags) register(cmd *cobra.Command, publish bool) {
 	fl.DurationVar(&s.refresh, "sagemaker-refresh", sagemaker.DefaultRefreshInterval, "read every group from SageMaker at least this often")
 }
 
-// enabled reports whether the flags select the SageMaker registry.
-func (s *sagemakerFlags) enabled() bool { return s.kind == registryKindSageMaker || s.arn != "" }
-
-func (s *sagemakerFlags) check() error {
-	switch s.kind {
-	case registryKindLocal, registryKindSageMaker:
-	default:
-		return fmt.Errorf("--registry-kind %q: want %s or %s", s.kind, registryKindLocal, registryKindSageMaker)
+// apply lays the flags given on the command line over cfg's registry_kind
+// and sagemaker section, as publisherFlags does for the other keys. The
+// section's flags only count with the SageMaker kind: with the local
+// registry they are ignored, as they always were.
+func (s *sagemakerFlags) apply(cmd *cobra.Command, cfg *publisher.Config) {
+	changed := cmd.Flags().Changed
+	if changed("registry-kind") {
+		cfg.RegistryKind = s.kind
 	}
-	return nil
+	if s.arn != "" {
+		cfg.RegistryKind = publisher.RegistryKindSageMaker
+	}
+	if cfg.RegistryKind != publisher.RegistryKindSageMaker {
+		if changed("registry-kind") {
+			// --registry-kind local over a SageMaker config file: the
+			// file's section describes a backend no longer used.
+			cfg.SageMaker = nil
+		}
+		return
+	}
+	var sec publisher.SageMakerConfig
+	if cfg.SageMaker != nil {
+		sec = *cfg.SageMaker
+	}
+	if changed("groups") {
+		sec.Groups = s.groups
+	}
+	if changed("sqs-queue-url") {
+		sec.SQSQueueURL = s.queueURL
+	}
+	if changed("sagemaker-refresh") {
+		sec.RefreshInterval = s.refresh
+	}
+	if changed("presign-ttl") {
+		sec.PresignTTL = s.presignTTL
+	}
+	if changed("region") {
+		sec.Region = s.region
+	}
+	if changed("endpoint-url") {
+		sec.EndpointURL = s.endpointURL
+	}
+	if changed("s3-path-style") {
+		sec.S3PathStyle = s.pathStyle
+	}
+	if changed("artifact-cache") {
+		sec.ArtifactCache = s.cacheFile
+	}
+	if changed("container-runtime") {
+		sec.ContainerRuntime = s.container
+	}
+	cfg.SageMaker = &sec
 }
 
-func (s *sagemakerFlags) awsOptions() sagemaker.AWSOptions {
-	return sagemaker.AWSOptions{Region: s.region, EndpointURL: s.endpointURL, S3PathStyle: s.pathStyle}
+func awsOptions(sec *publisher.SageMakerConfig) sagemaker.AWSOptions {
+	return sagemaker.AWSOptions{Region: sec.Region, EndpointURL: sec.EndpointURL, S3PathStyle: sec.S3PathStyle}
+}
+
+// sagemakerSection returns cfg's SageMaker section, empty if there is none
+// (validation then says what is missing).
+func sagemakerSection(cfg publisher.Config) publisher.SageMakerConfig {
+	if cfg.SageMaker == nil {
+		return publisher.SageMakerConfig{}
+	}
+	return *cfg.SageMaker
 }
 
 // sagemakerBackend is everything the SageMaker registry kind plugs into a
@@ -91,7 +138,7 @@ type sagemakerBackend struct {
 	Clients     sagemaker.Clients
 	Registry    *sagemaker.Registry
 	Distributor *s3dist.Presigner
-	// Events is nil without --sqs-queue-url.
+	// Events is nil without sagemaker.sqs_queue_url.
 	Events *sagemaker.Events
 }
 
@@ -100,50 +147,43 @@ func (b *sagemakerBackend) apply(cfg *publisher.Config) {
 	cfg.Registry, cfg.Distributor = b.Registry, b.Distributor
 }
 
-// sagemakerRegistryFromFlags builds the SageMaker backend for groups (the
-// --groups of `publisher`, or the one group of `publish`). stateFile is
-// the publisher's state file; the artifact cache goes beside it unless
-// --artifact-cache says otherwise.
-func sagemakerRegistryFromFlags(ctx context.Context, s *sagemakerFlags, groups []string, stateFile string, log *slog.Logger) (*sagemakerBackend, error) {
-	if err := s.check(); err != nil {
+// newSageMakerBackend builds the backend cfg.SageMaker describes, for its
+// groups (the service's, or the one group of `publish`). It checks cfg
+// first, so that a mistake in the file or the flags is reported as such
+// before any AWS call. The artifact cache goes beside the state file
+// unless sagemaker.artifact_cache says otherwise.
+func newSageMakerBackend(ctx context.Context, cfg publisher.Config, log *slog.Logger) (*sagemakerBackend, error) {
+	if err := cfg.ValidateSettings(); err != nil {
 		return nil, err
 	}
-	if len(groups) == 0 {
-		return nil, errors.New("no model package group: pass --groups g1,g2 (the groups' names are the model ids trucks run)")
-	}
-	if stateFile == "" {
-		return nil, errors.New("--state is required with --registry-kind sagemaker (the publisher's memory of what it announced)")
-	}
+	sec := sagemakerSection(cfg)
 	// With no local registry folder, nothing else creates the state
 	// file's folder (the publisher's lock file goes there too).
-	if err := os.MkdirAll(filepath.Dir(stateFile), 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Dir(cfg.StateFile), 0o755); err != nil {
 		return nil, fmt.Errorf("state folder: %w", err)
 	}
-	cfg, err := sagemaker.LoadAWSConfig(ctx, s.awsOptions())
+	awsCfg, err := sagemaker.LoadAWSConfig(ctx, awsOptions(&sec))
 	if err != nil {
 		return nil, err
 	}
-	cl := sagemaker.NewClients(cfg, s.awsOptions())
-	cache := s.cacheFile
+	cl := sagemaker.NewClients(awsCfg, awsOptions(&sec))
+	cache := sec.ArtifactCache
 	if cache == "" {
-		cache = filepath.Join(filepath.Dir(stateFile), "sagemaker-artifacts.json")
+		cache = filepath.Join(filepath.Dir(cfg.StateFile), "sagemaker-artifacts.json")
 	}
-	refresh := s.refresh
-	if refresh == 0 {
-		refresh = sagemaker.DefaultRefreshInterval
-	}
-	reg, err := sagemaker.New(sagemaker.Config{Client: cl.SageMaker, Artifacts: &s3dist.Reader{Client: cl.S3}, Groups: groups,
-		RefreshInterval: refresh, CacheFile: cache, ContainerRuntime: s.container, Logger: log})
+	// A zero refresh interval and presign TTL take the packages' defaults.
+	reg, err := sagemaker.New(sagemaker.Config{Client: cl.SageMaker, Artifacts: &s3dist.Reader{Client: cl.S3}, Groups: sec.Groups,
+		RefreshInterval: sec.RefreshInterval, CacheFile: cache, ContainerRuntime: sec.ContainerRuntime, Logger: log})
 	if err != nil {
 		return nil, err
 	}
-	dist := &s3dist.Presigner{Client: cl.Presign, TTL: s.presignTTL, Credentials: cl.Credentials}
+	dist := &s3dist.Presigner{Client: cl.Presign, TTL: sec.PresignTTL, Credentials: cl.Credentials}
 	if err := dist.Check(); err != nil {
-		return nil, fmt.Errorf("--presign-ttl: %w", err)
+		return nil, fmt.Errorf("sagemaker.presign_ttl: %w", err)
 	}
 	b := &sagemakerBackend{Clients: cl, Registry: reg, Distributor: dist}
-	if s.queueURL != "" {
-		b.Events = &sagemaker.Events{Client: cl.SQS, QueueURL: s.queueURL, Registry: reg, Logger: log}
+	if sec.SQSQueueURL != "" {
+		b.Events = &sagemaker.Events{Client: cl.SQS, QueueURL: sec.SQSQueueURL, Registry: reg, Logger: log}
 	}
 	return b, nil
 }
@@ -186,14 +226,12 @@ func runSageMakerPublisher(ctx context.Context, cfg publisher.Config, b *sagemak
 // package ARN and what to do: not approved, superseded by a higher
 // approved version, or an unusable artifact.
 func runPublishSageMaker(ctx context.Context, out io.Writer, cfg publisher.Config, s *sagemakerFlags, version int64, log *slog.Logger) (*release.Release, error) {
-	if err := s.check(); err != nil {
-		return nil, err
-	}
-	awsCfg, err := sagemaker.LoadAWSConfig(ctx, s.awsOptions())
+	sec := sagemakerSection(cfg)
+	awsCfg, err := sagemaker.LoadAWSConfig(ctx, awsOptions(&sec))
 	if err != nil {
 		return nil, err
 	}
-	cl := sagemaker.NewClients(awsCfg, s.awsOptions())
+	cl := sagemaker.NewClients(awsCfg, awsOptions(&sec))
 	group := s.group
 	if s.arn != "" {
 		pkg, err := sagemaker.Lookup(ctx, cl.SageMaker, s.arn)
@@ -211,7 +249,11 @@ func runPublishSageMaker(ctx context.Context, out io.Writer, cfg publisher.Confi
 	if group == "" || version < 1 {
 		return nil, errors.New("name the model package: --model-package-arn ARN, or --group G --version N")
 	}
-	b, err := sagemakerRegistryFromFlags(ctx, s, []string{group}, cfg.StateFile, log)
+	// The one-shot reads only the package's group, whatever groups the
+	// file lists for the service.
+	sec.Groups = []string{group}
+	cfg.SageMaker = &sec
+	b, err := newSageMakerBackend(ctx, cfg, log)
 	if err != nil {
 		return nil, err
 	}

@@ -9,7 +9,10 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"os"
 	"path/filepath"
+	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -23,6 +26,7 @@ import (
 	"github.com/linkedge/linkedge/internal/release"
 	"github.com/linkedge/linkedge/internal/topics"
 	"github.com/linkedge/linkedge/publisher"
+	"github.com/linkedge/linkedge/publisher/s3dist"
 	"github.com/linkedge/linkedge/publisher/s3dist/s3disttest"
 	"github.com/linkedge/linkedge/publisher/sagemaker/sagemakertest"
 	"github.com/linkedge/linkedge/publisher/sagemaker/sqstest"
@@ -88,21 +92,27 @@ func testFleet(t *testing.T) (brokerURL, keyFile, stateFile string) {
 	return "tcp://" + b.Addr(), keyFile, filepath.Join(dir, "state", "publisher-state.json")
 }
 
-// parseSageMakerFlags parses args as the command would; publish adds the
-// publish command's own --version, which it returns.
-func parseSageMakerFlags(t *testing.T, publish bool, args ...string) (*sagemakerFlags, int64) {
+// parsePublisherArgs parses args as `linkedge publisher` (publish false) or
+// `linkedge publish` would, and returns the config they make (file, flags,
+// environment), the SageMaker flags (publish's --model-package-arn and
+// --group) and publish's own --version.
+func parsePublisherArgs(t *testing.T, publish bool, args ...string) (publisher.Config, *sagemakerFlags, int64, error) {
 	t.Helper()
-	var s sagemakerFlags
+	var smf sagemakerFlags
+	f := publisherFlags{sm: &smf}
 	var version int64
-	cmd := &cobra.Command{Use: "x"}
-	s.register(cmd, publish)
+	cmd := &cobra.Command{Use: "publisher"}
+	f.register(cmd)
+	smf.register(cmd, publish)
 	if publish {
 		cmd.Flags().Int64Var(&version, "version", 0, "")
 	}
 	if err := cmd.ParseFlags(args); err != nil {
 		t.Fatal(err)
 	}
-	return &s, version
+	cfg, err := f.publisherConfig(cmd)
+	cfg.Logger = slog.New(slog.DiscardHandler)
+	return cfg, &smf, version, err
 }
 
 // The pipeline hook: `linkedge publish --model-package-arn ARN` announces
@@ -111,7 +121,7 @@ func parseSageMakerFlags(t *testing.T, publish bool, args ...string) (*sagemaker
 func TestPublishSageMaker(t *testing.T) {
 	a := newAWSOnLoopback(t)
 	brokerURL, key, state := testFleet(t)
-	cfg := publisher.Config{Broker: brokerURL, KeyFile: key, StateFile: state, Logger: slog.New(slog.DiscardHandler)}
+	base := []string{"--broker", brokerURL, "--key", key, "--state", state}
 	arn1 := a.register(t, "aps-failure", 1)
 	arn2 := a.register(t, "aps-failure", 2)
 	a.SM.Approve("aps-failure", 1, "pipeline")
@@ -119,7 +129,10 @@ func TestPublishSageMaker(t *testing.T) {
 	defer cancel()
 
 	publish := func(args ...string) (*release.Release, string, error) {
-		s, version := parseSageMakerFlags(t, true, args...)
+		cfg, s, version, err := parsePublisherArgs(t, true, append(slices.Clone(base), args...)...)
+		if err != nil {
+			return nil, "", err
+		}
 		var out bytes.Buffer
 		r, err := runPublishSageMaker(ctx, &out, cfg, s, version, slog.New(slog.DiscardHandler))
 		return r, out.String(), err
@@ -132,9 +145,9 @@ func TestPublishSageMaker(t *testing.T) {
 	}{
 		{"pending", []string{"--model-package-arn", arn2}, "PendingManualApproval", publisher.ErrNotApproved},
 		{"unknown arn", []string{"--model-package-arn", sagemakertest.ARN("aps-failure", 9)}, "does not exist", nil},
-		{"no package named", nil, "--model-package-arn", nil},
+		{"no package named", []string{"--registry-kind", "sagemaker"}, "--model-package-arn", nil},
 		{"group and version disagree", []string{"--model-package-arn", arn1, "--group", "other"}, "not other", nil},
-		{"bad kind", []string{"--registry-kind", "mlflow", "--group", "g", "--version", "1"}, "--registry-kind", nil},
+		{"bad kind", []string{"--registry-kind", "mlflow", "--group", "g", "--version", "1"}, `registry_kind: "mlflow"`, publisher.ErrInvalidConfig},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, _, err := publish(tc.args...)
@@ -172,7 +185,7 @@ func TestPublishSageMaker(t *testing.T) {
 
 	// By group and version; a lower one is superseded once 2 is approved.
 	a.SM.Approve("aps-failure", 2, "pipeline")
-	if r, _, err = publish("--group", "aps-failure", "--version", "2"); err != nil || r.Stable.Version != 2 {
+	if r, _, err = publish("--registry-kind", "sagemaker", "--group", "aps-failure", "--version", "2"); err != nil || r.Stable.Version != 2 {
 		t.Fatalf("publish v2: %v", err)
 	}
 	if _, _, err = publish("--model-package-arn", arn1); !errors.Is(err, publisher.ErrSuperseded) {
@@ -186,9 +199,10 @@ func TestPublishSageMaker(t *testing.T) {
 		t.Fatalf("publish a broken package: %v", err)
 	}
 	// No broker: not announced, non-zero.
-	bad := cfg
-	bad.Broker = "tcp://127.0.0.1:1"
-	s, _ := parseSageMakerFlags(t, true, "--group", "aps-failure")
+	bad, s, _, err := parsePublisherArgs(t, true, append(slices.Clone(base), "--broker", "tcp://127.0.0.1:1", "--registry-kind", "sagemaker", "--group", "aps-failure")...)
+	if err != nil {
+		t.Fatal(err)
+	}
 	sctx, scancel := context.WithTimeout(ctx, 2*time.Second)
 	defer scancel()
 	if _, err := runPublishSageMaker(sctx, io.Discard, bad, s, 2, slog.New(slog.DiscardHandler)); err == nil {
@@ -203,24 +217,27 @@ func TestSageMakerPublisherService(t *testing.T) {
 	brokerURL, key, state := testFleet(t)
 	a.register(t, "aps-failure", 1)
 	a.SM.Approve("aps-failure", 1, "pipeline")
-	s, _ := parseSageMakerFlags(t, false, "--registry-kind", "sagemaker", "--groups", "aps-failure,engine-temp",
-		"--sqs-queue-url", a.Queue.QueueURL, "--presign-ttl", "2h", "--sagemaker-refresh", "1h")
+	cfg, _, _, err := parsePublisherArgs(t, false, "--registry-kind", "sagemaker", "--groups", "aps-failure,engine-temp",
+		"--sqs-queue-url", a.Queue.QueueURL, "--presign-ttl", "2h", "--sagemaker-refresh", "1h",
+		"--broker", brokerURL, "--key", key, "--state", state, "--poll", "100ms", "--artifacts-listen", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
 	a.SM.CreateGroup("engine-temp")
 	log := slog.New(slog.DiscardHandler)
 	if testing.Verbose() {
 		log = slog.New(slog.NewTextHandler(tLog{t}, nil))
 	}
+	cfg.Logger = log
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	b, err := sagemakerRegistryFromFlags(ctx, s, s.groups, state, log)
+	b, err := newSageMakerBackend(ctx, cfg, log)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if b.Events == nil || b.Distributor.TTL != 2*time.Hour || b.Registry.Name() != "sagemaker:aps-failure,engine-temp" {
 		t.Fatalf("backend %+v", b)
 	}
-	cfg := publisher.Config{Broker: brokerURL, KeyFile: key, StateFile: state, PollInterval: 100 * time.Millisecond,
-		ArtifactListen: "127.0.0.1:0", Logger: log}
 	done := make(chan error, 1)
 	runCtx, stop := context.WithCancel(ctx)
 	go func() { done <- runSageMakerPublisher(runCtx, cfg, b) }()
@@ -250,25 +267,33 @@ func TestSageMakerFlagErrors(t *testing.T) {
 	newAWSOnLoopback(t)
 	ctx := context.Background()
 	log := slog.New(slog.DiscardHandler)
+	conn := []string{"--broker", "tcp://127.0.0.1:1883", "--key", "k.pem"}
 	for _, tc := range []struct {
-		args   []string
-		groups []string
-		state  string
-		want   string
+		args []string
+		want string
 	}{
-		{args: []string{"--registry-kind", "sagemaker"}, state: "s.json", want: "--groups"},
-		{args: []string{"--registry-kind", "sagemaker"}, groups: []string{"g"}, want: "--state"},
-		{args: []string{"--registry-kind", "sagemaker", "--presign-ttl", "200h"}, groups: []string{"g"}, state: "s.json", want: "--presign-ttl"},
-		{args: []string{"--registry-kind", "sagemaker"}, groups: []string{"bad/group"}, state: "s.json", want: "bad/group"},
+		{args: []string{"--registry-kind", "sagemaker", "--state", "s.json"}, want: "--groups"},
+		{args: []string{"--registry-kind", "sagemaker", "--groups", "g"}, want: "--state"},
+		{args: []string{"--registry-kind", "sagemaker", "--groups", "g", "--state", "s.json", "--presign-ttl", "200h"}, want: "--presign-ttl"},
+		{args: []string{"--registry-kind", "sagemaker", "--groups", "bad/group", "--state", "s.json"}, want: "bad/group"},
+		{args: []string{"--registry-kind", "sagemaker", "--groups", "g", "--state", "s.json", "--sagemaker-refresh", "-1m"}, want: "--sagemaker-refresh"},
+		{args: []string{"--registry-kind", "sagemaker", "--groups", "g", "--state", "s.json", "--endpoint-url", "localhost:9000"}, want: "--endpoint-url"},
+		{args: []string{"--registry-kind", "sagemaker", "--groups", "g", "--state", "s.json", "--registry", "/srv/registry"}, want: "registry_dir: not used"},
 	} {
-		s, _ := parseSageMakerFlags(t, false, tc.args...)
-		if _, err := sagemakerRegistryFromFlags(ctx, s, tc.groups, tc.state, log); err == nil || !strings.Contains(err.Error(), tc.want) {
+		cfg, _, _, err := parsePublisherArgs(t, false, append(slices.Clone(conn), tc.args...)...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := newSageMakerBackend(ctx, cfg, log); !errors.Is(err, publisher.ErrInvalidConfig) || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%v: %v, want an error about %s", tc.args, err, tc.want)
 		}
 	}
 	t.Setenv("AWS_REGION", "")
-	s, _ := parseSageMakerFlags(t, false, "--registry-kind", "sagemaker")
-	if _, err := sagemakerRegistryFromFlags(ctx, s, []string{"g"}, "s.json", log); err == nil || !strings.Contains(err.Error(), "region") {
+	cfg, _, _, err := parsePublisherArgs(t, false, append(slices.Clone(conn), "--registry-kind", "sagemaker", "--groups", "g", "--state", filepath.Join(t.TempDir(), "s.json"))...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := newSageMakerBackend(ctx, cfg, log); err == nil || !strings.Contains(err.Error(), "region") {
 		t.Errorf("no region: %v", err)
 	}
 }
@@ -309,20 +334,254 @@ func (w tLog) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// --endpoint-url reaches every service the SDK's way (here SageMaker, with
-// its per-service variable unset).
-func TestSageMakerEndpointURLFlag(t *testing.T) {
+// endpoint_url (or --endpoint-url) reaches the services the SDK's way:
+// here SageMaker, with its per-service variable unset, and the region
+// from the same place.
+func TestSageMakerEndpointURL(t *testing.T) {
 	a := newAWSOnLoopback(t)
 	arn := a.register(t, "aps-failure", 1)
 	t.Setenv("AWS_ENDPOINT_URL_SAGEMAKER", "")
+	t.Setenv("AWS_REGION", "")
 	_, key, state := testFleet(t)
-	cfg := publisher.Config{Broker: "tcp://127.0.0.1:1", KeyFile: key, StateFile: state}
-	s, _ := parseSageMakerFlags(t, true, "--model-package-arn", arn, "--endpoint-url", a.SM.URL, "--region", "eu-central-1")
-	_, err := runPublishSageMaker(t.Context(), io.Discard, cfg, s, 0, slog.New(slog.DiscardHandler))
-	if !errors.Is(err, publisher.ErrNotApproved) || !strings.Contains(err.Error(), "PendingManualApproval") {
-		t.Fatalf("%v: want the pending package's refusal, which only SageMaker could give", err)
+	file := writeConfig(t, fmt.Sprintf("broker: tcp://127.0.0.1:1\nkey_file: %s\nstate_file: %s\nregistry_kind: sagemaker\n"+
+		"sagemaker:\n  endpoint_url: %s\n  region: eu-central-1\n", key, state, a.SM.URL))
+	for name, args := range map[string][]string{
+		"flags": {"--broker", "tcp://127.0.0.1:1", "--key", key, "--state", state, "--endpoint-url", a.SM.URL, "--region", "eu-central-1"},
+		"file":  {"--config", file},
+	} {
+		t.Run(name, func(t *testing.T) {
+			cfg, s, _, err := parsePublisherArgs(t, true, append(args, "--model-package-arn", arn)...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = runPublishSageMaker(t.Context(), io.Discard, cfg, s, 0, slog.New(slog.DiscardHandler))
+			if !errors.Is(err, publisher.ErrNotApproved) || !strings.Contains(err.Error(), "PendingManualApproval") {
+				t.Fatalf("%v: want the pending package's refusal, which only SageMaker could give", err)
+			}
+			if got := explainPublishSageMaker(err, time.Second); got != err {
+				t.Fatalf("explain changed a registry refusal: %v", got)
+			}
+		})
 	}
-	if got := explainPublishSageMaker(err, time.Second); got != err {
-		t.Fatalf("explain changed a registry refusal: %v", got)
+}
+
+// writeConfig writes a publisher config file and returns its path.
+func writeConfig(t *testing.T, yaml string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "publisher.yaml")
+	if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// The file's registry_kind and sagemaker section, and the flags over them:
+// a flag given on the command line wins, one left out keeps the file's
+// value.
+func TestSageMakerConfigFileAndFlags(t *testing.T) {
+	t.Setenv(envRegistry, "/srv/from-env")
+	file := writeConfig(t, `
+broker: tcp://127.0.0.1:1883
+key_file: publisher.key
+state_file: /var/lib/linkedge/publisher-state.json
+registry_kind: sagemaker
+sagemaker:
+  groups: [aps-failure, engine-temp]
+  sqs_queue_url: https://sqs.eu-west-1.amazonaws.com/123456789012/linkedge-model-events
+  refresh_interval: 5m
+  presign_ttl: 12h
+  region: eu-west-1
+  endpoint_url: https://s3.example.com
+  s3_path_style: true
+  artifact_cache: /var/cache/linkedge/artifacts.json
+  container_runtime: true
+`)
+	fromFile := publisher.SageMakerConfig{
+		Groups:           []string{"aps-failure", "engine-temp"},
+		SQSQueueURL:      "https://sqs.eu-west-1.amazonaws.com/123456789012/linkedge-model-events",
+		RefreshInterval:  5 * time.Minute,
+		PresignTTL:       12 * time.Hour,
+		Region:           "eu-west-1",
+		EndpointURL:      "https://s3.example.com",
+		S3PathStyle:      true,
+		ArtifactCache:    "/var/cache/linkedge/artifacts.json",
+		ContainerRuntime: true,
+	}
+	with := func(edit func(*publisher.SageMakerConfig)) *publisher.SageMakerConfig {
+		s := fromFile
+		s.Groups = slices.Clone(s.Groups)
+		edit(&s)
+		return &s
+	}
+	localFile := writeConfig(t, "broker: tcp://127.0.0.1:1883\nkey_file: k\n")
+	for _, tc := range []struct {
+		name     string
+		publish  bool
+		args     []string
+		kind     string
+		section  *publisher.SageMakerConfig
+		registry string
+	}{
+		{name: "file alone", args: []string{"--config", file}, kind: "sagemaker", section: &fromFile},
+		{name: "every flag over the file", args: []string{"--config", file, "--groups", "aps-failure", "--sqs-queue-url", "http://127.0.0.1:1/q",
+			"--sagemaker-refresh", "30s", "--presign-ttl", "2h", "--region", "us-east-1", "--endpoint-url", "http://127.0.0.1:2",
+			"--s3-path-style=false", "--artifact-cache", "c.json", "--container-runtime=false"}, kind: "sagemaker",
+			section: &publisher.SageMakerConfig{Groups: []string{"aps-failure"}, SQSQueueURL: "http://127.0.0.1:1/q", RefreshInterval: 30 * time.Second,
+				PresignTTL: 2 * time.Hour, Region: "us-east-1", EndpointURL: "http://127.0.0.1:2", ArtifactCache: "c.json"}},
+		{name: "one flag over the file", args: []string{"--config", file, "--presign-ttl", "1h"}, kind: "sagemaker",
+			section: with(func(s *publisher.SageMakerConfig) { s.PresignTTL = time.Hour })},
+		{name: "flags alone", args: []string{"--registry-kind", "sagemaker", "--groups", "a,b"}, kind: "sagemaker",
+			section: &publisher.SageMakerConfig{Groups: []string{"a", "b"}}},
+		{name: "--registry-kind local over the file", args: []string{"--config", file, "--registry-kind", "local"}, kind: "local", registry: "/srv/from-env"},
+		{name: "section flags with the local kind are ignored", args: []string{"--config", localFile, "--presign-ttl", "1h", "--groups", "a"}, registry: "/srv/from-env"},
+		{name: "publish: the file's section", publish: true, args: []string{"--config", file, "--group", "aps-failure"}, kind: "sagemaker", section: &fromFile},
+		{name: "publish: flags over the file", publish: true, args: []string{"--config", file, "--region", "us-east-1"}, kind: "sagemaker",
+			section: with(func(s *publisher.SageMakerConfig) { s.Region = "us-east-1" })},
+		{name: "publish: --model-package-arn over a local file", publish: true, args: []string{"--config", localFile, "--model-package-arn", "arn:x"},
+			kind: "sagemaker", section: &publisher.SageMakerConfig{}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg, _, _, err := parsePublisherArgs(t, tc.publish, tc.args...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if cfg.RegistryKind != tc.kind || !reflect.DeepEqual(cfg.SageMaker, tc.section) || cfg.RegistryDir != tc.registry {
+				t.Fatalf("kind %q, registry_dir %q, section %+v;\nwant %q, %q, %+v", cfg.RegistryKind, cfg.RegistryDir, cfg.SageMaker, tc.kind, tc.registry, tc.section)
+			}
+			// The file's values never leak into it through a shared slice.
+			if cfg.SageMaker != nil && len(cfg.SageMaker.Groups) > 0 && &cfg.SageMaker.Groups[0] == &fromFile.Groups[0] {
+				t.Fatal("groups shared with the expectation")
+			}
+		})
+	}
+
+	// Mistakes, reported before any AWS call.
+	for _, tc := range []struct {
+		name string
+		yaml string
+		args []string
+		want string
+	}{
+		{"unknown kind in the file", "registry_kind: mlflow\n", nil, `registry_kind: "mlflow"`},
+		{"unknown kind flag", "", []string{"--registry-kind", "mlflow"}, `registry_kind: "mlflow"`},
+		{"unknown key in the section", "registry_kind: sagemaker\nsagemaker:\n  queue_url: x\n", nil, "field queue_url not found"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, _, _, err := parsePublisherArgs(t, false, append([]string{"--config", writeConfig(t, tc.yaml)}, tc.args...)...)
+			if !errors.Is(err, publisher.ErrInvalidConfig) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("%v, want ErrInvalidConfig mentioning %q", err, tc.want)
+			}
+		})
+	}
+
+	// `pin` works with the local registry only, and says so.
+	pin := newPinCmd()
+	pin.SetArgs([]string{"--config", file, "--truck", "t1", "--model", "aps-failure", "--version", "1"})
+	pin.SetOut(io.Discard)
+	pin.SetErr(io.Discard)
+	if err := pin.ExecuteContext(t.Context()); !errors.Is(err, publisher.ErrInvalidConfig) || !strings.Contains(err.Error(), "local registry only") {
+		t.Fatalf("pin with a SageMaker config: %v", err)
+	}
+}
+
+// publisher cannot import s3dist, so it repeats the presigned URL
+// lifetime limits; they must stay the same.
+func TestPresignTTLLimitsAgree(t *testing.T) {
+	for ttl, ok := range map[time.Duration]bool{s3dist.MinTTL: true, s3dist.MaxTTL: true, s3dist.DefaultTTL: true,
+		s3dist.MinTTL - time.Nanosecond: false, s3dist.MaxTTL + time.Nanosecond: false} {
+		cfg := publisher.Config{Broker: "tcp://127.0.0.1:1883", KeyFile: "k", StateFile: "s.json", RegistryKind: "sagemaker",
+			SageMaker: &publisher.SageMakerConfig{Groups: []string{"g"}, PresignTTL: ttl}}
+		if err := cfg.ValidateSettings(); (err == nil) != ok {
+			t.Errorf("presign_ttl %s: %v, want valid %v", ttl, err, ok)
+		}
+	}
+}
+
+// `linkedge publisher --config FILE` and `linkedge publish --config FILE`
+// with nothing else: the file alone puts them on SageMaker, its events
+// and S3, here the test servers on 127.0.0.1. A flag still overrides it.
+func TestSageMakerConfigFileEndToEnd(t *testing.T) {
+	a := newAWSOnLoopback(t)
+	brokerURL, key, state := testFleet(t)
+	a.register(t, "aps-failure", 1)
+	a.SM.Approve("aps-failure", 1, "pipeline")
+	// The region comes from the file only: without it the SDK has none.
+	// (endpoint_url would send S3 and SQS to the SageMaker server too; see
+	// TestSageMakerEndpointURL.)
+	t.Setenv("AWS_REGION", "")
+	cache := filepath.Join(t.TempDir(), "cache", "artifacts.json")
+	file := writeConfig(t, fmt.Sprintf(`
+broker: %s
+key_file: %s
+state_file: %s
+poll_interval: 100ms
+artifact_listen: 127.0.0.1:0
+registry_kind: sagemaker
+sagemaker:
+  groups: [aps-failure]
+  sqs_queue_url: %s
+  refresh_interval: 1h
+  presign_ttl: 1h
+  region: %s
+  artifact_cache: %s
+`, brokerURL, key, state, a.Queue.QueueURL, s3disttest.Region, cache))
+	if err := os.MkdirAll(filepath.Dir(cache), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	svc := newPublisherCmd()
+	svc.SetArgs([]string{"--config", file})
+	go func() { done <- svc.ExecuteContext(runCtx) }()
+	defer func() {
+		stop()
+		if err := <-done; err != nil {
+			t.Errorf("publisher: %v", err)
+		}
+	}()
+	first := retainedRelease(t, brokerURL, "aps-failure")
+	if first.Stable.Version != 1 || first.Stable.Source.Registry != "sagemaker" {
+		t.Fatalf("first announcement: %+v", first.Stable)
+	}
+	if _, err := os.Stat(cache); err != nil {
+		t.Fatalf("artifact_cache not used: %v", err)
+	}
+	// The queue from the file: with a 1h refresh only the event explains
+	// an announcement of v2 within seconds.
+	a.register(t, "aps-failure", 2)
+	a.SM.Approve("aps-failure", 2, "pipeline")
+	a.Queue.Send(`{"detail-type":"SageMaker Model Package State Change","source":"aws.sagemaker",` +
+		`"detail":{"ModelPackageGroupName":"aps-failure","ModelPackageVersion":2,"ModelApprovalStatus":"Approved"}}`)
+	deadline := time.Now().Add(20 * time.Second)
+	var second *release.Release
+	for second = retainedRelease(t, brokerURL, "aps-failure"); second.Stable.Version != 2; second = retainedRelease(t, brokerURL, "aps-failure") {
+		if time.Now().After(deadline) {
+			t.Fatal("the event did not lead to an announcement of v2")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	// presign_ttl from the file bounds the document: a 1h URL, less the
+	// safety margin, instead of the 24h default or the 720h release TTL.
+	if life := second.ExpiresAt.Sub(second.IssuedAt); life > time.Hour || life < 30*time.Minute {
+		t.Fatalf("release valid for %s with presign_ttl 1h", life)
+	}
+
+	// The one-shot reads the same file; --presign-ttl overrides it.
+	pub := newPublishCmd()
+	var out bytes.Buffer
+	pub.SetOut(&out)
+	pub.SetArgs([]string{"--config", file, "--group", "aps-failure", "--version", "2", "--presign-ttl", "3h", "--timeout", "20s"})
+	if err := pub.ExecuteContext(ctx); err != nil {
+		t.Fatalf("publish: %v", err)
+	}
+	if !strings.Contains(out.String(), "announced aps-failure version 2 (") {
+		t.Fatalf("publish said %q", out.String())
+	}
+	third := retainedRelease(t, brokerURL, "aps-failure")
+	if life := third.ExpiresAt.Sub(third.IssuedAt); life <= 2*time.Hour || life > 3*time.Hour {
+		t.Fatalf("release valid for %s with --presign-ttl 3h over the file's 1h", life)
 	}
 }

@@ -41,6 +41,9 @@ type publisherFlags struct {
 	poll           time.Duration
 	ttl            time.Duration
 	publishTimeout time.Duration
+	// sm are the SageMaker flags of `publisher` and `publish`; nil for
+	// commands that work with the local registry only (`pin`).
+	sm *sagemakerFlags
 }
 
 func (f *publisherFlags) register(cmd *cobra.Command) {
@@ -61,6 +64,8 @@ func (f *publisherFlags) register(cmd *cobra.Command) {
 }
 
 // publisherConfig builds the config: file, then flags, then environment.
+// The registry kind is settled here, so that commands branch on
+// cfg.RegistryKind alone.
 func (f *publisherFlags) publisherConfig(cmd *cobra.Command) (publisher.Config, error) {
 	var cfg publisher.Config
 	if f.config != "" {
@@ -91,8 +96,24 @@ func (f *publisherFlags) publisherConfig(cmd *cobra.Command) (publisher.Config, 
 			*d.dst = d.v
 		}
 	}
-	if cfg.RegistryDir == "" {
-		cfg.RegistryDir = os.Getenv(envRegistry)
+	if f.sm != nil {
+		f.sm.apply(cmd, &cfg)
+	}
+	switch cfg.RegistryKind {
+	case "", publisher.RegistryKindLocal:
+		// The variable names a local registry, so it means nothing (and
+		// would be refused as registry_dir) with the SageMaker kind.
+		if cfg.RegistryDir == "" {
+			cfg.RegistryDir = os.Getenv(envRegistry)
+		}
+	case publisher.RegistryKindSageMaker:
+		if f.sm == nil {
+			return cfg, fmt.Errorf("%s: %w: registry_kind: sagemaker: `linkedge %s` works with the local registry only; give it a config file with registry_dir instead", f.config, publisher.ErrInvalidConfig, cmd.Name())
+		}
+	default:
+		// Unknown: stop before the commands branch on it. Validate
+		// reports it, along with any other mistake.
+		return cfg, cfg.Validate()
 	}
 	if cfg.Password == "" {
 		cfg.Password = os.Getenv(envMQTTPassword)
@@ -102,13 +123,15 @@ func (f *publisherFlags) publisherConfig(cmd *cobra.Command) (publisher.Config, 
 }
 
 func newPublisherCmd() *cobra.Command {
-	var f publisherFlags
 	var smf sagemakerFlags
+	f := publisherFlags{sm: &smf}
 	cmd := &cobra.Command{
 		Use:   "publisher",
 		Short: "Announce each model's highest approved version to the fleet as a signed release",
-		Long: `Publisher watches a model registry (a local folder edited with "linkedge registry") and
-keeps one signed release document per model retained on the fleet broker:
+		Long: `Publisher watches a model registry (a local folder edited with "linkedge registry", or
+the SageMaker Model Registry: --registry-kind sagemaker, or registry_kind: sagemaker and a
+sagemaker: section in the config file; see docs/aws.md) and keeps one signed release
+document per model retained on the fleet broker:
 
   - a model's target is its highest approved version;
   - when the target changes (a newer version approved, or the announced one rejected),
@@ -123,6 +146,7 @@ requests, at ARTIFACTS-URL/artifacts/{model}/{version}/model.tar.gz, plus /healt
 and /metrics on the same address. It runs until interrupted (SIGINT or SIGTERM).`,
 		Example: `  linkedge publisher --broker tcp://127.0.0.1:1883 --registry ./registry --key publisher.key
   linkedge publisher --config /etc/linkedge/publisher.yaml
+  linkedge publisher --config /etc/linkedge/publisher-sagemaker.yaml --presign-ttl 12h
   linkedge publisher --broker tcp://fleet:1883 --registry /srv/registry --key /etc/linkedge/publisher.key \
       --artifacts-listen 0.0.0.0:9884 --artifacts-url https://models.example.com`,
 		Args: cobra.NoArgs,
@@ -131,8 +155,8 @@ and /metrics on the same address. It runs until interrupted (SIGINT or SIGTERM).
 			if err != nil {
 				return err
 			}
-			if smf.enabled() {
-				b, err := sagemakerRegistryFromFlags(cmd.Context(), &smf, smf.groups, cfg.StateFile, cfg.Logger)
+			if cfg.RegistryKind == publisher.RegistryKindSageMaker {
+				b, err := newSageMakerBackend(cmd.Context(), cfg, cfg.Logger)
 				if err != nil {
 					return err
 				}
@@ -168,6 +192,7 @@ func newPublishCmd() *cobra.Command {
 		timeout time.Duration
 		smf     sagemakerFlags
 	)
+	f.sm = &smf
 	cmd := &cobra.Command{
 		Use:   "publish",
 		Short: "Announce one approved model version now and wait for the broker to acknowledge it",
@@ -182,17 +207,23 @@ instead; reject the newer version to roll back). If the broker cannot be reached
 --timeout it exits non-zero and records nothing.
 
 Publish serves no artifacts: the release points at --artifacts-url (default
-http://ARTIFACTS-LISTEN), where a running "linkedge publisher" serves them.`,
+http://ARTIFACTS-LISTEN), where a running "linkedge publisher" serves them.
+
+On the SageMaker Model Registry (--model-package-arn ARN, or --group G --version N with
+--registry-kind sagemaker or registry_kind: sagemaker in the config file) it announces
+that model package with a presigned S3 URL; the file's sagemaker: section applies, except
+its groups, queue and refresh interval, which are the service's (docs/aws.md).`,
 		Example: `  linkedge publish --model aps-failure --version 2 --broker tcp://127.0.0.1:1883 \
       --registry ./registry --key publisher.key
-  linkedge publish --model aps-failure --version 3 --approve --by pipeline --config publisher.yaml`,
+  linkedge publish --model aps-failure --version 3 --approve --by pipeline --config publisher.yaml
+  linkedge publish --config publisher-sagemaker.yaml --group aps-failure --version 7`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cfg, err := f.publisherConfig(cmd)
 			if err != nil {
 				return err
 			}
-			if smf.enabled() {
+			if cfg.RegistryKind == publisher.RegistryKindSageMaker {
 				ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
 				defer cancel()
 				if _, err := runPublishSageMaker(ctx, cmd.OutOrStdout(), cfg, &smf, version, cfg.Logger); err != nil {
