@@ -71,19 +71,32 @@ func (h *sessionHook) OnQosDropped(cl *mqtt.Client, _ packets.Packet) {
 // after a reconnect. That message would be forgotten (in memory and on disk)
 // and never redelivered if the link dropped before the truck processed it.
 // The message is set aside here and put back in OnPacketProcessed.
+//
+// SUBSCRIBE and UNSUBSCRIBE meet the same confusion: mochi refuses one whose
+// packet id is in the table ("packet identifier in use", 0x91, which an MQTT
+// 3.1.1 client reads as a failed subscription and drops without a word). A
+// client subscribing to its second topic while the retained messages of its
+// first are still unacknowledged hit it every time: the truck agent (release,
+// then pin), the publisher (releases, statuses, events), `linkedge fleet`.
 func (h *sessionHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
-	if pk.FixedHeader.Type != packets.Publish || pk.FixedHeader.Qos == 0 {
+	if !usesPacketID(pk) {
 		return pk, nil
 	}
 	if held, ok := cl.State.Inflight.Get(pk.PacketID); ok && outgoing(held) {
 		h.displaced.Store(displacedKey{cl, pk.PacketID}, held)
+		if pk.FixedHeader.Type != packets.Publish && cl.State.Inflight.Delete(pk.PacketID) {
+			// mochi only looks the id up for these; out of its way, the
+			// message is back in the table once the packet is processed.
+			// (A PUBLISH it deletes itself.)
+			atomic.AddInt64(&h.srv.Info.Inflight, -1)
+		}
 	}
 	return pk, nil
 }
 
 // OnPacketProcessed implements mqtt.Hook; see OnPacketRead.
 func (h *sessionHook) OnPacketProcessed(cl *mqtt.Client, pk packets.Packet, _ error) {
-	if pk.FixedHeader.Type != packets.Publish || pk.FixedHeader.Qos == 0 {
+	if !usesPacketID(pk) {
 		return
 	}
 	v, ok := h.displaced.LoadAndDelete(displacedKey{cl, pk.PacketID})
@@ -92,7 +105,13 @@ func (h *sessionHook) OnPacketProcessed(cl *mqtt.Client, pk packets.Packet, _ er
 	}
 	if cur, taken := cl.State.Inflight.Get(pk.PacketID); taken {
 		if outgoing(cur) {
-			return // mochi returned early (say, ACL refusal) and kept it
+			if cur.Created == v.(packets.Packet).Created && cur.TopicName == v.(packets.Packet).TopicName {
+				return // mochi returned early (say, ACL refusal) and kept it
+			}
+			// The id went round all 65,535 values during one packet and
+			// a new message took it: the older one is lost as before.
+			h.Log.Warn("queued message displaced by a newer one with the same packet id", "client", cl.ID, "packet_id", pk.PacketID)
+			return
 		}
 		// An incoming QoS 2 exchange now holds the id, and mochi's table
 		// cannot track both; the outgoing message is lost as before.
@@ -106,6 +125,18 @@ func (h *sessionHook) OnPacketProcessed(cl *mqtt.Client, pk packets.Packet, _ er
 	if h.store != nil {
 		h.store.OnQosPublish(cl, held, held.Created, 0)
 	}
+}
+
+// usesPacketID reports whether an incoming packet carries a packet id that
+// mochi looks up in the client's in-flight table.
+func usesPacketID(pk packets.Packet) bool {
+	switch pk.FixedHeader.Type {
+	case packets.Publish:
+		return pk.FixedHeader.Qos > 0
+	case packets.Subscribe, packets.Unsubscribe:
+		return true
+	}
+	return false
 }
 
 // outgoing reports whether an in-flight entry belongs to a message the broker

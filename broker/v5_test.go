@@ -210,3 +210,41 @@ func TestOwnPublishKeepsQueuedMessage(t *testing.T) {
 	c.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: out.PacketID})
 	waitInflightZero(t, b)
 }
+
+// TestSubscribeWhileRetainedUnacknowledged: a client may reuse a packet id
+// for its SUBSCRIBE while a message the broker sent it under the same id is
+// still unacknowledged; the ids of the two directions are separate. mochi
+// refused the subscription ("packet identifier in use"), which a 3.1.1
+// client takes as a plain failure: the truck agent subscribing to its pin
+// right after its release's retained message arrived lost the pin.
+func TestSubscribeWhileRetainedUnacknowledged(t *testing.T) {
+	b := startBroker(t, nil)
+	for _, topic := range []string{"linkedge/v1/models/a/release", "linkedge/v1/trucks/t1/desired"} {
+		if err := b.Server().Publish(topic, []byte(topic), true, 1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c := connectV5(t, b.Addr(), "truck-s", "linkedge/v1/models/+/release")
+	pub := c.recv() // the retained release, id 1, left unacknowledged
+	if pub.FixedHeader.Type != packets.Publish || pub.PacketID != 1 {
+		t.Fatalf("retained release: %+v", pub)
+	}
+	// Id 1 is free on the client's side (its first SUBSCRIBE was answered).
+	c.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe}, PacketID: 1,
+		Filters: packets.Subscriptions{{Filter: "linkedge/v1/trucks/t1/desired", Qos: 1}}})
+	if suback := c.recv(); suback.FixedHeader.Type != packets.Suback || !bytes.Equal(suback.ReasonCodes, []byte{1}) {
+		t.Fatalf("SUBACK = type %d codes %#v, want granted QoS 1", suback.FixedHeader.Type, suback.ReasonCodes)
+	}
+	if pin := c.recv(); pin.FixedHeader.Type != packets.Publish || string(pin.Payload) != "linkedge/v1/trucks/t1/desired" {
+		t.Fatalf("retained pin not delivered: %+v", pin)
+	}
+	// The release is still owed an acknowledgement, and still tracked.
+	if _, ok := b.Server().Clients.Get("truck-s"); !ok {
+		t.Fatal("client gone")
+	}
+	cl, _ := b.Server().Clients.Get("truck-s")
+	if held, ok := cl.State.Inflight.Get(1); !ok || held.TopicName != "linkedge/v1/models/a/release" {
+		t.Fatalf("the unacknowledged release was forgotten: %+v %v", held, ok)
+	}
+	c.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: 1})
+}
