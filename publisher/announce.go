@@ -58,20 +58,47 @@ type Announcer struct {
 	metrics *metrics
 }
 
-// Announce signs a release document whose stable target is v, publishes it
-// retained with QoS 1 to topics.ModelRelease(v.Model), waits for the
-// broker's acknowledgement and only then records it in the state file. It
-// returns the document announced, or nil and nil when p is IfDue and
-// nothing is due.
+// Plan is what one release document announces: a stable target for every
+// truck and, during a staged rollout, a canary target for some of them.
+type Plan struct {
+	Stable Version
+	// Canary, when set, is run by the trucks in Groups and by Percent of the
+	// others (see release.Release.TargetFor).
+	Canary  *Version
+	Percent int
+	Groups  []string
+	// Rollout is recorded in the state file with the announcement, in the
+	// same write: the staged rollout the document belongs to (running, or
+	// halted with the canary withdrawn), or nil when none.
+	Rollout *Rollout
+}
+
+// Announce announces v as the stable target, with no canary: see
+// [Announcer.AnnouncePlan].
+func (a *Announcer) Announce(ctx context.Context, v Version, p Policy) (*release.Release, error) {
+	return a.AnnouncePlan(ctx, Plan{Stable: v}, p)
+}
+
+// AnnouncePlan signs a release document for pl, publishes it retained with
+// QoS 1 to topics.ModelRelease(model), waits for the broker's
+// acknowledgement and only then records it (and pl.Rollout) in the state
+// file. It returns the document announced, or nil and nil when p is IfDue
+// and nothing is due.
 //
 // Serials follow one rule: serial = max(highest serial ever signed for the
 // model + 1, Unix milliseconds now). The highest serial is recorded before
 // the document is sent, so neither a crash, nor a restart, nor a second
 // publisher (which starts from the clock) ever reuses one. The whole call
 // holds the state file's lock, so concurrent announcers take turns.
-func (a *Announcer) Announce(ctx context.Context, v Version, p Policy) (*release.Release, error) {
-	if v.Status != StatusApproved {
-		return nil, fmt.Errorf("%w: %s version %d is %s", ErrNotApproved, v.Model, v.Version, v.Status)
+func (a *Announcer) AnnouncePlan(ctx context.Context, pl Plan, p Policy) (*release.Release, error) {
+	v := pl.Stable
+	for _, t := range []*Version{&pl.Stable, pl.Canary} {
+		if t != nil && t.Status != StatusApproved {
+			return nil, fmt.Errorf("%w: %s version %d is %s", ErrNotApproved, t.Model, t.Version, t.Status)
+		}
+	}
+	if pl.Canary != nil && pl.Canary.Model != v.Model {
+		return nil, fmt.Errorf("publisher: canary of model %s in a release of %s", pl.Canary.Model, v.Model)
 	}
 	unlock, err := a.State.lock(ctx)
 	if err != nil {
@@ -86,10 +113,10 @@ func (a *Announcer) Announce(ctx context.Context, v Version, p Policy) (*release
 	}
 	now := a.now()
 	ms := st.entry(v.Model)
-	if p == IfDue && !due(ms.Announced, v, now) {
+	if p == IfDue && !due(ms.Announced, pl, now) {
 		return nil, nil
 	}
-	rel, doc, err := a.sign(ctx, v, ms.SignedSerial, now)
+	rel, doc, err := a.sign(ctx, pl, ms.SignedSerial, now)
 	if err != nil {
 		return nil, err
 	}
@@ -110,36 +137,67 @@ func (a *Announcer) Announce(ctx context.Context, v Version, p Policy) (*release
 		URL: rel.Stable.Artifact.URL, Runtime: v.Runtime,
 		IssuedAt: rel.IssuedAt, ExpiresAt: rel.ExpiresAt, AckedAt: acked.UTC(),
 	}
+	if c := pl.Canary; c != nil {
+		ms.Announced.Canary = &CanaryAnnouncement{Version: c.Version, SHA256: c.Artifact.SHA256, Size: c.Artifact.Size,
+			Runtime: c.Runtime, Percent: pl.Percent, Groups: pl.Groups}
+	}
+	ms.Rollout = pl.Rollout
+	if ro := ms.Rollout; ro != nil && pl.Canary != nil && ro.StartedAt.IsZero() {
+		ro.StartedAt = acked.UTC() // the soak counts from the first canary the broker has
+	}
 	if err := a.State.save(st); err != nil {
 		// The broker has the document; only our memory of it failed. The
 		// next poll re-announces with a higher serial, which is harmless.
 		a.metrics.failed(stageState)
 		return rel, fmt.Errorf("%s version %d (serial %d) was announced but not recorded: %w", v.Model, v.Version, rel.Serial, err)
 	}
-	a.metrics.announced(v.Model, v.Version, float64(acked.UnixNano())/1e9)
-	a.logger().Info("announced release", "model", v.Model, "version", v.Version, "serial", rel.Serial,
-		"sha256", v.Artifact.SHA256, "url", withoutQuery(rel.Stable.Artifact.URL), "expires_at", rel.ExpiresAt)
+	var canary int64
+	if pl.Canary != nil {
+		canary = pl.Canary.Version
+	}
+	a.metrics.announced(v.Model, v.Version, canary, float64(acked.UnixNano())/1e9)
+	args := []any{"model", v.Model, "version", v.Version, "serial", rel.Serial,
+		"sha256", v.Artifact.SHA256, "url", withoutQuery(rel.Stable.Artifact.URL), "expires_at", rel.ExpiresAt}
+	if c := pl.Canary; c != nil {
+		args = append(args, "canary_version", c.Version, "canary_percent", pl.Percent, "canary_groups", pl.Groups)
+	}
+	a.logger().Info("announced release", args...)
 	if a.OnAnnounce != nil {
 		a.OnAnnounce(v.Model, v.Version, rel.Serial)
 	}
 	return rel, nil
 }
 
-// sign builds and signs the document for v, with a serial above last.
-func (a *Announcer) sign(ctx context.Context, v Version, last int64, now time.Time) (*release.Release, []byte, error) {
+// target builds a document target for v with a fresh download URL, and
+// returns when that URL stops working (zero: never).
+func (a *Announcer) target(ctx context.Context, v Version) (release.Target, time.Time, error) {
 	url, urlExpires, err := a.Distributor.URL(ctx, v)
 	if err != nil {
 		a.metrics.failed(stageURL)
-		return nil, nil, fmt.Errorf("artifact url for %s version %d: %w", v.Model, v.Version, err)
+		return release.Target{}, time.Time{}, fmt.Errorf("artifact url for %s version %d: %w", v.Model, v.Version, err)
 	}
+	return release.Target{
+		Version: v.Version,
+		Artifact: release.Artifact{
+			URL: url, SHA256: v.Artifact.SHA256, Size: v.Artifact.Size, MediaType: release.MediaTypeBundle,
+		},
+		Runtime: v.Runtime,
+		Source:  v.Source,
+	}, urlExpires, nil
+}
+
+// sign builds and signs the document for pl, with a serial above last. The
+// document expires no later than its earliest URL.
+func (a *Announcer) sign(ctx context.Context, pl Plan, last int64, now time.Time) (*release.Release, []byte, error) {
+	v := pl.Stable
 	issued := now.UTC().Truncate(time.Millisecond)
 	expires := issued.Add(a.TTL)
+	stable, urlExpires, err := a.target(ctx, v)
+	if err != nil {
+		return nil, nil, err
+	}
 	if !urlExpires.IsZero() && urlExpires.Before(expires) {
 		expires = urlExpires.UTC()
-	}
-	if !expires.After(issued) {
-		a.metrics.failed(stageURL)
-		return nil, nil, fmt.Errorf("artifact url for %s version %d expires at %s, before the document would be issued", v.Model, v.Version, urlExpires)
 	}
 	rel := &release.Release{
 		Schema:    release.Schema,
@@ -147,14 +205,22 @@ func (a *Announcer) sign(ctx context.Context, v Version, last int64, now time.Ti
 		Serial:    nextSerial(last, now),
 		IssuedAt:  issued,
 		ExpiresAt: expires,
-		Stable: release.Target{
-			Version: v.Version,
-			Artifact: release.Artifact{
-				URL: url, SHA256: v.Artifact.SHA256, Size: v.Artifact.Size, MediaType: release.MediaTypeBundle,
-			},
-			Runtime: v.Runtime,
-			Source:  v.Source,
-		},
+		Stable:    stable,
+	}
+	if c := pl.Canary; c != nil {
+		t, cExpires, err := a.target(ctx, *c)
+		if err != nil {
+			return nil, nil, err
+		}
+		if !cExpires.IsZero() && cExpires.Before(expires) {
+			expires, urlExpires = cExpires.UTC(), cExpires
+		}
+		rel.ExpiresAt = expires
+		rel.Canary = &release.Canary{Target: t, Percent: pl.Percent, Groups: pl.Groups}
+	}
+	if !expires.After(issued) {
+		a.metrics.failed(stageURL)
+		return nil, nil, fmt.Errorf("artifact url for %s version %d expires at %s, before the document would be issued", v.Model, v.Version, urlExpires)
 	}
 	doc, err := release.Sign(rel, a.Key)
 	if err != nil {
@@ -164,10 +230,10 @@ func (a *Announcer) sign(ctx context.Context, v Version, last int64, now time.Ti
 	return rel, doc, nil
 }
 
-// due reports whether v must be announced given the last acknowledged
+// due reports whether pl must be announced given the last acknowledged
 // announcement: it is new content, or the announcement needs re-signing.
-func due(last *Announcement, v Version, now time.Time) bool {
-	return !last.Matches(v) || !now.Before(last.ResignAt())
+func due(last *Announcement, pl Plan, now time.Time) bool {
+	return !last.MatchesPlan(pl) || !now.Before(last.ResignAt())
 }
 
 // nextSerial is the serial rule; see [Announcer.Announce].

@@ -98,6 +98,10 @@ type Config struct {
 	// allowed, and then required, with RegistryKind "sagemaker". Default
 	// none.
 	SageMaker *SageMakerConfig `yaml:"sagemaker"`
+	// Rollout, when set, stages every new version: canary trucks first,
+	// everyone after a soak without failures. Nil announces a new version
+	// to every truck at once. See rollout.go and docs/publisher.md.
+	Rollout *RolloutConfig `yaml:"rollout"`
 
 	// Logger receives the logs. Default slog.Default().
 	Logger *slog.Logger `yaml:"-"`
@@ -193,6 +197,11 @@ func (c *Config) setDefaults() {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
+	if c.Rollout != nil {
+		r := *c.Rollout // the caller's struct stays as written
+		r.setDefaults()
+		c.Rollout = &r
+	}
 }
 
 // Validate reports every configuration mistake, wrapped in
@@ -264,6 +273,11 @@ func (c *Config) validate(needBackend bool) error {
 	if cc.ArtifactBaseURL != "" {
 		if err := checkBaseURL(cc.ArtifactBaseURL); err != nil {
 			bad("artifact_base_url: %w", err)
+		}
+	}
+	if cc.Rollout != nil {
+		if err := cc.Rollout.validate(); err != nil {
+			bad("%w", err)
 		}
 	}
 	if err := errors.Join(errs...); err != nil {

@@ -13,6 +13,8 @@ type metrics struct {
 	errors        *prometheus.CounterVec
 	lastAnnounce  *prometheus.GaugeVec
 	version       *prometheus.GaugeVec
+	canary        *prometheus.GaugeVec
+	halted        *prometheus.CounterVec
 	connected     prometheus.Gauge
 }
 
@@ -34,12 +36,20 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "linkedge_publisher_announced_version",
 			Help: "Model version in the last acknowledged announcement, by model.",
 		}, []string{"model"}),
+		canary: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "linkedge_publisher_canary_version",
+			Help: "Canary version in the last acknowledged announcement, by model; 0 when none.",
+		}, []string{"model"}),
+		halted: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "linkedge_publisher_rollouts_halted_total",
+			Help: "Staged rollouts halted because canary trucks failed the new version, by model.",
+		}, []string{"model"}),
 		connected: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "linkedge_publisher_broker_connected",
 			Help: "1 while the publisher's MQTT connection is up.",
 		}),
 	}
-	for _, c := range []prometheus.Collector{m.announcements, m.errors, m.lastAnnounce, m.version, m.connected} {
+	for _, c := range []prometheus.Collector{m.announcements, m.errors, m.lastAnnounce, m.version, m.canary, m.halted, m.connected} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("publisher: register metrics: %w", err)
 		}
@@ -61,13 +71,20 @@ const (
 	stagePublish  = "publish"
 )
 
-func (m *metrics) announced(model string, version int64, unix float64) {
+func (m *metrics) announced(model string, version, canary int64, unix float64) {
 	if m == nil {
 		return
 	}
 	m.announcements.WithLabelValues(model).Inc()
 	m.lastAnnounce.WithLabelValues(model).Set(unix)
 	m.version.WithLabelValues(model).Set(float64(version))
+	m.canary.WithLabelValues(model).Set(float64(canary))
+}
+
+func (m *metrics) rolloutHalted(model string) {
+	if m != nil {
+		m.halted.WithLabelValues(model).Inc()
+	}
 }
 
 func (m *metrics) failed(stage string) {

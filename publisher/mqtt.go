@@ -13,6 +13,7 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/eclipse/paho.mqtt.golang/packets"
 
+	"github.com/linkedge/linkedge/internal/status"
 	"github.com/linkedge/linkedge/internal/topics"
 )
 
@@ -80,7 +81,108 @@ type session struct {
 	retMu      sync.Mutex
 	retained   map[string]int64 // model → serial of the retained document
 	watchSince time.Time        // when the current subscription was made; zero while down
+
+	// What the trucks report, for staged rollouts: each truck's last
+	// status, and the failures its events announced. Kept across
+	// reconnects: a report stays true until the truck sends a newer one.
+	stMu     sync.Mutex
+	trucks   map[string]truckReport
+	failures map[modelVersion]map[string]string // → truck → error
 }
+
+// truckReport is what a staged rollout needs from a truck's status.
+type truckReport struct {
+	model     string
+	version   int64
+	desired   int64
+	phase     string
+	lastError string
+}
+
+type modelVersion struct {
+	model   string
+	version int64
+}
+
+// watchTrucks subscribes to every truck's retained status and to their
+// events. The status is the truck's present; the events (QoS 1, queued by
+// the broker for this persistent session while the publisher is away)
+// make sure a failure is heard even if the truck went offline right after
+// it, when its last will replaces the status that told of it.
+func (s *session) watchTrucks(c paho.Client) {
+	c.Subscribe(topics.AllTruckStatus(), topics.StatusQoS, func(_ paho.Client, m paho.Message) {
+		truck, ok := topics.ParseTruckStatus(m.Topic())
+		if !ok {
+			return
+		}
+		st, err := status.Parse(m.Payload())
+		s.stMu.Lock()
+		defer s.stMu.Unlock()
+		if s.trucks == nil {
+			s.trucks = map[string]truckReport{}
+		}
+		switch {
+		case err != nil || st.Truck != truck:
+			delete(s.trucks, truck) // cleared, or not a status we can read
+		case !st.Online && st.Version == 0:
+			// The last will carries no version: the truck still runs what
+			// it last reported.
+		default:
+			s.trucks[truck] = truckReport{model: st.Model, version: st.Version, desired: st.Desired, phase: st.Phase, lastError: st.LastError}
+		}
+	})
+	c.Subscribe(topics.TruckEvents(topics.Wildcard), topics.EventsQoS, func(_ paho.Client, m paho.Message) {
+		truck, ok := topics.ParseTruckEvents(m.Topic())
+		if !ok {
+			return
+		}
+		ev, err := status.ParseEvent(m.Payload())
+		if err != nil || ev.Truck != truck || ev.Model == "" || ev.Version < 1 {
+			return
+		}
+		if ev.Kind != status.EventUpdateFailed && ev.Kind != status.EventRolledBack {
+			return
+		}
+		s.stMu.Lock()
+		defer s.stMu.Unlock()
+		if s.failures == nil {
+			s.failures = map[modelVersion]map[string]string{}
+		}
+		k := modelVersion{ev.Model, ev.Version}
+		if s.failures[k] == nil {
+			s.failures[k] = map[string]string{}
+		}
+		s.failures[k][truck] = ev.Detail
+	})
+}
+
+// CanaryHealth implements [HealthView] from the trucks' reports.
+func (s *session) CanaryHealth(model string, version int64) CanaryHealth {
+	s.stMu.Lock()
+	defer s.stMu.Unlock()
+	h := CanaryHealth{Failed: map[string]string{}}
+	for truck, detail := range s.failures[modelVersion{model, version}] {
+		h.Failed[truck] = detail
+	}
+	for truck, r := range s.trucks {
+		switch {
+		case r.model != model:
+		case r.version == version && r.phase == phaseCommitted:
+			h.Committed = append(h.Committed, truck)
+			delete(h.Failed, truck) // it failed once, then made it (a retry)
+		case r.desired == version && (r.phase == phaseFailed || r.phase == phaseRolledBack):
+			h.Failed[truck] = r.lastError
+		}
+	}
+	return h
+}
+
+// The agent's update phases a rollout acts on (edgeclient/update).
+const (
+	phaseCommitted  = "committed"
+	phaseFailed     = "failed"
+	phaseRolledBack = "rolled_back"
+)
 
 // retainedGrace is how long after subscribing the retained documents are
 // taken to have all arrived.
@@ -172,6 +274,7 @@ func (s *session) dial(ctx context.Context) paho.Client {
 				s.everUp.Store(true)
 				s.metrics.setConnected(true)
 				s.watchRetained(c)
+				s.watchTrucks(c)
 				if s.onUp != nil {
 					s.onUp()
 				}

@@ -51,7 +51,7 @@ func Pin(ctx context.Context, cfg Config, truck, model string, version int64) (*
 		return nil, err
 	}
 	a := &Announcer{Key: key, Distributor: dist, TTL: cfg.ReleaseTTL, Logger: cfg.Logger, metrics: m}
-	rel, doc, err := a.sign(ctx, *v, 0, a.now())
+	rel, doc, err := a.sign(ctx, Plan{Stable: *v}, 0, a.now())
 	if err != nil {
 		return nil, err
 	}

@@ -241,35 +241,53 @@ func (p *Publisher) poll(ctx context.Context) {
 	for _, m := range models {
 		last := announcedOf(st, m)
 		v, ok := best[m]
-		switch {
-		case !ok && last != nil:
-			p.report(m, "no approved version remains; announcing nothing, trucks keep what they run",
-				"model", m, "announced_version", last.Version, "serial", last.Serial)
+		if !ok {
+			if last != nil {
+				p.report(m, "no approved version remains; announcing nothing, trucks keep what they run",
+					"model", m, "announced_version", last.Version, "serial", last.Serial)
+			}
 			continue
-		case ok && last != nil && !due(last, v, now) && p.lostByBroker(m, last):
+		}
+		pl, halting, note := planFor(p.cfg.Rollout, p.sess, vs, v, st.Models[m], now)
+		if note != "" {
+			level := slog.LevelInfo
+			if halting {
+				level = slog.LevelWarn
+			}
+			p.note(m, level, note, "model", m)
+		}
+		switch {
+		case last != nil && !due(last, pl, now) && p.lostByBroker(m, last):
 			// Announced and acknowledged, but the broker no longer holds it
 			// (it restarted without persistence): trucks that connect now
 			// would get nothing. Announce it again, under a new serial.
-			p.log.Warn("the broker lost the retained release; announcing it again", "model", m, "version", v.Version, "serial", last.Serial)
-			if _, err := p.ann.Announce(ctx, v, Always); err != nil && ctx.Err() == nil {
+			p.log.Warn("the broker lost the retained release; announcing it again", "model", m, "version", pl.Stable.Version, "serial", last.Serial)
+			if _, err := p.ann.AnnouncePlan(ctx, pl, Always); err != nil && ctx.Err() == nil {
 				p.report(m, "re-announcement failed; retrying on the next poll", "model", m, "err", err)
 			}
 			continue
-		case !ok || !due(last, v, now):
-			p.clear(m)
+		case !due(last, pl, now):
+			if note == "" {
+				p.clear(m)
+			}
 			continue
 		case p.sess.waitingForFirstConnect():
 			p.note(m, slog.LevelInfo, "waiting for the first broker connection before announcing", "model", m, "version", v.Version)
 			continue
 		}
-		if _, err := p.ann.Announce(ctx, v, IfDue); err != nil {
+		if _, err := p.ann.AnnouncePlan(ctx, pl, IfDue); err != nil {
 			if ctx.Err() != nil {
 				return
 			}
 			p.report(m, "announcement failed; retrying on the next poll", "model", m, "version", v.Version, "err", err)
 			continue
 		}
-		p.clear(m)
+		if halting {
+			p.metrics.rolloutHalted(m)
+		}
+		if note == "" {
+			p.clear(m)
+		}
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"regexp"
+	"slices"
 	"time"
 
 	"github.com/linkedge/linkedge/internal/atomicfile"
@@ -43,6 +44,10 @@ type ModelState struct {
 	// Announced is the last announcement the broker acknowledged; nil if
 	// none yet.
 	Announced *Announcement `json:"announced,omitempty"`
+	// Rollout is the staged rollout of a version newer than the announced
+	// stable one: running (its canary is in Announced) or halted (the canary
+	// was withdrawn). Nil when none; see rollout.go.
+	Rollout *Rollout `json:"rollout,omitempty"`
 }
 
 // Announcement records one acknowledged release document.
@@ -56,6 +61,18 @@ type Announcement struct {
 	IssuedAt  time.Time       `json:"issued_at"`
 	ExpiresAt time.Time       `json:"expires_at"`
 	AckedAt   time.Time       `json:"acked_at"`
+	// Canary is the document's canary target, if it had one.
+	Canary *CanaryAnnouncement `json:"canary,omitempty"`
+}
+
+// CanaryAnnouncement records the canary target of an announcement.
+type CanaryAnnouncement struct {
+	Version int64           `json:"version"`
+	SHA256  string          `json:"sha256"`
+	Size    int64           `json:"size"`
+	Runtime release.Runtime `json:"runtime"`
+	Percent int             `json:"percent"`
+	Groups  []string        `json:"groups,omitempty"`
 }
 
 // Matches reports whether a announces exactly v's content (version,
@@ -64,6 +81,21 @@ type Announcement struct {
 func (a *Announcement) Matches(v Version) bool {
 	return a != nil && a.Version == v.Version && a.SHA256 == v.Artifact.SHA256 &&
 		a.Size == v.Artifact.Size && a.Runtime == v.Runtime
+}
+
+// MatchesPlan reports whether a announces exactly pl's content: the same
+// stable target, and the same canary target and selection (or none).
+func (a *Announcement) MatchesPlan(pl Plan) bool {
+	if !a.Matches(pl.Stable) {
+		return false
+	}
+	c := pl.Canary
+	if c == nil || a.Canary == nil {
+		return c == nil && a.Canary == nil
+	}
+	ac := a.Canary
+	return ac.Version == c.Version && ac.SHA256 == c.Artifact.SHA256 && ac.Size == c.Artifact.Size &&
+		ac.Runtime == c.Runtime && ac.Percent == pl.Percent && slices.Equal(ac.Groups, pl.Groups)
 }
 
 // ResignAt is when a should be re-signed: once less than a third of its
@@ -126,6 +158,19 @@ func (s *State) validate() error {
 			return fmt.Errorf("model %s: announced sha256 %q is not 64 lowercase hex characters", m, clip(a.SHA256))
 		case !a.ExpiresAt.After(a.IssuedAt):
 			return fmt.Errorf("model %s: announced expires_at is not after issued_at", m)
+		}
+		if c := a.Canary; c != nil {
+			switch {
+			case c.Version <= a.Version:
+				return fmt.Errorf("model %s: canary version %d is not above the stable %d", m, c.Version, a.Version)
+			case !sha256Hex.MatchString(c.SHA256):
+				return fmt.Errorf("model %s: canary sha256 %q is not 64 lowercase hex characters", m, clip(c.SHA256))
+			case c.Percent < 0 || c.Percent > 100:
+				return fmt.Errorf("model %s: canary percent %d is not between 0 and 100", m, c.Percent)
+			}
+		}
+		if r := ms.Rollout; r != nil && (r.Version < 1 || !sha256Hex.MatchString(r.SHA256)) {
+			return fmt.Errorf("model %s: rollout of version %d with sha256 %q is not valid", m, r.Version, clip(r.SHA256))
 		}
 	}
 	return nil

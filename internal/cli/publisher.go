@@ -122,8 +122,65 @@ func (f *publisherFlags) publisherConfig(cmd *cobra.Command) (publisher.Config, 
 	return cfg, nil
 }
 
+// rolloutFlags are `publisher`'s staged rollout flags; any of them given
+// makes a policy (or changes the file's), --no-rollout drops it.
+type rolloutFlags struct {
+	groups       []string
+	percent      int
+	soak         time.Duration
+	minCommitted int
+	haltAfter    int
+	off          bool
+}
+
+func (r *rolloutFlags) register(cmd *cobra.Command) {
+	fl := cmd.Flags()
+	fl.StringSliceVar(&r.groups, "canary-groups", nil, "stage new versions: trucks in these groups run one first (rollout.groups)")
+	fl.IntVar(&r.percent, "canary-percent", 0, "stage new versions: this percent of the other trucks runs one first (rollout.percent)")
+	fl.DurationVar(&r.soak, "canary-soak", 0, "how long the canary runs before promotion (rollout.soak, default 1h)")
+	fl.IntVar(&r.minCommitted, "canary-min-committed", 0, "canary trucks that must have committed before promotion (rollout.min_committed, default 1)")
+	fl.IntVar(&r.haltAfter, "canary-halt-after", 0, "canary trucks reporting a failure that halt the rollout (rollout.halt_after, default 1)")
+	fl.BoolVar(&r.off, "no-rollout", false, "announce new versions to every truck at once, whatever the config file says")
+}
+
+func (r *rolloutFlags) apply(cmd *cobra.Command, cfg *publisher.Config) {
+	if r.off {
+		cfg.Rollout = nil
+		return
+	}
+	changed := false
+	for _, name := range []string{"canary-groups", "canary-percent", "canary-soak", "canary-min-committed", "canary-halt-after"} {
+		changed = changed || cmd.Flags().Changed(name)
+	}
+	if !changed {
+		return
+	}
+	var rc publisher.RolloutConfig
+	if cfg.Rollout != nil {
+		rc = *cfg.Rollout
+	}
+	fl := cmd.Flags()
+	if fl.Changed("canary-groups") {
+		rc.Groups = r.groups
+	}
+	if fl.Changed("canary-percent") {
+		rc.Percent = r.percent
+	}
+	if fl.Changed("canary-soak") {
+		rc.Soak = r.soak
+	}
+	if fl.Changed("canary-min-committed") {
+		rc.MinCommitted = r.minCommitted
+	}
+	if fl.Changed("canary-halt-after") {
+		rc.HaltAfter = r.haltAfter
+	}
+	cfg.Rollout = &rc
+}
+
 func newPublisherCmd() *cobra.Command {
 	var smf sagemakerFlags
+	var rf rolloutFlags
 	f := publisherFlags{sm: &smf}
 	cmd := &cobra.Command{
 		Use:   "publisher",
@@ -139,12 +196,17 @@ document per model retained on the fleet broker:
   - an announcement counts only once the broker acknowledged it; until then it is
     retried every poll, and the state file remembers what was acknowledged, so a
     restart announces nothing twice;
-  - documents are re-signed before they expire (when a third of --ttl remains).
+  - documents are re-signed before they expire (when a third of --ttl remains);
+  - with a rollout policy (--canary-groups and/or --canary-percent, or rollout: in the
+    config file), a new version goes to the canary trucks first and to everyone after
+    --canary-soak, unless canary trucks report that it failed: then the canary is
+    withdrawn and the rollout halted (docs/publisher.md, "Staged rollouts").
 
 It also serves the approved artifacts for trucks to download, with resumable Range
 requests, at ARTIFACTS-URL/artifacts/{model}/{version}/model.tar.gz, plus /healthz
 and /metrics on the same address. It runs until interrupted (SIGINT or SIGTERM).`,
 		Example: `  linkedge publisher --broker tcp://127.0.0.1:1883 --registry ./registry --key publisher.key
+  linkedge publisher --config /etc/linkedge/publisher.yaml --canary-groups early --canary-percent 5 --canary-soak 2h
   linkedge publisher --config /etc/linkedge/publisher.yaml
   linkedge publisher --config /etc/linkedge/publisher-sagemaker.yaml --presign-ttl 12h
   linkedge publisher --broker tcp://fleet:1883 --registry /srv/registry --key /etc/linkedge/publisher.key \
@@ -155,6 +217,7 @@ and /metrics on the same address. It runs until interrupted (SIGINT or SIGTERM).
 			if err != nil {
 				return err
 			}
+			rf.apply(cmd, &cfg)
 			if cfg.RegistryKind == publisher.RegistryKindSageMaker {
 				b, err := newSageMakerBackend(cmd.Context(), cfg, cfg.Logger)
 				if err != nil {
@@ -167,6 +230,7 @@ and /metrics on the same address. It runs until interrupted (SIGINT or SIGTERM).
 	}
 	f.register(cmd)
 	smf.register(cmd, false)
+	rf.register(cmd)
 	return cmd
 }
 

@@ -46,6 +46,9 @@ type Options struct {
 	LinkRate int
 	// PollInterval of the publisher. Default 200ms.
 	PollInterval time.Duration
+	// Rollout is the publisher's staged rollout policy; nil announces every
+	// new version to every truck at once.
+	Rollout *publisher.RolloutConfig
 	// Logger receives the parts' logs. Default: discarded.
 	Logger *slog.Logger
 }
@@ -148,6 +151,7 @@ func (f *Fleet) StartPublisher(ctx context.Context) error {
 	p, err := publisher.New(publisher.Config{
 		Broker: f.BrokerURL, RegistryDir: f.Registry.Dir(), KeyFile: f.keyFile,
 		PollInterval: f.opts.PollInterval, ArtifactListen: "127.0.0.1:0", Logger: f.opts.Logger.With("part", "publisher"),
+		Rollout: f.opts.Rollout,
 	})
 	if err != nil {
 		return err

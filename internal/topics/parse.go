@@ -17,6 +17,11 @@ func ParseTruckStatus(topic string) (truck string, ok bool) {
 	return oneID(topic, "trucks", "status")
 }
 
+// ParseTruckEvents returns the truck of a [TruckEvents] topic.
+func ParseTruckEvents(topic string) (truck string, ok bool) {
+	return oneID(topic, "trucks", "events")
+}
+
 // ParseTruckPredictions returns the truck and model of a [TruckPredictions]
 // topic.
 func ParseTruckPredictions(topic string) (truck, model string, ok bool) {

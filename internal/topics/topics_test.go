@@ -70,6 +70,9 @@ func TestParseRoundTrip(t *testing.T) {
 		if got, ok := ParseTruckStatus(TruckStatus(id)); !ok || got != id {
 			t.Errorf("ParseTruckStatus(TruckStatus(%q)) = %q, %v", id, got, ok)
 		}
+		if got, ok := ParseTruckEvents(TruckEvents(id)); !ok || got != id {
+			t.Errorf("ParseTruckEvents(TruckEvents(%q)) = %q, %v", id, got, ok)
+		}
 		for _, model := range ids {
 			truck, m, ok := ParseTruckPredictions(TruckPredictions(id, model))
 			if !ok || truck != id || m != model {
@@ -100,6 +103,8 @@ func TestParseRejects(t *testing.T) {
 		"linkedge/v1/trucks/+/predictions/m",
 		"linkedge/v1/trucks/t/predictions/#",
 		"linkedge/v1/trucks/t/desired",
+		"linkedge/v1/trucks/+/events",
+		"linkedge/v1/trucks/t/events/x",
 		"linkedge/v1/local/m/predictions",
 		"Linkedge/v1/models/a/release",
 	}
@@ -109,6 +114,9 @@ func TestParseRejects(t *testing.T) {
 		}
 		if tr, ok := ParseTruckStatus(topic); ok {
 			t.Errorf("ParseTruckStatus(%q) accepted %q", topic, tr)
+		}
+		if tr, ok := ParseTruckEvents(topic); ok {
+			t.Errorf("ParseTruckEvents(%q) accepted %q", topic, tr)
 		}
 		if tr, m, ok := ParseTruckPredictions(topic); ok {
 			t.Errorf("ParseTruckPredictions(%q) accepted %q, %q", topic, tr, m)
@@ -131,6 +139,9 @@ func FuzzParsers(f *testing.F) {
 			if ValidID(model) != nil || ModelRelease(model) != topic {
 				t.Fatalf("ParseModelRelease(%q) = %q does not round-trip", topic, model)
 			}
+		}
+		if truck, ok := ParseTruckEvents(topic); ok && TruckEvents(truck) != topic {
+			t.Fatalf("ParseTruckEvents(%q) = %q does not round-trip", topic, truck)
 		}
 		if truck, ok := ParseTruckStatus(topic); ok {
 			if ValidID(truck) != nil || TruckStatus(truck) != topic {
