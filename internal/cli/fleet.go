@@ -2,9 +2,11 @@ package cli
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"sort"
+	"strings"
 	"sync"
 	"text/tabwriter"
 	"time"
@@ -23,10 +25,12 @@ func newFleetCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "fleet",
 		Short: "Show every truck's model version, update phase and last error, from the fleet broker",
-		Long: `Fleet reads the trucks' retained status documents (linkedge/v1/trucks/+/status) from the
-fleet broker and prints one line per truck: online or not, the version it serves and the
-one it was asked for, the update phase and download progress, the last error, and when it
-was last seen. An offline truck shows the version it last reported.
+		Long: `Fleet reads the retained release documents and the trucks' retained status documents
+(linkedge/v1/trucks/+/status) from the fleet broker. It prints one line per model: the
+stable version and, during a staged rollout, the canary and who runs it. Then one line
+per truck: online or not, the version it serves and the one it was asked for, the update
+phase and download progress, the last error, and when it was last seen. An offline truck
+shows the version it last reported.
 
 With --watch it keeps the table current until interrupted.`,
 		Example: `  linkedge fleet --broker tcp://127.0.0.1:1883
@@ -70,6 +74,24 @@ func runFleet(ctx context.Context, out io.Writer, broker, user, pass string, wai
 	if !t.WaitTimeout(10*time.Second) || t.Error() != nil {
 		return fmt.Errorf("subscribe: %v", t.Error())
 	}
+	releases := map[string]announced{}
+	t = c.Subscribe(topics.AllModelReleases(), 1, func(_ paho.Client, m paho.Message) {
+		model, ok := topics.ParseModelRelease(m.Topic())
+		if !ok {
+			return
+		}
+		var a announced
+		mu.Lock()
+		defer mu.Unlock()
+		if json.Unmarshal(m.Payload(), &a) != nil || a.Model != model {
+			delete(releases, model)
+			return
+		}
+		releases[model] = a
+	})
+	if !t.WaitTimeout(10*time.Second) || t.Error() != nil {
+		return fmt.Errorf("subscribe: %v", t.Error())
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -77,11 +99,58 @@ func runFleet(ctx context.Context, out io.Writer, broker, user, pass string, wai
 		case <-time.After(wait):
 		}
 		mu.Lock()
+		printReleases(out, releases)
 		printFleet(out, trucks)
 		mu.Unlock()
 		if !watch {
 			return nil
 		}
+		fmt.Fprintln(out)
+	}
+}
+
+// announced is what the fleet view shows of a model's retained release
+// document. The signature is not checked here: this is a view for people,
+// and the trucks verify every document before they act on it.
+type announced struct {
+	Model  string `json:"model"`
+	Serial int64  `json:"serial"`
+	Stable struct {
+		Version int64 `json:"version"`
+	} `json:"stable"`
+	Canary *struct {
+		Version int64    `json:"version"`
+		Percent int      `json:"percent"`
+		Groups  []string `json:"groups"`
+	} `json:"canary"`
+}
+
+// printReleases prints one line per model: what the fleet is told to run,
+// and the canary of a staged rollout.
+func printReleases(out io.Writer, releases map[string]announced) {
+	models := make([]string, 0, len(releases))
+	for m := range releases {
+		models = append(models, m)
+	}
+	sort.Strings(models)
+	for _, m := range models {
+		a := releases[m]
+		line := fmt.Sprintf("release %s: stable v%d", m, a.Stable.Version)
+		if c := a.Canary; c != nil {
+			line += fmt.Sprintf(", canary v%d for", c.Version)
+			if len(c.Groups) > 0 {
+				line += " groups " + strings.Join(c.Groups, ",")
+				if c.Percent > 0 {
+					line += " and"
+				}
+			}
+			if c.Percent > 0 {
+				line += fmt.Sprintf(" %d%% of the other trucks", c.Percent)
+			}
+		}
+		fmt.Fprintf(out, "%s (serial %d)\n", line, a.Serial)
+	}
+	if len(models) > 0 {
 		fmt.Fprintln(out)
 	}
 }

@@ -41,11 +41,15 @@ func TestFleetTable(t *testing.T) {
 		data, _ := json.Marshal(s)
 		c.Publish(topics.TruckStatus(s.Truck), 1, true, data).Wait()
 	}
+	if tok := c.Publish(topics.ModelRelease("aps-failure"), 1, true,
+		[]byte(`{"schema":"linkedge.release/v1","model":"aps-failure","serial":17,"stable":{"version":1},"canary":{"version":2,"percent":5,"groups":["early"]}}`)); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
 	var out bytes.Buffer
 	if err := runFleet(ctx, &out, url, "", "", 500*time.Millisecond, false); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"truck-1  true", "v2", "truck-2", "downloading", "50%", "paused"} {
+	for _, want := range []string{"release aps-failure: stable v1, canary v2 for groups early and 5% of the other trucks (serial 17)", "truck-1  true", "v2", "truck-2", "downloading", "50%", "paused"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, out.String())
 		}
