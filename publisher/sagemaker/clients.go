@@ -21,9 +21,9 @@ type AWSOptions struct {
 	// Region overrides AWS_REGION and the profile's region.
 	Region string
 	// EndpointURL sends every service to one endpoint (an S3-compatible
-	// store, a test server). The SDK's AWS_ENDPOINT_URL_<SERVICE>
-	// variables (AWS_ENDPOINT_URL_SAGEMAKER, _S3, _SQS) override it per
-	// service.
+	// store, a test server). It takes precedence over the SDK's
+	// AWS_ENDPOINT_URL_<SERVICE> variables (AWS_ENDPOINT_URL_SAGEMAKER,
+	// _S3, _SQS); leave it empty to route services separately with those.
 	EndpointURL string
 	// S3PathStyle addresses buckets as https://host/bucket/key, which most
 	// S3-compatible stores need.
