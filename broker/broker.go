@@ -20,6 +20,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.etcd.io/bbolt"
 	bolterrors "go.etcd.io/bbolt/errors"
+
+	"github.com/linkedge/linkedge/internal/tlsconfig"
 )
 
 // httpShutdownTimeout bounds how long Close waits for in-flight health and
@@ -87,6 +89,13 @@ func New(cfg Config) (*Broker, error) {
 			return nil, fmt.Errorf("load tls key pair: %w", err)
 		}
 		tlsCfg = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		if cfg.TLSClientCA != "" {
+			pool, err := tlsconfig.ClientCAs(cfg.TLSClientCA)
+			if err != nil {
+				return nil, fmt.Errorf("tls_client_ca: %w", err)
+			}
+			tlsCfg.ClientCAs, tlsCfg.ClientAuth = pool, tls.RequireAndVerifyClientCert
+		}
 	}
 
 	caps := mqtt.NewDefaultServerCapabilities()

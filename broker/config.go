@@ -60,6 +60,11 @@ type Config struct {
 	// listener speaks TLS (1.2 or later) only. Default: both empty, plain TCP.
 	TLSCert string `yaml:"tls_cert" json:"tls_cert"`
 	TLSKey  string `yaml:"tls_key" json:"tls_key"`
+	// TLSClientCA is a PEM file of the CAs that sign client certificates.
+	// When set (with TLSCert), every client must present a certificate
+	// signed by one of them: mutual TLS, on top of the users file if there
+	// is one. Default empty: no client certificate asked for.
+	TLSClientCA string `yaml:"tls_client_ca" json:"tls_client_ca"`
 
 	// UsersFile is a YAML file of users with bcrypt password hashes and
 	// roles (see docs/broker.md). Empty (the default) allows anonymous
@@ -121,6 +126,9 @@ func (c *Config) Validate() error {
 	}
 	if (cc.TLSCert == "") != (cc.TLSKey == "") {
 		errs = append(errs, errors.New("tls_cert and tls_key must be set together"))
+	}
+	if cc.TLSClientCA != "" && cc.TLSCert == "" {
+		errs = append(errs, errors.New("tls_client_ca needs tls_cert and tls_key: client certificates are checked only on a TLS listener"))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("%w: %w", ErrInvalidConfig, err)

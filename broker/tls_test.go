@@ -8,12 +8,17 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"errors"
 	"math/big"
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/linkedge/linkedge/internal/tlsconfig"
+	"github.com/linkedge/linkedge/internal/tlsconfig/tlstest"
 )
 
 // selfSigned writes a certificate for 127.0.0.1 and its key to dir and
@@ -82,5 +87,55 @@ func TestTLSBadKeyPair(t *testing.T) {
 	_, err := New(Config{TLSCert: cert, TLSKey: filepath.Join(dir, "missing.pem")})
 	if err == nil {
 		t.Fatal("New accepted a missing key file")
+	}
+}
+
+// TestMutualTLS: with tls_client_ca every client must present a certificate
+// of that CA; one without, or one from another CA, is refused at the TLS
+// handshake.
+func TestMutualTLS(t *testing.T) {
+	ca := tlstest.NewCA(t, "fleet")
+	srvCert, srvKey := ca.Server(t, "broker")
+	b := startBroker(t, func(c *Config) {
+		c.TLSCert, c.TLSKey, c.TLSClientCA = srvCert, srvKey, ca.File
+	})
+	dial := func(c tlsconfig.Client) error {
+		cfg, err := c.Build()
+		if err != nil {
+			t.Fatal(err)
+		}
+		o := clientOpts(b.Addr()).SetConnectTimeout(2 * time.Second)
+		o.Servers = nil
+		o.AddBroker("ssl://" + b.Addr()).SetTLSConfig(cfg)
+		cl, err := tryConnect(t, o)
+		if err == nil {
+			cl.Disconnect(0)
+		}
+		return err
+	}
+	cert, key := ca.Client(t, "truck-1")
+	if err := dial(tlsconfig.Client{CAFile: ca.File, CertFile: cert, KeyFile: key}); err != nil {
+		t.Fatalf("a truck with a fleet certificate: %v", err)
+	}
+	if err := dial(tlsconfig.Client{CAFile: ca.File}); err == nil {
+		t.Fatal("a client without a certificate connected")
+	}
+	other := tlstest.NewCA(t, "other")
+	oc, ok := other.Client(t, "intruder")
+	if err := dial(tlsconfig.Client{CAFile: ca.File, CertFile: oc, KeyFile: ok}); err == nil {
+		t.Fatal("a client with another CA's certificate connected")
+	}
+}
+
+func TestClientCAConfig(t *testing.T) {
+	if err := (&Config{TLSClientCA: "ca.pem"}).Validate(); err == nil || !strings.Contains(err.Error(), "tls_client_ca needs tls_cert") {
+		t.Fatalf("client CA without a TLS listener: %v", err)
+	}
+	ca := tlstest.NewCA(t, "fleet")
+	cert, key := ca.Server(t, "broker")
+	junk := filepath.Join(t.TempDir(), "junk.pem")
+	os.WriteFile(junk, []byte("junk"), 0o600)
+	if _, err := New(Config{TLSCert: cert, TLSKey: key, TLSClientCA: junk}); !errors.Is(err, tlsconfig.ErrInvalid) {
+		t.Fatalf("junk client CA: %v", err)
 	}
 }

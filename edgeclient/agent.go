@@ -15,6 +15,7 @@ package edgeclient
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -58,6 +59,8 @@ type Agent struct {
 	fleet    paho.Client
 	verifier *release.Verifier
 
+	tls *tls.Config // fleet broker and downloads; nil: Go's defaults
+
 	predictions, alerts atomic.Int64
 	booted              atomic.Bool // the booted event went out
 
@@ -99,7 +102,8 @@ func New(cfg Config) (*Agent, error) {
 	close(a.offline) // offline until the first connect
 	a.srv = server.New(server.Config{Addr: cfg.HTTP, Logger: a.log}, a.slot, a.reg)
 	a.rts = &runtimes{inprocess: inprocess.New(a.slot, inference.Options{IntraOpThreads: cfg.Inference.Threads}, cfg.Inference.Batch, a.srv.ObserveBatch)}
-	a.machine = &update.Machine{Store: store, Runtime: a.rts, Fetch: fetchArtifact(a.log, cfg.Fleet.HTTPProxy), Permanent: permanentFetchError, Deferred: deferredFetchError,
+	a.tls, _ = cfg.Fleet.TLS.Build() // checked by Validate
+	a.machine = &update.Machine{Store: store, Runtime: a.rts, Fetch: fetchArtifact(a.log, cfg.Fleet.HTTPProxy, a.tls), Permanent: permanentFetchError, Deferred: deferredFetchError,
 		Probation: cfg.Probation, Log: a.log, OnChange: a.onRecord}
 	a.st = status.Status{Schema: status.Schema, Truck: cfg.Truck, Model: cfg.Model, Phase: string(update.Idle), Agent: "linkedge"}
 	return a, nil

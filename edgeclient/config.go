@@ -12,6 +12,7 @@ import (
 	"github.com/linkedge/linkedge/inference"
 	"github.com/linkedge/linkedge/internal/config"
 	"github.com/linkedge/linkedge/internal/release"
+	"github.com/linkedge/linkedge/internal/tlsconfig"
 	"github.com/linkedge/linkedge/internal/topics"
 )
 
@@ -71,6 +72,11 @@ type FleetConfig struct {
 	// HTTPProxy, e.g. http://proxy.depot:3128, carries artifact downloads;
 	// empty takes HTTPS_PROXY/HTTP_PROXY from the environment.
 	HTTPProxy string `yaml:"http_proxy"`
+	// TLS applies to the broker connection (ssl:// or wss://) and to HTTPS
+	// artifact downloads: a private fleet CA to trust besides the system
+	// roots, and the truck's certificate for a broker that requires mutual
+	// TLS. Default: system roots, no certificate.
+	TLS tlsconfig.Client `yaml:"tls"`
 }
 
 // LocalBrokerConfig is the truck-local MQTT bus.
@@ -165,6 +171,9 @@ func (c *Config) Validate() error {
 		if u, err := url.Parse(c.Fleet.HTTPProxy); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 			errs = append(errs, fmt.Errorf("fleet.http_proxy %q: want http://host:port", c.Fleet.HTTPProxy))
 		}
+	}
+	if _, err := c.Fleet.TLS.Build(); err != nil {
+		errs = append(errs, fmt.Errorf("fleet.tls: %w", err))
 	}
 	if c.LocalBroker.Listen == "off" && c.LocalBroker.External == "" {
 		errs = append(errs, errors.New(`local_broker: with listen "off", set external to the truck's broker URL`))

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/linkedge/linkedge/internal/release"
+	"github.com/linkedge/linkedge/internal/tlsconfig/tlstest"
 )
 
 func TestLoadConfig(t *testing.T) {
@@ -16,6 +17,9 @@ func TestLoadConfig(t *testing.T) {
 	if err := release.WritePublicKeyFile(keyFile, pub); err != nil {
 		t.Fatal(err)
 	}
+	ca := tlstest.NewCA(t, "fleet")
+	caFile := ca.File
+	certFile, keyPEM := ca.Client(t, "t1")
 	tests := []struct {
 		name string
 		yaml string
@@ -27,6 +31,9 @@ func TestLoadConfig(t *testing.T) {
 		{"missing key file", "truck: t1\nmodel: m\ntrusted_keys: [/nope.pub]\nfleet: {broker: tcp://x:1883}\n", "nope.pub"},
 		{"bad truck id", "truck: 'a/b'\nmodel: m\ntrusted_keys: [" + keyFile + "]\nfleet: {broker: tcp://x:1883}\n", "truck"},
 		{"no broker", "truck: t1\nmodel: m\ntrusted_keys: [" + keyFile + "]\n", "fleet.broker is required"},
+		{"fleet tls", "truck: t1\nmodel: m\ntrusted_keys: [" + keyFile + "]\nfleet: {broker: ssl://x:8883, tls: {ca_file: " + caFile + ", cert_file: " + certFile + ", key_file: " + keyPEM + "}}\n", ""},
+		{"fleet tls missing ca", "truck: t1\nmodel: m\ntrusted_keys: [" + keyFile + "]\nfleet: {broker: ssl://x:8883, tls: {ca_file: /nope/ca.pem}}\n", "fleet.tls: invalid tls settings: ca_file"},
+		{"fleet tls cert without key", "truck: t1\nmodel: m\ntrusted_keys: [" + keyFile + "]\nfleet: {broker: ssl://x:8883, tls: {cert_file: " + certFile + "}}\n", "cert_file and key_file must be set together"},
 		{"local off without external", "truck: t1\nmodel: m\ntrusted_keys: [" + keyFile + "]\nfleet: {broker: tcp://x:1883}\nlocal_broker: {listen: \"off\"}\n", "external"},
 	}
 	for _, tt := range tests {

@@ -2,6 +2,7 @@ package edgeclient
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"log/slog"
 	"net/http"
@@ -14,11 +15,14 @@ import (
 // fetchArtifact downloads a release's bundle with resume and verification.
 // It retries transient failures for as long as ctx lives; the agent ends ctx
 // when the truck goes offline, and the partial file waits for the next link.
-func fetchArtifact(log *slog.Logger, proxy string) update.FetchFunc {
+func fetchArtifact(log *slog.Logger, proxy string, tlsCfg *tls.Config) update.FetchFunc {
 	var client *http.Client
-	if proxy != "" {
-		u, _ := url.Parse(proxy) // checked by Config.Validate
-		client = download.NewClient(u)
+	if proxy != "" || tlsCfg != nil {
+		var u *url.URL
+		if proxy != "" {
+			u, _ = url.Parse(proxy) // checked by Config.Validate
+		}
+		client = download.NewClient(u, tlsCfg)
 	}
 	return func(ctx context.Context, t update.Target, dst string, progress func(done, total int64)) error {
 		return download.Fetch(ctx, t.Artifact.URL, dst, t.Artifact.Size, t.Artifact.SHA256,

@@ -20,7 +20,11 @@ import (
 // carries no version: readers keep the last version the truck reported.
 func (a *Agent) fleetOptions() *paho.ClientOptions {
 	will, _ := json.Marshal(status.Status{Schema: status.Schema, Truck: a.cfg.Truck, Model: a.cfg.Model, Online: false, Phase: "offline"})
-	return paho.NewClientOptions().
+	o := paho.NewClientOptions()
+	if a.tls != nil {
+		o.SetTLSConfig(a.tls)
+	}
+	return o.
 		AddBroker(a.cfg.Fleet.Broker).
 		SetClientID("linkedge-truck-"+a.cfg.Truck).
 		SetUsername(a.cfg.Fleet.Username).SetPassword(a.cfg.Fleet.Password).

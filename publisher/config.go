@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/linkedge/linkedge/internal/config"
+	"github.com/linkedge/linkedge/internal/tlsconfig"
 	"github.com/linkedge/linkedge/internal/topics"
 )
 
@@ -98,6 +99,11 @@ type Config struct {
 	// allowed, and then required, with RegistryKind "sagemaker". Default
 	// none.
 	SageMaker *SageMakerConfig `yaml:"sagemaker"`
+	// TLS applies to the broker connection (ssl:// or wss://): a private
+	// fleet CA to trust besides the system roots, and the publisher's
+	// certificate for a broker that requires mutual TLS. Default: system
+	// roots, no certificate.
+	TLS tlsconfig.Client `yaml:"tls"`
 	// Rollout, when set, stages every new version: canary trucks first,
 	// everyone after a soak without failures. Nil announces a new version
 	// to every truck at once. See rollout.go and docs/publisher.md.
@@ -274,6 +280,9 @@ func (c *Config) validate(needBackend bool) error {
 		if err := checkBaseURL(cc.ArtifactBaseURL); err != nil {
 			bad("artifact_base_url: %w", err)
 		}
+	}
+	if _, err := cc.TLS.Build(); err != nil {
+		bad("tls: %w", err)
 	}
 	if cc.Rollout != nil {
 		if err := cc.Rollout.validate(); err != nil {

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/linkedge/linkedge/internal/tlsconfig/tlstest"
 )
 
 func TestParseConfig(t *testing.T) {
@@ -206,5 +208,31 @@ func TestConfigValidateSageMaker(t *testing.T) {
 		if err := local.Validate(); err == nil || !strings.Contains(err.Error(), "artifact_base_url: required") {
 			t.Errorf("local kind %q with a wildcard listen: %v", kind, err)
 		}
+	}
+}
+
+func TestConfigTLS(t *testing.T) {
+	ca := tlstest.NewCA(t, "fleet")
+	cert, key := ca.Client(t, "publisher")
+	base := "broker: ssl://fleet:8883\nregistry_dir: /srv/registry\nkey_file: k.pem\n"
+	cfg, err := ParseConfig([]byte(base + "tls:\n  ca_file: " + ca.File + "\n  cert_file: " + cert + "\n  key_file: " + key + "\n  server_name: fleet.example.com\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if cfg.TLS.ServerName != "fleet.example.com" || cfg.TLS.CAFile != ca.File {
+		t.Fatalf("tls %+v", cfg.TLS)
+	}
+	cfg, err = ParseConfig([]byte(base + "tls:\n  cert_file: " + cert + "\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cfg.Validate(); !errors.Is(err, ErrInvalidConfig) || !strings.Contains(err.Error(), "tls:") {
+		t.Fatalf("cert without key: %v", err)
+	}
+	if _, err := ParseConfig([]byte(base + "tls:\n  ca: x\n")); err == nil {
+		t.Fatal("a misspelt tls key was accepted")
 	}
 }

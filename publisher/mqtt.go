@@ -29,7 +29,11 @@ const (
 // mqttOptions are the options both connection kinds share. The protocol is
 // pinned to MQTT 3.1.1 so a refused connection is not retried as 3.1.
 func mqttOptions(cfg *Config, clientID string) *paho.ClientOptions {
-	return paho.NewClientOptions().AddBroker(cfg.Broker).SetClientID(clientID).SetProtocolVersion(4).
+	o := paho.NewClientOptions()
+	if tc, _ := cfg.TLS.Build(); tc != nil { // checked by Validate
+		o.SetTLSConfig(tc)
+	}
+	return o.AddBroker(cfg.Broker).SetClientID(clientID).SetProtocolVersion(4).
 		SetUsername(cfg.Username).SetPassword(cfg.Password).
 		SetKeepAlive(30 * time.Second).SetConnectTimeout(connectTimeout).
 		SetWriteTimeout(cfg.PublishTimeout)

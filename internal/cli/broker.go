@@ -26,6 +26,7 @@ type brokerFlags struct {
 	users     string
 	tlsCert   string
 	tlsKey    string
+	tlsCA     string
 	maxExpiry time.Duration
 }
 
@@ -53,7 +54,7 @@ to the fleet. It is built for trucks that are offline for weeks:
   GET /metrics   Prometheus metrics (linkedge_broker_*, go_*, process_*)
 
 Flags override the optional --config YAML file, whose keys are listen, data_dir,
-max_message_expiry, http_listen, tls_cert, tls_key and users_file (unknown keys
+max_message_expiry, http_listen, tls_cert, tls_key, tls_client_ca and users_file (unknown keys
 are errors). SIGINT or SIGTERM disconnects clients, flushes storage and exits.`,
 		Example: `  linkedge broker
   linkedge broker --listen 0.0.0.0:1883 --data /var/lib/linkedge/broker --users users.yaml
@@ -77,6 +78,7 @@ are errors). SIGINT or SIGTERM disconnects clients, flushes storage and exits.`,
 	fl.StringVar(&f.users, "users", "", "users file: YAML with bcrypt password hashes and roles (anonymous when empty)")
 	fl.StringVar(&f.tlsCert, "tls-cert", "", "PEM certificate for MQTT over TLS (needs --tls-key)")
 	fl.StringVar(&f.tlsKey, "tls-key", "", "PEM private key for MQTT over TLS (needs --tls-cert)")
+	fl.StringVar(&f.tlsCA, "tls-client-ca", "", "PEM CA file: require client certificates signed by it (mutual TLS; needs --tls-cert)")
 	fl.DurationVar(&f.maxExpiry, "max-expiry", broker.DefaultMaxMessageExpiry,
 		"how long undelivered and retained messages and offline sessions are kept")
 	cmd.AddCommand(newBrokerHashPasswordCmd())
@@ -105,6 +107,7 @@ func brokerConfig(cmd *cobra.Command, f brokerFlags) (broker.Config, error) {
 	override("users", &cfg.UsersFile, f.users)
 	override("tls-cert", &cfg.TLSCert, f.tlsCert)
 	override("tls-key", &cfg.TLSKey, f.tlsKey)
+	override("tls-client-ca", &cfg.TLSClientCA, f.tlsCA)
 	if set("max-expiry") {
 		cfg.MaxMessageExpiry = f.maxExpiry
 	}

@@ -15,11 +15,13 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/linkedge/linkedge/internal/status"
+	"github.com/linkedge/linkedge/internal/tlsconfig"
 	"github.com/linkedge/linkedge/internal/topics"
 )
 
 func newFleetCmd() *cobra.Command {
 	var broker, user, pass string
+	var tc tlsconfig.Client
 	var wait time.Duration
 	var watch bool
 	cmd := &cobra.Command{
@@ -37,22 +39,33 @@ With --watch it keeps the table current until interrupted.`,
   linkedge fleet --broker tcp://fleet:1883 --username ops --password … --watch`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return runFleet(cmd.Context(), cmd.OutOrStdout(), broker, user, pass, wait, watch)
+			return runFleet(cmd.Context(), cmd.OutOrStdout(), broker, user, pass, tc, wait, watch)
 		},
 	}
 	fl := cmd.Flags()
 	fl.StringVar(&broker, "broker", "tcp://127.0.0.1:1883", "fleet broker URL")
 	fl.StringVar(&user, "username", "", "MQTT username (an operator account)")
 	fl.StringVar(&pass, "password", "", "MQTT password")
+	fl.StringVar(&tc.CAFile, "tls-ca", "", "PEM CA file to trust for an ssl:// broker besides the system roots")
+	fl.StringVar(&tc.CertFile, "tls-cert", "", "PEM client certificate for a broker that requires mutual TLS")
+	fl.StringVar(&tc.KeyFile, "tls-key", "", "PEM key of --tls-cert")
 	fl.DurationVar(&wait, "wait", time.Second, "how long to collect retained statuses before printing")
 	fl.BoolVar(&watch, "watch", false, "keep printing the table every --wait")
 	return cmd
 }
 
-func runFleet(ctx context.Context, out io.Writer, broker, user, pass string, wait time.Duration, watch bool) error {
+func runFleet(ctx context.Context, out io.Writer, broker, user, pass string, tc tlsconfig.Client, wait time.Duration, watch bool) error {
 	var mu sync.Mutex
 	trucks := map[string]status.Status{}
-	c := paho.NewClient(paho.NewClientOptions().AddBroker(broker).SetClientID(fmt.Sprintf("linkedge-fleet-%d", time.Now().UnixNano()%1e6)).
+	tlsCfg, err := tc.Build()
+	if err != nil {
+		return err
+	}
+	o := paho.NewClientOptions()
+	if tlsCfg != nil {
+		o.SetTLSConfig(tlsCfg)
+	}
+	c := paho.NewClient(o.AddBroker(broker).SetClientID(fmt.Sprintf("linkedge-fleet-%d", time.Now().UnixNano()%1e6)).
 		SetUsername(user).SetPassword(pass).SetAutoReconnect(true))
 	if t := c.Connect(); !t.WaitTimeout(10*time.Second) || t.Error() != nil {
 		return fmt.Errorf("connect to %s: %v", broker, t.Error())

@@ -12,6 +12,7 @@ import (
 
 	"github.com/linkedge/linkedge/broker"
 	"github.com/linkedge/linkedge/internal/status"
+	"github.com/linkedge/linkedge/internal/tlsconfig"
 	"github.com/linkedge/linkedge/internal/topics"
 )
 
@@ -46,7 +47,7 @@ func TestFleetTable(t *testing.T) {
 		t.Fatal(tok.Error())
 	}
 	var out bytes.Buffer
-	if err := runFleet(ctx, &out, url, "", "", 500*time.Millisecond, false); err != nil {
+	if err := runFleet(ctx, &out, url, "", "", tlsconfig.Client{}, 500*time.Millisecond, false); err != nil {
 		t.Fatal(err)
 	}
 	for _, want := range []string{"release aps-failure: stable v1, canary v2 for groups early and 5% of the other trucks (serial 17)", "truck-1  true", "v2", "truck-2", "downloading", "50%", "paused"} {

@@ -41,6 +41,9 @@ type publisherFlags struct {
 	poll           time.Duration
 	ttl            time.Duration
 	publishTimeout time.Duration
+	tlsCA          string
+	tlsCert        string
+	tlsKey         string
 	// sm are the SageMaker flags of `publisher` and `publish`; nil for
 	// commands that work with the local registry only (`pin`).
 	sm *sagemakerFlags
@@ -61,6 +64,9 @@ func (f *publisherFlags) register(cmd *cobra.Command) {
 	fl.DurationVar(&f.poll, "poll", 0, "registry poll interval (default 2s)")
 	fl.DurationVar(&f.ttl, "ttl", 0, "release validity; re-signed when a third remains (default 720h)")
 	fl.DurationVar(&f.publishTimeout, "publish-timeout", 0, "wait for the broker's acknowledgement of one release (default 10s)")
+	fl.StringVar(&f.tlsCA, "tls-ca", "", "PEM CA file to trust for the broker besides the system roots (tls.ca_file)")
+	fl.StringVar(&f.tlsCert, "tls-cert", "", "PEM client certificate for a broker that requires mutual TLS (tls.cert_file)")
+	fl.StringVar(&f.tlsKey, "tls-key", "", "PEM key of --tls-cert (tls.key_file)")
 }
 
 // publisherConfig builds the config: file, then flags, then environment.
@@ -88,6 +94,9 @@ func (f *publisherFlags) publisherConfig(cmd *cobra.Command) (publisher.Config, 
 	set("state", &cfg.StateFile, f.state)
 	set("artifacts-listen", &cfg.ArtifactListen, f.listen)
 	set("artifacts-url", &cfg.ArtifactBaseURL, f.artifactURL)
+	set("tls-ca", &cfg.TLS.CAFile, f.tlsCA)
+	set("tls-cert", &cfg.TLS.CertFile, f.tlsCert)
+	set("tls-key", &cfg.TLS.KeyFile, f.tlsKey)
 	for name, d := range map[string]struct {
 		dst *time.Duration
 		v   time.Duration

@@ -1,6 +1,7 @@
 package download
 
 import (
+	"crypto/tls"
 	"log/slog"
 	"net"
 	"net/http"
@@ -79,12 +80,14 @@ func (o Options) withDefaults() Options {
 }
 
 // defaultClient is shared by all calls so that connections are reused.
-var defaultClient = sync.OnceValue(func() *http.Client { return NewClient(nil) })
+var defaultClient = sync.OnceValue(func() *http.Client { return NewClient(nil, nil) })
 
 // NewClient returns a client with the timeouts downloads need over slow,
 // flaky links. proxy routes every request through an HTTP proxy; nil takes
 // the proxy from the environment (HTTPS_PROXY, HTTP_PROXY, NO_PROXY).
-func NewClient(proxy *url.URL) *http.Client {
+// tlsCfg, if not nil, verifies HTTPS servers (a private CA) and offers a
+// client certificate.
+func NewClient(proxy *url.URL, tlsCfg *tls.Config) *http.Client {
 	t, ok := http.DefaultTransport.(*http.Transport)
 	if ok {
 		t = t.Clone()
@@ -93,6 +96,9 @@ func NewClient(proxy *url.URL) *http.Client {
 	}
 	if proxy != nil {
 		t.Proxy = http.ProxyURL(proxy)
+	}
+	if tlsCfg != nil {
+		t.TLSClientConfig = tlsCfg.Clone()
 	}
 	t.DialContext = (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext
 	t.TLSHandshakeTimeout = 10 * time.Second

@@ -22,6 +22,7 @@ import (
 	"github.com/linkedge/linkedge/edgeclient"
 	"github.com/linkedge/linkedge/inference"
 	"github.com/linkedge/linkedge/internal/release"
+	"github.com/linkedge/linkedge/internal/tlsconfig"
 	"github.com/linkedge/linkedge/publisher"
 	"github.com/linkedge/linkedge/publisher/localreg"
 )
@@ -49,6 +50,10 @@ type Options struct {
 	// Rollout is the publisher's staged rollout policy; nil announces every
 	// new version to every truck at once.
 	Rollout *publisher.RolloutConfig
+	// TLS runs the embedded fleet broker on TLS with client certificates
+	// required (mutual TLS), and gives the publisher and every truck its
+	// own certificate. Nil: plain TCP.
+	TLS *TLSFiles
 	// Logger receives the parts' logs. Default: discarded.
 	Logger *slog.Logger
 }
@@ -74,6 +79,24 @@ func (o *Options) setDefaults() {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
+}
+
+// TLSFiles are the PEM files of a fleet that speaks mutual TLS.
+type TLSFiles struct {
+	// CA signs the broker's certificate and the clients'.
+	CA                    string
+	ServerCert, ServerKey string
+	// ClientCert returns the certificate and key of a client: "publisher",
+	// or a truck id.
+	ClientCert func(name string) (cert, key string)
+}
+
+func (o *Options) clientTLS(name string) tlsconfig.Client {
+	if o.TLS == nil {
+		return tlsconfig.Client{}
+	}
+	cert, key := o.TLS.ClientCert(name)
+	return tlsconfig.Client{CAFile: o.TLS.CA, CertFile: cert, KeyFile: key}
 }
 
 // Fleet is a running simulated fleet.
@@ -109,14 +132,20 @@ func Start(ctx context.Context, opts Options) (f *Fleet, err error) {
 	}
 	f.BrokerURL = opts.FleetBroker
 	if f.BrokerURL == "" {
-		b, err := broker.New(broker.Config{Listen: "127.0.0.1:0", HTTPListen: "", DataDir: filepath.Join(opts.Dir, "fleet-broker"), Logger: opts.Logger.With("part", "fleet-broker")})
+		bc := broker.Config{Listen: "127.0.0.1:0", HTTPListen: "", DataDir: filepath.Join(opts.Dir, "fleet-broker"), Logger: opts.Logger.With("part", "fleet-broker")}
+		scheme := "tcp://"
+		if t := opts.TLS; t != nil {
+			bc.TLSCert, bc.TLSKey, bc.TLSClientCA = t.ServerCert, t.ServerKey, t.CA
+			scheme = "ssl://"
+		}
+		b, err := broker.New(bc)
 		if err != nil {
 			return nil, err
 		}
 		if err := b.Start(ctx); err != nil {
 			return nil, err
 		}
-		f.Broker, f.BrokerURL = b, "tcp://"+b.Addr()
+		f.Broker, f.BrokerURL = b, scheme+b.Addr()
 	}
 	pub, priv := release.GenerateKey()
 	f.PubKey = pub
@@ -151,7 +180,7 @@ func (f *Fleet) StartPublisher(ctx context.Context) error {
 	p, err := publisher.New(publisher.Config{
 		Broker: f.BrokerURL, RegistryDir: f.Registry.Dir(), KeyFile: f.keyFile,
 		PollInterval: f.opts.PollInterval, ArtifactListen: "127.0.0.1:0", Logger: f.opts.Logger.With("part", "publisher"),
-		Rollout: f.opts.Rollout,
+		Rollout: f.opts.Rollout, TLS: f.opts.clientTLS("publisher"),
 	})
 	if err != nil {
 		return err
@@ -233,7 +262,7 @@ func (t *Truck) agent() *edgeclient.Agent {
 }
 
 func (f *Fleet) startTruck(ctx context.Context, id string) (*Truck, error) {
-	target := strings.TrimPrefix(f.BrokerURL, "tcp://")
+	scheme, target, _ := strings.Cut(f.BrokerURL, "://")
 	link, err := newLink(target, f.fwd.Addr())
 	if err != nil {
 		return nil, err
@@ -243,8 +272,8 @@ func (f *Fleet) startTruck(ctx context.Context, id string) (*Truck, error) {
 	}
 	t := &Truck{ID: id, Link: link, cfg: edgeclient.Config{
 		Truck: id, Model: "aps-failure", DataDir: filepath.Join(f.opts.Dir, id),
-		Keys: []ed25519.PublicKey{f.PubKey}, Fleet: edgeclient.FleetConfig{Broker: "tcp://" + link.mqtt.Addr(), HTTPProxy: "http://" + link.http.Addr(),
-			KeepAlive: 5 * time.Second, MaxReconnectInterval: time.Second},
+		Keys: []ed25519.PublicKey{f.PubKey}, Fleet: edgeclient.FleetConfig{Broker: scheme + "://" + link.mqtt.Addr(), HTTPProxy: "http://" + link.http.Addr(),
+			KeepAlive: 5 * time.Second, MaxReconnectInterval: time.Second, TLS: f.opts.clientTLS(id)},
 		HTTP: "127.0.0.1:0", LocalBroker: edgeclient.LocalBrokerConfig{Listen: "127.0.0.1:0"},
 		Probation: f.opts.Probation, StatusInterval: 5 * time.Second, Logger: f.opts.Logger.With("part", id),
 	}}

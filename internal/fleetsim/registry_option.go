@@ -45,6 +45,7 @@ func (f *Fleet) StartPublisherWith(ctx context.Context, o PublisherOptions) erro
 	p, err := publisher.New(publisher.Config{
 		Broker: f.BrokerURL, KeyFile: f.keyFile, StateFile: o.StateFile, Registry: o.Registry, Distributor: o.Distributor,
 		PollInterval: poll, ArtifactListen: "127.0.0.1:0", Logger: f.opts.Logger.With("part", "publisher"), OnAnnounce: o.OnAnnounce,
+		TLS: f.opts.clientTLS("publisher"),
 	})
 	if err != nil {
 		return err
