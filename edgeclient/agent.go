@@ -103,7 +103,14 @@ func New(cfg Config) (*Agent, error) {
 	a.srv = server.New(server.Config{Addr: cfg.HTTP, Logger: a.log}, a.slot, a.reg)
 	a.rts = &runtimes{inprocess: inprocess.New(a.slot, inference.Options{IntraOpThreads: cfg.Inference.Threads}, cfg.Inference.Batch, a.srv.ObserveBatch)}
 	a.tls, _ = cfg.Fleet.TLS.Build() // checked by Validate
-	a.machine = &update.Machine{Store: store, Runtime: a.rts, Fetch: fetchArtifact(a.log, cfg.Fleet.HTTPProxy, a.tls), Permanent: permanentFetchError, Deferred: deferredFetchError,
+	dlTLS := a.tls
+	if dlTLS != nil && dlTLS.ServerName != "" {
+		// server_name is the broker's; artifacts come from other hosts
+		// (S3, a CDN), each checked against its own name.
+		dlTLS = dlTLS.Clone()
+		dlTLS.ServerName = ""
+	}
+	a.machine = &update.Machine{Store: store, Runtime: a.rts, Fetch: fetchArtifact(a.log, cfg.Fleet.HTTPProxy, dlTLS), Permanent: permanentFetchError, Deferred: deferredFetchError,
 		Probation: cfg.Probation, Log: a.log, OnChange: a.onRecord}
 	a.st = status.Status{Schema: status.Schema, Truck: cfg.Truck, Model: cfg.Model, Phase: string(update.Idle), Agent: "linkedge"}
 	return a, nil
@@ -195,7 +202,7 @@ func (a *Agent) startLocalBus(ctx context.Context) error {
 	br, err := server.StartMQTT(cctx, server.MQTTConfig{
 		Broker: url, ClientID: "linkedge-agent-" + a.cfg.Truck,
 		ReadingsTopic: topics.LocalReadings(a.cfg.Model), PredictionsTopic: topics.LocalPredictions(a.cfg.Model),
-		ErrorsTopic:  topics.Prefix + "/local/" + a.cfg.Model + "/errors",
+		ErrorsTopic:  topics.LocalErrors(a.cfg.Model),
 		OnPrediction: a.onPrediction, Logger: a.log, Registerer: a.reg,
 	}, a.slot)
 	if err != nil {

@@ -30,3 +30,16 @@ const (
 	LocalPredictionsQoS    byte = 0
 	LocalPredictionsRetain      = false
 )
+
+// LocalErrors is where the agent answers a reading it could not score (bad
+// JSON, a wrong feature count), with the reading's id and what was wrong,
+// so that the producer learns of it: not retained, QoS 0.
+//
+//	linkedge/v1/local/{model}/errors
+func LocalErrors(model string) string { return Prefix + "/local/" + model + "/errors" }
+
+// QoS and retain flag for [LocalErrors].
+const (
+	LocalErrorsQoS    byte = 0
+	LocalErrorsRetain      = false
+)

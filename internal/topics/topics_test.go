@@ -19,6 +19,7 @@ func TestBuilders(t *testing.T) {
 		{TruckPredictions("truck-042", "aps-failure"), "linkedge/v1/trucks/truck-042/predictions/aps-failure"},
 		{LocalReadings("aps-failure"), "linkedge/v1/local/aps-failure/readings"},
 		{LocalPredictions("aps-failure"), "linkedge/v1/local/aps-failure/predictions"},
+		{LocalErrors("aps-failure"), "linkedge/v1/local/aps-failure/errors"},
 	}
 	for _, tt := range tests {
 		if tt.got != tt.want {
