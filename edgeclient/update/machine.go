@@ -249,6 +249,9 @@ func (m *Machine) run(ctx context.Context, rec *Record) (Record, error) {
 		cand.Close()
 		return *rec, err
 	}
+	// Failures count from the switch: a request that fails while the
+	// probation phase is being recorded counts too.
+	base := cand.Failures()
 	prev, err := m.Runtime.Activate(ctx, cand)
 	if err != nil {
 		cand.Close()
@@ -257,7 +260,7 @@ func (m *Machine) run(ctx context.Context, rec *Record) (Record, error) {
 	if err := m.save(rec, Probation); err != nil {
 		return *rec, err
 	}
-	if err := m.probation(ctx, cand); err != nil {
+	if err := m.probation(ctx, cand, base); err != nil {
 		return m.rollback(ctx, rec, cand, prev, err)
 	}
 
@@ -285,15 +288,15 @@ func (m *Machine) run(ctx context.Context, rec *Record) (Record, error) {
 	return *rec, nil
 }
 
-// probation watches the switched-to candidate: any failed request, or a
-// failed health check at the end, sends it back. It does not end early when
-// ctx ends (the agent shutting down commits nothing): that is a rollback too.
-func (m *Machine) probation(ctx context.Context, c runtime.Candidate) error {
+// probation watches the switched-to candidate: any failed request since
+// the switch (when c reported base failures), or a failed health check at
+// the end, sends it back. It does not end early when ctx ends (the agent
+// shutting down commits nothing): that is a rollback too.
+func (m *Machine) probation(ctx context.Context, c runtime.Candidate, base int64) error {
 	d := m.Probation
 	if d <= 0 {
 		d = 10 * time.Second
 	}
-	base := c.Failures()
 	tick := time.NewTicker(min(d/4+1, 500*time.Millisecond))
 	defer tick.Stop()
 	end := time.NewTimer(d)
