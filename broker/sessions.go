@@ -76,8 +76,8 @@ func (h *sessionHook) OnQosDropped(cl *mqtt.Client, _ packets.Packet) {
 // packet id is in the table ("packet identifier in use", 0x91, which an MQTT
 // 3.1.1 client reads as a failed subscription and drops without a word). A
 // client subscribing to its second topic while the retained messages of its
-// first are still unacknowledged hit it every time: the truck agent (release,
-// then pin), the publisher (releases, statuses, events), `linkedge fleet`.
+// first are still unacknowledged hit it every time: the publisher (releases,
+// then statuses, then events), `linkedge fleet` (statuses, then releases).
 func (h *sessionHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
 	if !usesPacketID(pk) {
 		return pk, nil
