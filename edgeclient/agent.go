@@ -29,6 +29,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/linkedge/linkedge/broker"
+	"github.com/linkedge/linkedge/edgeclient/outbox"
 	"github.com/linkedge/linkedge/edgeclient/runtime/docker"
 	"github.com/linkedge/linkedge/edgeclient/runtime/inprocess"
 	"github.com/linkedge/linkedge/edgeclient/update"
@@ -59,7 +60,9 @@ type Agent struct {
 	fleet    paho.Client
 	verifier *release.Verifier
 
-	tls *tls.Config // fleet broker and downloads; nil: Go's defaults
+	tls    *tls.Config   // fleet broker and downloads; nil: Go's defaults
+	outbox *outbox.Queue // predictions to forward; nil when none are
+	fwd    forwardMetrics
 
 	predictions, alerts atomic.Int64
 	booted              atomic.Bool // the booted event went out
@@ -101,6 +104,7 @@ func New(cfg Config) (*Agent, error) {
 	}
 	close(a.offline) // offline until the first connect
 	a.srv = server.New(server.Config{Addr: cfg.HTTP, Logger: a.log}, a.slot, a.reg)
+	a.registerForwardMetrics()
 	a.rts = &runtimes{inprocess: inprocess.New(a.slot, inference.Options{IntraOpThreads: cfg.Inference.Threads}, cfg.Inference.Batch, a.srv.ObserveBatch)}
 	a.tls, _ = cfg.Fleet.TLS.Build() // checked by Validate
 	dlTLS := a.tls
@@ -172,6 +176,16 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 	if err := a.srv.Start(); err != nil {
 		return err
 	}
+	if a.cfg.Forward.alerts() || a.cfg.Forward.All {
+		q, err := outbox.Open(filepath.Join(a.cfg.DataDir, "outbox"), a.cfg.Forward.MaxQueued)
+		if err != nil {
+			return fmt.Errorf("forward: %w", err)
+		}
+		a.outbox = q
+		if n := q.Len(); n > 0 {
+			a.log.Info("predictions from an earlier run wait to be forwarded", "count", n)
+		}
+	}
 	if err := a.startLocalBus(ctx); err != nil {
 		return err
 	}
@@ -180,6 +194,10 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 	a.wg.Add(2)
 	go a.updater(runCtx)
 	go a.heartbeat(runCtx)
+	if a.outbox != nil {
+		a.wg.Add(1)
+		go a.forwarder(runCtx)
+	}
 	a.kick()
 	return nil
 }
@@ -214,8 +232,13 @@ func (a *Agent) startLocalBus(ctx context.Context) error {
 
 func (a *Agent) onPrediction(p server.PredictionMessage) {
 	a.predictions.Add(1)
+	alert := false
 	if b := a.slot.Current(); b != nil && p.Label == b.Meta().Labels[1] {
 		a.alerts.Add(1)
+		alert = true
+	}
+	if a.outbox != nil && (a.cfg.Forward.All || alert && a.cfg.Forward.alerts()) {
+		a.forward(p)
 	}
 }
 
@@ -240,6 +263,9 @@ func (a *Agent) Close() error {
 		}
 		if a.bridge != nil {
 			a.bridge.Close()
+		}
+		if a.outbox != nil {
+			a.outbox.Close() // after the bridge, the last to push
 		}
 		a.srv.Shutdown(context.Background())
 		if a.local != nil {

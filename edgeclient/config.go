@@ -43,6 +43,10 @@ type Config struct {
 	// Containers lets releases whose runtime is "container" run as
 	// containers on the local Docker Engine.
 	Containers ContainersConfig `yaml:"containers"`
+	// Forward sends predictions made on the local bus to the fleet broker
+	// through a queue on disk, so that none is lost to a dead link or a
+	// restart. By default the alerts (positive class) go.
+	Forward ForwardConfig `yaml:"forward"`
 	// Probation is how long a new version serves before it is committed;
 	// a failed request or health check in that time rolls back. Default 10s.
 	Probation time.Duration `yaml:"probation"`
@@ -78,6 +82,22 @@ type FleetConfig struct {
 	// TLS. Default: system roots, no certificate.
 	TLS tlsconfig.Client `yaml:"tls"`
 }
+
+// ForwardConfig chooses the predictions forwarded to
+// linkedge/v1/trucks/{truck}/predictions/{model}.
+type ForwardConfig struct {
+	// Alerts forwards predictions of the positive class (an APS failure
+	// ahead). Default true; false turns them off.
+	Alerts *bool `yaml:"alerts"`
+	// All forwards every prediction, not only alerts. Default false.
+	All bool `yaml:"all"`
+	// MaxQueued bounds the queue kept while the link is down; when it is
+	// full the oldest prediction is dropped. Default 10000.
+	MaxQueued int `yaml:"max_queued"`
+}
+
+// alerts reports whether alerts are forwarded.
+func (f ForwardConfig) alerts() bool { return f.Alerts == nil || *f.Alerts }
 
 // LocalBrokerConfig is the truck-local MQTT bus.
 type LocalBrokerConfig struct {
@@ -144,6 +164,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.Fleet.MaxReconnectInterval <= 0 {
 		c.Fleet.MaxReconnectInterval = 30 * time.Second
+	}
+	if c.Forward.MaxQueued <= 0 {
+		c.Forward.MaxQueued = 10000
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()

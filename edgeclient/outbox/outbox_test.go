@@ -1,0 +1,156 @@
+package outbox
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+func drain(t *testing.T, q *Queue) []string {
+	t.Helper()
+	var got []string
+	for {
+		m, ok := q.Peek()
+		if !ok {
+			return got
+		}
+		got = append(got, string(m))
+		if err := q.Ack(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func TestOrderAndRestart(t *testing.T) {
+	dir := t.TempDir()
+	q, err := Open(dir, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 5 {
+		if err := q.Push(fmt.Appendf(nil, `{"n":%d}`, i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Two delivered, then the agent stops.
+	for range 2 {
+		q.Ack()
+	}
+	q.Close()
+	q.Close() // idempotent
+	if err := q.Push([]byte("x")); !errors.Is(err, ErrClosed) {
+		t.Fatalf("push after close: %v", err)
+	}
+
+	q, err = Open(dir, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	if q.Len() != 3 {
+		t.Fatalf("%d waiting after a restart, want 3", q.Len())
+	}
+	q.Push([]byte(`{"n":5}`))
+	got := drain(t, q)
+	want := []string{`{"n":2}`, `{"n":3}`, `{"n":4}`, `{"n":5}`}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("got %v, want %v", got, want)
+	}
+}
+
+func TestFullQueueDropsOldest(t *testing.T) {
+	dir := t.TempDir()
+	q, _ := Open(dir, 3)
+	for i := range 5 {
+		q.Push(fmt.Appendf(nil, "m%d", i))
+	}
+	if q.Dropped() != 2 || q.Len() != 3 {
+		t.Fatalf("dropped %d, waiting %d; want 2 and 3", q.Dropped(), q.Len())
+	}
+	q.Close()
+	q, _ = Open(dir, 3)
+	defer q.Close()
+	if got := drain(t, q); fmt.Sprint(got) != "[m2 m3 m4]" {
+		t.Fatalf("after restart %v, want the newest three", got)
+	}
+	// Reopened smaller: the newest are kept.
+	for i := range 3 {
+		q.Push(fmt.Appendf(nil, "n%d", i))
+	}
+	q.Close()
+	q, _ = Open(dir, 2)
+	defer q.Close()
+	if got := drain(t, q); fmt.Sprint(got) != "[n1 n2]" || q.Dropped() != 1 {
+		t.Fatalf("reopened with max 2: %v, dropped %d", got, q.Dropped())
+	}
+}
+
+func TestTornLastLine(t *testing.T) {
+	dir := t.TempDir()
+	q, _ := Open(dir, 10)
+	q.Push([]byte("whole"))
+	q.Close()
+	// A crash in the middle of the next append.
+	f, _ := os.OpenFile(filepath.Join(dir, "log-0"), os.O_WRONLY|os.O_APPEND, 0)
+	f.Write([]byte(`{"half`))
+	f.Close()
+	q, err := Open(dir, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q.Push([]byte("next"))
+	if got := drain(t, q); fmt.Sprint(got) != "[whole next]" {
+		t.Fatalf("got %v: the torn line must go and the next append stay whole", got)
+	}
+	q.Close()
+}
+
+func TestCompaction(t *testing.T) {
+	dir := t.TempDir()
+	q, _ := Open(dir, 10*compactAfter)
+	n := 3 * compactAfter
+	for i := range n {
+		q.Push(fmt.Appendf(nil, "m%d", i))
+	}
+	for range 2*compactAfter + 1 {
+		q.Ack()
+	}
+	// Compacted at least once: a new generation, the old log gone.
+	logs, _ := filepath.Glob(filepath.Join(dir, "log-*"))
+	if len(logs) != 1 || q.gen == 0 {
+		t.Fatalf("logs %v, generation %d", logs, q.gen)
+	}
+	q.Close()
+	// A compaction interrupted after writing the next log but before the
+	// cursor: the left-over log is ignored and removed.
+	os.WriteFile(filepath.Join(dir, fmt.Sprintf("log-%d", q.gen+1)), []byte("stray\n"), 0o644)
+	q, err := Open(dir, 10*compactAfter)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	got := drain(t, q)
+	if len(got) != n-(2*compactAfter+1) || got[0] != fmt.Sprintf("m%d", 2*compactAfter+1) || got[len(got)-1] != fmt.Sprintf("m%d", n-1) {
+		t.Fatalf("%d after compaction and restart, first %q", len(got), got[0])
+	}
+	if logs, _ := filepath.Glob(filepath.Join(dir, "log-*")); len(logs) != 1 {
+		t.Fatalf("stray log kept: %v", logs)
+	}
+}
+
+func TestBadInput(t *testing.T) {
+	dir := t.TempDir()
+	q, _ := Open(dir, 10)
+	defer q.Close()
+	for _, m := range []string{"", "two\nlines"} {
+		if err := q.Push([]byte(m)); !errors.Is(err, ErrBadMessage) {
+			t.Errorf("push %q: %v", m, err)
+		}
+	}
+	os.WriteFile(filepath.Join(dir, "cursor.json"), []byte("{"), 0o644)
+	if _, err := Open(dir, 10); err == nil {
+		t.Fatal("a corrupt cursor was accepted")
+	}
+}
