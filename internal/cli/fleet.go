@@ -31,8 +31,9 @@ func newFleetCmd() *cobra.Command {
 (linkedge/v1/trucks/+/status) from the fleet broker. It prints one line per model: the
 stable version and, during a staged rollout, the canary and who runs it. Then one line
 per truck: online or not, the version it serves and the one it was asked for, the update
-phase and download progress, the last error, and when it was last seen. An offline truck
-shows the version it last reported.
+phase and download progress, its alerts out of its predictions since the agent started,
+the last error, and when it was last seen. An offline truck shows the version it last
+reported.
 
 With --watch it keeps the table current until interrupted.`,
 		Example: `  linkedge fleet --broker tcp://127.0.0.1:1883
@@ -175,7 +176,7 @@ func printFleet(out io.Writer, trucks map[string]status.Status) {
 	}
 	sort.Strings(ids)
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "TRUCK\tONLINE\tMODEL\tVERSION\tDESIRED\tPHASE\tPROGRESS\tLAST SEEN\tLAST ERROR")
+	fmt.Fprintln(tw, "TRUCK\tONLINE\tMODEL\tVERSION\tDESIRED\tPHASE\tPROGRESS\tALERTS\tLAST SEEN\tLAST ERROR")
 	for _, id := range ids {
 		s := trucks[id]
 		progress := ""
@@ -190,7 +191,8 @@ func printFleet(out io.Writer, trucks map[string]status.Status) {
 		if len(errText) > 80 {
 			errText = errText[:80] + "…"
 		}
-		fmt.Fprintf(tw, "%s\t%v\t%s\tv%d\tv%d\t%s\t%s\t%s\t%s\n", id, s.Online, s.Model, s.Version, s.Desired, s.Phase, progress, seen, errText)
+		alerts := fmt.Sprintf("%d/%d", s.Alerts, s.Predictions)
+		fmt.Fprintf(tw, "%s\t%v\t%s\tv%d\tv%d\t%s\t%s\t%s\t%s\t%s\n", id, s.Online, s.Model, s.Version, s.Desired, s.Phase, progress, alerts, seen, errText)
 	}
 	if len(ids) == 0 {
 		fmt.Fprintln(tw, "(no truck has reported yet)")

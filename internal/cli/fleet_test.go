@@ -36,7 +36,7 @@ func TestFleetTable(t *testing.T) {
 	}
 	defer c.Disconnect(100)
 	for _, s := range []status.Status{
-		{Schema: status.Schema, Truck: "truck-1", Online: true, Model: "aps-failure", Version: 2, Desired: 2, Phase: "committed", LastSeen: time.Now()},
+		{Schema: status.Schema, Truck: "truck-1", Online: true, Model: "aps-failure", Version: 2, Desired: 2, Phase: "committed", Predictions: 1200, Alerts: 17, LastSeen: time.Now()},
 		{Schema: status.Schema, Truck: "truck-2", Online: true, Model: "aps-failure", Version: 1, Desired: 2, Phase: "downloading", Downloaded: 50, Total: 100, LastSeen: time.Now(), LastError: "paused"},
 	} {
 		data, _ := json.Marshal(s)
@@ -50,7 +50,7 @@ func TestFleetTable(t *testing.T) {
 	if err := runFleet(ctx, &out, url, "", "", tlsconfig.Client{}, 500*time.Millisecond, false); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"release aps-failure: stable v1, canary v2 for groups early and 5% of the other trucks (serial 17)", "truck-1  true", "v2", "truck-2", "downloading", "50%", "paused"} {
+	for _, want := range []string{"release aps-failure: stable v1, canary v2 for groups early and 5% of the other trucks (serial 17)", "truck-1  true", "v2", "truck-2", "downloading", "50%", "paused", "17/1200"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, out.String())
 		}
