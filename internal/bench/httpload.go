@@ -126,7 +126,13 @@ func RunHTTP(ctx context.Context, req Request, cfg LoadConfig) (Result, error) {
 				sent := time.Now()
 				if interval > 0 {
 					if d := time.Until(next); d > 0 {
-						time.Sleep(d)
+						select {
+						case <-runCtx.Done():
+							// The run ended during the wait: a request sent
+							// now would fall outside it.
+							continue
+						case <-time.After(d):
+						}
 					}
 					sent = next
 					next = next.Add(interval)

@@ -55,8 +55,8 @@ func TestRunHTTPOpenLoopKeepsToItsSchedule(t *testing.T) {
 		t.Fatal(err)
 	}
 	// An open loop never sends ahead of its schedule, however fast the
-	// server answers: at most one request per slot, plus one per connection
-	// in flight at the end.
+	// server answers: at most one request per slot of the run, counting
+	// both ends (each connection's first slot is at its start).
 	if most := int64(rate*d.Seconds()) + conc; res.Requests == 0 || res.Requests > most {
 		t.Fatalf("%d requests, want 1..%d", res.Requests, most)
 	}
