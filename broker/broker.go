@@ -115,6 +115,9 @@ func New(cfg Config) (*Broker, error) {
 	if err := srv.AddHook(b.auth, nil); err != nil {
 		return nil, fmt.Errorf("add auth hook: %w", err)
 	}
+	if err := srv.AddHook(&retainGuard{}, nil); err != nil {
+		return nil, fmt.Errorf("add retain guard hook: %w", err)
+	}
 	b.sess = &sessionHook{srv: srv}
 	if err := srv.AddHook(b.sess, nil); err != nil {
 		return nil, fmt.Errorf("add session hook: %w", err)

@@ -8,6 +8,7 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/linkedge/linkedge/edgeclient/update"
+	"github.com/linkedge/linkedge/internal/mqttstore"
 	"github.com/linkedge/linkedge/internal/release"
 	"github.com/linkedge/linkedge/internal/status"
 	"github.com/linkedge/linkedge/internal/topics"
@@ -29,6 +30,7 @@ func (a *Agent) fleetOptions() *paho.ClientOptions {
 		SetClientID("linkedge-truck-"+a.cfg.Truck).
 		SetUsername(a.cfg.Fleet.Username).SetPassword(a.cfg.Fleet.Password).
 		SetCleanSession(false).
+		SetStore(mqttstore.New()). // see the package: paho's MemoryStore races on resume
 		SetKeepAlive(a.cfg.Fleet.KeepAlive).
 		SetPingTimeout(10*time.Second).
 		SetConnectTimeout(10*time.Second).

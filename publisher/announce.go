@@ -141,6 +141,7 @@ func (a *Announcer) AnnouncePlan(ctx context.Context, pl Plan, p Policy) (*relea
 		ms.Announced.Canary = &CanaryAnnouncement{Version: c.Version, SHA256: c.Artifact.SHA256, Size: c.Artifact.Size,
 			Runtime: c.Runtime, Percent: pl.Percent, Groups: pl.Groups}
 	}
+	newlyHalted := pl.Rollout.Halted() && !ms.Rollout.Halted()
 	ms.Rollout = pl.Rollout
 	if ro := ms.Rollout; ro != nil && pl.Canary != nil && ro.StartedAt.IsZero() {
 		ro.StartedAt = acked.UTC() // the soak counts from the first canary the broker has
@@ -156,6 +157,9 @@ func (a *Announcer) AnnouncePlan(ctx context.Context, pl Plan, p Policy) (*relea
 		canary = pl.Canary.Version
 	}
 	a.metrics.announced(v.Model, v.Version, canary, float64(acked.UnixNano())/1e9)
+	if newlyHalted {
+		a.metrics.rolloutHalted(v.Model)
+	}
 	args := []any{"model", v.Model, "version", v.Version, "serial", rel.Serial,
 		"sha256", v.Artifact.SHA256, "url", withoutQuery(rel.Stable.Artifact.URL), "expires_at", rel.ExpiresAt}
 	if c := pl.Canary; c != nil {

@@ -13,6 +13,7 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/eclipse/paho.mqtt.golang/packets"
 
+	"github.com/linkedge/linkedge/internal/mqttstore"
 	"github.com/linkedge/linkedge/internal/status"
 	"github.com/linkedge/linkedge/internal/topics"
 )
@@ -271,7 +272,7 @@ func (s *session) dial(ctx context.Context) paho.Client {
 	wait, lastErr := connectRetryInterval, ""
 	for {
 		c := paho.NewClient(mqttOptions(s.cfg, s.cfg.ClientID).
-			SetCleanSession(false).SetAutoReconnect(true).SetConnectRetry(false).
+			SetCleanSession(false).SetStore(mqttstore.New()).SetAutoReconnect(true).SetConnectRetry(false).
 			SetMaxReconnectInterval(maxReconnectInterval).
 			SetOnConnectHandler(func(c paho.Client) {
 				s.log.Info("connected to broker", "broker", s.cfg.Broker, "client_id", s.cfg.ClientID)

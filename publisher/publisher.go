@@ -282,9 +282,6 @@ func (p *Publisher) poll(ctx context.Context) {
 			p.report(m, "announcement failed; retrying on the next poll", "model", m, "version", v.Version, "err", err)
 			continue
 		}
-		if halting {
-			p.metrics.rolloutHalted(m)
-		}
 		if note == "" {
 			p.clear(m)
 		}
