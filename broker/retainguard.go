@@ -19,7 +19,8 @@ var _ mqtt.Hook = (*retainGuard)(nil)
 // A retained publish holds the guard for writing and a subscription holds it
 // for reading, from OnPublish or OnSubscribe (mochi calls them inside its
 // processing of the packet, after validation) to OnPacketProcessed (which
-// mochi calls after that processing, however it ended). mochi reads each
+// mochi calls after that processing, however it ended); a retained last
+// will holds it for writing from OnWill to OnWillSent. mochi reads each
 // client's packets one at a time, so a client holds the guard at most once.
 // Publishes of the in-process client are left out: they may run on many
 // goroutines at once under the one client, and the agent does not make
@@ -36,7 +37,7 @@ func (g *retainGuard) ID() string { return "linkedge-retain-guard" }
 // Provides implements mqtt.Hook.
 func (g *retainGuard) Provides(b byte) bool {
 	switch b {
-	case mqtt.OnPublish, mqtt.OnSubscribe, mqtt.OnPacketProcessed:
+	case mqtt.OnPublish, mqtt.OnSubscribe, mqtt.OnPacketProcessed, mqtt.OnWill, mqtt.OnWillSent:
 		return true
 	}
 	return false
@@ -60,8 +61,24 @@ func (g *retainGuard) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Pa
 	return pk
 }
 
+// OnWill implements mqtt.Hook. A truck's last will is a retained status,
+// written by mochi between OnWill and OnWillSent (unless the will is
+// delayed, which mochi then sends later without these hooks).
+func (g *retainGuard) OnWill(cl *mqtt.Client, will mqtt.Will) (mqtt.Will, error) {
+	if will.Retain && cl.Properties.Will.WillDelayInterval == 0 && !cl.Net.Inline {
+		g.mu.Lock()
+		g.held.Store(cl, true)
+	}
+	return will, nil
+}
+
+// OnWillSent implements mqtt.Hook.
+func (g *retainGuard) OnWillSent(cl *mqtt.Client, _ packets.Packet) { g.release(cl) }
+
 // OnPacketProcessed implements mqtt.Hook.
-func (g *retainGuard) OnPacketProcessed(cl *mqtt.Client, _ packets.Packet, _ error) {
+func (g *retainGuard) OnPacketProcessed(cl *mqtt.Client, _ packets.Packet, _ error) { g.release(cl) }
+
+func (g *retainGuard) release(cl *mqtt.Client) {
 	v, ok := g.held.LoadAndDelete(cl)
 	if !ok {
 		return
