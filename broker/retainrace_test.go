@@ -78,7 +78,7 @@ func TestRetainedWillsWhileSubscribing(t *testing.T) {
 					ClientIdentifier: fmt.Sprintf("truck-%d", i%20), WillFlag: true, WillRetain: true, WillQos: 1,
 					WillTopic: fmt.Sprintf("linkedge/v1/trucks/truck-%d/status", i%20), WillPayload: []byte(`{"online":false}`)},
 			})
-			c.recv() // CONNACK
+			c.recv()       // CONNACK
 			c.conn.Close() // a dropped link, not a DISCONNECT: the will goes out
 		}
 	}()
