@@ -102,7 +102,7 @@ func Run(ctx context.Context, cfg Config) error {
 	for _, t := range f.Trucks {
 		st.say("%s: HTTP http://%s/invocations, local bus tcp://%s", t.ID, t.Agent.HTTPAddr(), t.Agent.LocalBrokerAddr())
 	}
-	stopWatch, err := watch(f.BrokerURL, st)
+	stopWatch, cloud, err := watch(f.BrokerURL, st)
 	if err != nil {
 		return err
 	}
@@ -141,6 +141,7 @@ func Run(ctx context.Context, cfg Config) error {
 	last := f.Trucks[len(f.Trucks)-1]
 	online := f.Trucks[:len(f.Trucks)-1]
 	last.Link.Cut()
+	cloudAtCut := cloud.get(last.ID)
 	st.say("%s loses its connection (link cut)", last.ID)
 	if err := wait(last.ID+" offline", func() bool { return !last.Agent.Status().Online }); err != nil {
 		return err
@@ -170,9 +171,10 @@ func Run(ctx context.Context, cfg Config) error {
 	caughtUp := time.Since(approved)
 	st.say("%s serves v%d", last.ID, v2)
 	time.Sleep(time.Second)
+	st.say("%s forwarded %d alerts it raised while offline (kept on disk until the link came back)", last.ID, cloud.get(last.ID)-cloudAtCut)
 	failed := failures(f.Trucks) - failedBefore
 
-	summary(cfg.Out, f, approved)
+	summary(cfg.Out, f, approved, cloud)
 	var problems []string
 	if failed != 0 {
 		problems = append(problems, fmt.Sprintf("%d HTTP requests failed during the update", failed))
@@ -206,10 +208,10 @@ func failures(trucks []*fleetsim.Truck) int64 {
 	return n
 }
 
-func summary(w io.Writer, f *fleetsim.Fleet, approved time.Time) {
+func summary(w io.Writer, f *fleetsim.Fleet, approved time.Time, cloud *cloudAlerts) {
 	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "TRUCK\tVERSION\tPREDICTIONS (MQTT)\tALERTS\tHTTP OK\tHTTP FAILED\tANSWERS BY VERSION\tUPDATE TIME")
+	fmt.Fprintln(tw, "TRUCK\tVERSION\tPREDICTIONS (MQTT)\tALERTS\tALERTS IN THE CLOUD\tHTTP OK\tHTTP FAILED\tANSWERS BY VERSION\tUPDATE TIME")
 	for _, t := range f.Trucks {
 		s := t.Agent.Status()
 		upd := "-"
@@ -223,15 +225,29 @@ func summary(w io.Writer, f *fleetsim.Fleet, approved time.Time) {
 				parts = append(parts, fmt.Sprintf("v%d %d", v, n))
 			}
 		}
-		fmt.Fprintf(tw, "%s\tv%d\t%d\t%d\t%d\t%d\t%s\t%s\n", t.ID, s.Version, s.Predictions, s.Alerts,
+		fmt.Fprintf(tw, "%s\tv%d\t%d\t%d\t%d\t%d\t%d\t%s\t%s\n", t.ID, s.Version, s.Predictions, s.Alerts, cloud.get(t.ID),
 			t.Load.HTTPOK.Load(), t.Load.HTTPFailed.Load(), strings.Join(parts, ", "), upd)
 	}
 	tw.Flush()
 }
 
+// cloudAlerts counts the alerts each truck forwarded, as received from the
+// fleet broker.
+type cloudAlerts struct {
+	mu sync.Mutex
+	n  map[string]int
+}
+
+func (c *cloudAlerts) get(truck string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.n[truck]
+}
+
 // watch follows the fleet as an operator would: from the broker, through
-// the trucks' retained status and their events.
-func watch(brokerURL string, st *story) (stop func(), err error) {
+// the trucks' retained status, their events and the alerts they forward.
+func watch(brokerURL string, st *story) (stop func(), cloud *cloudAlerts, err error) {
+	cloud = &cloudAlerts{n: map[string]int{}}
 	type seen struct {
 		version int64
 		phase   string
@@ -281,16 +297,35 @@ func watch(brokerURL string, st *story) (stop func(), err error) {
 		}
 		st.say("  %s event %s v%d%s", e.Truck, e.Kind, e.Version, detail)
 	}
+	onAlert := func(_ paho.Client, m paho.Message) {
+		if truck, _, ok := topics.ParseTruckPredictions(m.Topic()); ok {
+			cloud.mu.Lock()
+			cloud.n[truck]++
+			cloud.mu.Unlock()
+		}
+	}
 	c := paho.NewClient(paho.NewClientOptions().AddBroker(brokerURL).SetClientID("linkedge-demo-watch").
 		SetAutoReconnect(true).SetOrderMatters(true).
 		SetOnConnectHandler(func(c paho.Client) {
-			c.Subscribe(topics.AllTruckStatus(), 1, onStatus)
-			c.Subscribe(topics.Prefix+"/trucks/+/events", 1, onEvent)
+			c.SubscribeMultiple(map[string]byte{
+				topics.AllTruckStatus():                                   1,
+				topics.TruckEvents(topics.Wildcard):                       1,
+				topics.TruckPredictions(topics.Wildcard, topics.Wildcard): 1,
+			}, func(c paho.Client, m paho.Message) {
+				switch {
+				case strings.HasSuffix(m.Topic(), "/status"):
+					onStatus(c, m)
+				case strings.HasSuffix(m.Topic(), "/events"):
+					onEvent(c, m)
+				default:
+					onAlert(c, m)
+				}
+			})
 		}))
 	if t := c.Connect(); !t.WaitTimeout(10*time.Second) || t.Error() != nil {
-		return nil, fmt.Errorf("watch fleet: connect to %s: %v", brokerURL, t.Error())
+		return nil, nil, fmt.Errorf("watch fleet: connect to %s: %v", brokerURL, t.Error())
 	}
-	return func() { c.Disconnect(100) }, nil
+	return func() { c.Disconnect(100) }, cloud, nil
 }
 
 func phaseText(s *status.Status) string {
@@ -329,7 +364,7 @@ func cloudOnly(ctx context.Context, cfg Config, st *story) error {
 	if err := release.WritePublicKeyFile(pub, f.PubKey); err != nil {
 		return err
 	}
-	stop, err := watch(f.BrokerURL, st)
+	stop, _, err := watch(f.BrokerURL, st)
 	if err != nil {
 		return err
 	}
