@@ -63,6 +63,15 @@ Flags override the config file. See docs/agent.md for every setting.`,
 			if fl.Changed("probation") {
 				cfg.Probation = over.Probation
 			}
+			if fl.Changed("tls-ca") {
+				cfg.Fleet.TLS.CAFile = over.Fleet.TLS.CAFile
+			}
+			if fl.Changed("tls-cert") {
+				cfg.Fleet.TLS.CertFile = over.Fleet.TLS.CertFile
+			}
+			if fl.Changed("tls-key") {
+				cfg.Fleet.TLS.KeyFile = over.Fleet.TLS.KeyFile
+			}
 			cfg.Logger = slog.Default()
 			a, err := edgeclient.New(cfg)
 			if err != nil {
@@ -88,5 +97,8 @@ Flags override the config file. See docs/agent.md for every setting.`,
 	fl.StringVar(&over.HTTP, "http", "", "local inference address (default 127.0.0.1:8080)")
 	fl.StringVar(&over.LocalBroker.Listen, "local-broker", "", `embedded local broker address (default 127.0.0.1:1883; "off" to disable)`)
 	fl.DurationVar(&over.Probation, "probation", 0, "how long a new version serves before it is committed (default 10s)")
+	fl.StringVar(&over.Fleet.TLS.CAFile, "tls-ca", "", "PEM CA file to trust for an ssl:// fleet broker and HTTPS downloads, besides the system roots (fleet.tls.ca_file)")
+	fl.StringVar(&over.Fleet.TLS.CertFile, "tls-cert", "", "the truck's PEM client certificate, for a broker that requires mutual TLS (fleet.tls.cert_file)")
+	fl.StringVar(&over.Fleet.TLS.KeyFile, "tls-key", "", "PEM key of --tls-cert (fleet.tls.key_file)")
 	return cmd
 }
