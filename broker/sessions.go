@@ -89,6 +89,14 @@ func (h *sessionHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.
 			// message is back in the table once the packet is processed.
 			// (A PUBLISH it deletes itself.)
 			atomic.AddInt64(&h.srv.Info.Inflight, -1)
+			// The retained messages this SUBSCRIBE brings must not take
+			// the id meanwhile, which they would after a reconnect (mochi
+			// counts ids from 0 per connection): move the counter past it.
+			for range 1 << 16 {
+				if id, err := cl.NextPacketID(); err != nil || uint16(id) >= pk.PacketID {
+					break
+				}
+			}
 		}
 	}
 	return pk, nil

@@ -173,9 +173,7 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 		a.setVersion(serving.Version, serving.Serial)
 		a.log.Info("serving committed model", "model", serving.Model, "version", serving.Version)
 	}
-	if err := a.srv.Start(); err != nil {
-		return err
-	}
+	// Before the HTTP server: /metrics reads the queue.
 	if a.cfg.Forward.alerts() || a.cfg.Forward.All {
 		q, err := outbox.Open(filepath.Join(a.cfg.DataDir, "outbox"), a.cfg.Forward.MaxQueued)
 		if err != nil {
@@ -185,6 +183,9 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 		if n := q.Len(); n > 0 {
 			a.log.Info("predictions from an earlier run wait to be forwarded", "count", n)
 		}
+	}
+	if err := a.srv.Start(); err != nil {
+		return err
 	}
 	if err := a.startLocalBus(ctx); err != nil {
 		return err

@@ -197,6 +197,8 @@ func (c *Config) Validate() error {
 	}
 	if _, err := c.Fleet.TLS.Build(); err != nil {
 		errs = append(errs, fmt.Errorf("fleet.tls: %w", err))
+	} else if err := c.Fleet.TLS.CheckScheme(c.Fleet.Broker); err != nil {
+		errs = append(errs, fmt.Errorf("fleet.tls: %w", err))
 	}
 	if c.LocalBroker.Listen == "off" && c.LocalBroker.External == "" {
 		errs = append(errs, errors.New(`local_broker: with listen "off", set external to the truck's broker URL`))

@@ -73,7 +73,7 @@ func (a *Agent) forwarder(ctx context.Context) {
 	}
 	retry := time.Second
 	for ctx.Err() == nil {
-		msg, ok := a.outbox.Peek()
+		msg, head, ok := a.outbox.Peek()
 		if !ok {
 			if !wait(time.Minute) {
 				return
@@ -116,7 +116,7 @@ func (a *Agent) forwarder(ctx context.Context) {
 		}
 		retry = time.Second
 		a.fwd.sent.Inc()
-		if err := a.outbox.Ack(); err != nil {
+		if err := a.outbox.Ack(head); err != nil {
 			a.log.Warn("forward queue", "err", err)
 		}
 	}

@@ -71,6 +71,9 @@ type Plan struct {
 	// same write: the staged rollout the document belongs to (running, or
 	// halted with the canary withdrawn), or nil when none.
 	Rollout *Rollout
+
+	// hold, set by the rollout planning, means announce nothing.
+	hold bool
 }
 
 // Announce announces v as the stable target, with no canary: see

@@ -283,6 +283,8 @@ func (c *Config) validate(needBackend bool) error {
 	}
 	if _, err := cc.TLS.Build(); err != nil {
 		bad("tls: %w", err)
+	} else if err := cc.TLS.CheckScheme(cc.Broker); err != nil {
+		bad("tls: %w", err)
 	}
 	if cc.Rollout != nil {
 		if err := cc.Rollout.validate(); err != nil {

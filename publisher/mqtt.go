@@ -93,6 +93,9 @@ type session struct {
 	stMu     sync.Mutex
 	trucks   map[string]truckReport
 	failures map[modelVersion]map[string]string // → truck → error
+	// trucksSince is when the status subscription of the current
+	// connection was acknowledged; zero while down.
+	trucksSince time.Time
 }
 
 // truckReport is what a staged rollout needs from a truck's status.
@@ -115,64 +118,92 @@ type modelVersion struct {
 // make sure a failure is heard even if the truck went offline right after
 // it, when its last will replaces the status that told of it.
 func (s *session) watchTrucks(c paho.Client) {
-	c.Subscribe(topics.AllTruckStatus(), topics.StatusQoS, func(_ paho.Client, m paho.Message) {
-		truck, ok := topics.ParseTruckStatus(m.Topic())
-		if !ok {
-			return
+	s.stMu.Lock()
+	s.trucksSince = time.Time{}
+	s.stMu.Unlock()
+	// The handlers are routes added before the connection (see dial):
+	// queued events arrive right after CONNACK, before this runs.
+	c.Subscribe(topics.TruckEvents(topics.Wildcard), topics.EventsQoS, nil)
+	tok := c.Subscribe(topics.AllTruckStatus(), topics.StatusQoS, nil)
+	go func() {
+		if tok.WaitTimeout(10*time.Second) && tok.Error() == nil {
+			s.stMu.Lock()
+			s.trucksSince = time.Now()
+			s.stMu.Unlock()
 		}
-		st, err := status.Parse(m.Payload())
-		s.stMu.Lock()
-		defer s.stMu.Unlock()
-		if s.trucks == nil {
-			s.trucks = map[string]truckReport{}
-		}
-		switch {
-		case err != nil || st.Truck != truck:
-			delete(s.trucks, truck) // cleared, or not a status we can read
-		case !st.Online && st.Version == 0:
-			// The last will carries no version: the truck still runs what
-			// it last reported.
-		default:
-			s.trucks[truck] = truckReport{model: st.Model, version: st.Version, desired: st.Desired, phase: st.Phase, lastError: st.LastError}
-		}
-	})
-	c.Subscribe(topics.TruckEvents(topics.Wildcard), topics.EventsQoS, func(_ paho.Client, m paho.Message) {
-		truck, ok := topics.ParseTruckEvents(m.Topic())
-		if !ok {
-			return
-		}
-		ev, err := status.ParseEvent(m.Payload())
-		if err != nil || ev.Truck != truck || ev.Model == "" || ev.Version < 1 {
-			return
-		}
-		if ev.Kind != status.EventUpdateFailed && ev.Kind != status.EventRolledBack {
-			return
-		}
-		s.stMu.Lock()
-		defer s.stMu.Unlock()
-		if s.failures == nil {
-			s.failures = map[modelVersion]map[string]string{}
-		}
-		k := modelVersion{ev.Model, ev.Version}
-		if s.failures[k] == nil {
-			s.failures[k] = map[string]string{}
-		}
-		s.failures[k][truck] = ev.Detail
-	})
+	}()
+}
+
+// routeTrucks adds the handlers of the trucks' statuses and events to a
+// client before it connects. paho starts the connect handler, which
+// subscribes, after its reader: a message the broker queued for this
+// persistent session and sent straight after CONNACK would otherwise find
+// no route, and paho would drop it without acknowledging it.
+func (s *session) routeTrucks(c paho.Client) {
+	c.AddRoute(topics.AllTruckStatus(), func(_ paho.Client, m paho.Message) { s.onStatus(m) })
+	c.AddRoute(topics.TruckEvents(topics.Wildcard), func(_ paho.Client, m paho.Message) { s.onEvent(m) })
+}
+
+func (s *session) onStatus(m paho.Message) {
+	truck, ok := topics.ParseTruckStatus(m.Topic())
+	if !ok {
+		return
+	}
+	st, err := status.Parse(m.Payload())
+	s.stMu.Lock()
+	defer s.stMu.Unlock()
+	if s.trucks == nil {
+		s.trucks = map[string]truckReport{}
+	}
+	switch {
+	case err != nil || st.Truck != truck:
+		delete(s.trucks, truck) // cleared, or not a status we can read
+	case !st.Online && st.Version == 0:
+		// The last will carries no version: the truck still runs what
+		// it last reported.
+	default:
+		s.trucks[truck] = truckReport{model: st.Model, version: st.Version, desired: st.Desired, phase: st.Phase, lastError: st.LastError}
+	}
+}
+
+func (s *session) onEvent(m paho.Message) {
+	truck, ok := topics.ParseTruckEvents(m.Topic())
+	if !ok {
+		return
+	}
+	ev, err := status.ParseEvent(m.Payload())
+	if err != nil || ev.Truck != truck || ev.Model == "" || ev.Version < 1 {
+		return
+	}
+	if ev.Kind != status.EventUpdateFailed && ev.Kind != status.EventRolledBack {
+		return
+	}
+	s.stMu.Lock()
+	defer s.stMu.Unlock()
+	if s.failures == nil {
+		s.failures = map[modelVersion]map[string]string{}
+	}
+	k := modelVersion{ev.Model, ev.Version}
+	if s.failures[k] == nil {
+		s.failures[k] = map[string]string{}
+	}
+	s.failures[k][truck] = ev.Detail
 }
 
 // CanaryHealth implements [HealthView] from the trucks' reports.
 func (s *session) CanaryHealth(model string, version int64) CanaryHealth {
 	s.stMu.Lock()
 	defer s.stMu.Unlock()
-	h := CanaryHealth{Failed: map[string]string{}}
+	h := CanaryHealth{Failed: map[string]string{}, Settled: !s.trucksSince.IsZero() && time.Since(s.trucksSince) >= retainedGrace}
 	for truck, detail := range s.failures[modelVersion{model, version}] {
 		h.Failed[truck] = detail
 	}
 	for truck, r := range s.trucks {
 		switch {
 		case r.model != model:
-		case r.version == version && r.phase == phaseCommitted:
+		case r.version == version && (r.phase == phaseCommitted || r.phase == phaseIdle):
+			// Idle: an agent restarted since it committed reports its
+			// version with no update going on.
 			h.Committed = append(h.Committed, truck)
 			delete(h.Failed, truck) // it failed once, then made it (a retry)
 		case r.desired == version && (r.phase == phaseFailed || r.phase == phaseRolledBack):
@@ -185,6 +216,7 @@ func (s *session) CanaryHealth(model string, version int64) CanaryHealth {
 // The agent's update phases a rollout acts on (edgeclient/update).
 const (
 	phaseCommitted  = "committed"
+	phaseIdle       = "idle"
 	phaseFailed     = "failed"
 	phaseRolledBack = "rolled_back"
 )
@@ -288,9 +320,13 @@ func (s *session) dial(ctx context.Context) paho.Client {
 				s.retMu.Lock()
 				s.watchSince = time.Time{}
 				s.retMu.Unlock()
+				s.stMu.Lock()
+				s.trucksSince = time.Time{}
+				s.stMu.Unlock()
 				s.log.Warn("broker connection lost; reconnecting", "broker", s.cfg.Broker, "err", err)
 				s.metrics.setConnected(false)
 			}))
+		s.routeTrucks(c)
 		err := connect(ctx, c)
 		if err == nil {
 			return c

@@ -256,6 +256,9 @@ func (p *Publisher) poll(ctx context.Context) {
 			}
 			p.note(m, level, note, "model", m)
 		}
+		if pl.hold {
+			continue
+		}
 		switch {
 		case last != nil && !due(last, pl, now) && p.lostByBroker(m, last):
 			// Announced and acknowledged, but the broker no longer holds it

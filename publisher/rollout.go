@@ -119,6 +119,10 @@ type CanaryHealth struct {
 	// Failed are the trucks whose update to it failed or was rolled back,
 	// each with the error it reported.
 	Failed map[string]string
+	// Settled is false while the view may still be filling up (the
+	// subscription to the trucks' statuses is new): a promotion waits for
+	// it, a halt does not.
+	Settled bool
 }
 
 // HealthView gives the trucks' reports on a model version; the publisher's
@@ -143,6 +147,12 @@ func planFor(cfg *RolloutConfig, health HealthView, vs []Version, best Version, 
 		return Plan{Stable: best}, false, ""
 	}
 	stable, ok := approvedMatching(vs, best.Model, last)
+	if sameRollout := ro != nil && ro.Version == best.Version && ro.SHA256 == best.Artifact.SHA256; sameRollout && ro.Halted() && !ok {
+		// The halted version must not reach everyone because the version
+		// it was halted in favour of went away: hold what is announced.
+		return Plan{hold: true}, false, fmt.Sprintf("the rollout of version %d was halted (%s) and version %d, the stable one, is no longer approved; announcing nothing until a newer version is approved",
+			best.Version, ro.HaltReason, last.Version)
+	}
 	if !ok {
 		return Plan{Stable: best}, false, fmt.Sprintf("version %d, the stable one, is no longer approved: announcing version %d to every truck", last.Version, best.Version)
 	}
@@ -172,6 +182,9 @@ func planFor(cfg *RolloutConfig, health HealthView, vs []Version, best Version, 
 		return Plan{Stable: stable, Rollout: &halt}, true, "halting the rollout of version " + fmt.Sprint(best.Version) + ": " + reason
 	}
 	if soakEnd := ro.StartedAt.Add(cfg.Soak); now.Before(soakEnd) {
+		return canary, false, ""
+	}
+	if !h.Settled {
 		return canary, false, ""
 	}
 	if len(h.Committed) < cfg.MinCommitted {

@@ -36,9 +36,10 @@ func TestPlanFor(t *testing.T) {
 	young := &Rollout{Version: 2, SHA256: v2.Artifact.SHA256, StartedAt: now.Add(-time.Minute)}
 	unacked := &Rollout{Version: 2, SHA256: v2.Artifact.SHA256}
 	halted := &Rollout{Version: 2, SHA256: v2.Artifact.SHA256, StartedAt: now.Add(-2 * time.Hour), HaltedAt: now.Add(-time.Hour), HaltReason: "x"}
-	healthy := fixedHealth{Committed: []string{"t1"}, Failed: map[string]string{}}
+	healthy := fixedHealth{Committed: []string{"t1"}, Failed: map[string]string{}, Settled: true}
+	unsettled := fixedHealth{Committed: []string{"t1"}, Failed: map[string]string{}}
 	failing := fixedHealth{Committed: []string{"t1"}, Failed: map[string]string{"t2": "golden samples failed"}}
-	nobody := fixedHealth{Failed: map[string]string{}}
+	nobody := fixedHealth{Failed: map[string]string{}, Settled: true}
 	all := []Version{v1, v2, v3}
 
 	for _, tc := range []struct {
@@ -52,6 +53,7 @@ func TestPlanFor(t *testing.T) {
 		canary     int64 // 0: none
 		rollout    string
 		halting    bool
+		hold       bool
 		noteSubstr string
 	}{
 		{name: "no policy", cfg: nil, vs: all, best: v2, ms: &ModelState{Announced: announced(v1)}, stable: 2, rollout: "none"},
@@ -65,6 +67,8 @@ func TestPlanFor(t *testing.T) {
 		{name: "failure halts", cfg: cfg, vs: all, best: v2, ms: &ModelState{Announced: announced(v1), Rollout: young}, health: failing, stable: 1, rollout: "halted", halting: true, noteSubstr: "t2 reported: golden samples failed"},
 		{name: "stays halted", cfg: cfg, vs: all, best: v2, ms: &ModelState{Announced: announced(v1), Rollout: halted}, health: healthy, stable: 1, rollout: "same", noteSubstr: "was halted"},
 		{name: "soaked but nobody committed", cfg: cfg, vs: all, best: v2, ms: &ModelState{Announced: announced(v1), Rollout: running}, health: nobody, stable: 1, canary: 2, rollout: "same", noteSubstr: "waiting for 1 canary truck"},
+		{name: "soaked, but the view is still filling up", cfg: cfg, vs: all, best: v2, ms: &ModelState{Announced: announced(v1), Rollout: running}, health: unsettled, stable: 1, canary: 2, rollout: "same"},
+		{name: "halted, and the stable one withdrawn: hold", cfg: cfg, vs: []Version{v2}, best: v2, ms: &ModelState{Announced: announced(v1), Rollout: halted}, stable: 0, rollout: "none", hold: true, noteSubstr: "announcing nothing"},
 		{name: "soaked and committed: promote", cfg: cfg, vs: all, best: v2, ms: &ModelState{Announced: announced(v1), Rollout: running}, health: healthy, stable: 2, rollout: "none"},
 		{name: "a newer version replaces the rollout", cfg: cfg, vs: all, best: v3, ms: &ModelState{Announced: announced(v1), Rollout: halted}, stable: 1, canary: 3, rollout: "new"},
 		{name: "same number, new content", cfg: cfg, vs: []Version{v1, func() Version { v := v2; v.Artifact.SHA256 = strings.Repeat("ef", 32); return v }()},
@@ -105,6 +109,9 @@ func TestPlanFor(t *testing.T) {
 				if !pl.Rollout.Halted() || !pl.Rollout.HaltedAt.Equal(now) || prev.Halted() {
 					t.Errorf("rollout %+v, want halted now (and the state's record untouched)", pl.Rollout)
 				}
+			}
+			if pl.hold != tc.hold {
+				t.Errorf("hold %v, want %v", pl.hold, tc.hold)
 			}
 			if halting != tc.halting {
 				t.Errorf("halting %v, want %v", halting, tc.halting)
@@ -299,7 +306,7 @@ func TestSessionHearsTrucks(t *testing.T) {
 		send(c, topics.TruckStatus(id), true, status.Status{Schema: status.Schema, Truck: id, Online: online, Model: "aps",
 			Version: version, Desired: desired, Phase: phase, LastError: lastErr})
 	}
-	t1, t2, t3, t4 := truck("t1"), truck("t2"), truck("t3"), truck("t4")
+	t1, t2, t3, t4, t5 := truck("t1"), truck("t2"), truck("t3"), truck("t4"), truck("t5")
 	reportStatus(t1, "t1", true, 2, 2, "committed", "")
 	// Once the session hears t1, it is subscribed: what follows is live.
 	for deadline := time.Now().Add(waitFor); len(p.sess.CanaryHealth("aps", 2).Committed) == 0; {
@@ -311,21 +318,21 @@ func TestSessionHearsTrucks(t *testing.T) {
 	reportStatus(t2, "t2", true, 1, 2, "failed", "golden samples failed")
 	reportStatus(t3, "t3", true, 2, 2, "committed", "")
 	reportStatus(t3, "t3", false, 0, 0, "offline", "") // its last will: still on v2
+	reportStatus(t5, "t5", true, 2, 2, "idle", "")      // restarted since it committed
 	send(t4, topics.TruckEvents("t4"), false, status.Event{Schema: status.Schema, Truck: "t4", Model: "aps", Kind: status.EventUpdateFailed, Version: 2, Detail: "probation: 3 failures"})
-	send(t4, topics.TruckEvents("t1"), false, status.Event{Schema: status.Schema, Truck: "t1", Model: "aps", Kind: status.EventUpdateFailed, Version: 2, Detail: "not t4's to say"})
-	send(t4, topics.TruckStatus("t5"), true, map[string]any{"schema": "nonsense"})
+	send(t4, topics.TruckStatus("t6"), true, map[string]any{"schema": "nonsense"})
 
 	var h CanaryHealth
 	deadline := time.Now().Add(waitFor)
 	for time.Now().Before(deadline) {
 		h = p.sess.CanaryHealth("aps", 2)
-		if len(h.Committed) == 2 && len(h.Failed) == 2 {
+		if len(h.Committed) == 3 && len(h.Failed) == 2 && h.Settled {
 			break
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
 	slices.Sort(h.Committed)
-	if !slices.Equal(h.Committed, []string{"t1", "t3"}) || h.Failed["t2"] != "golden samples failed" || h.Failed["t4"] != "probation: 3 failures" || len(h.Failed) != 2 {
+	if !slices.Equal(h.Committed, []string{"t1", "t3", "t5"}) || h.Failed["t2"] != "golden samples failed" || h.Failed["t4"] != "probation: 3 failures" || len(h.Failed) != 2 {
 		t.Fatalf("health of aps v2: committed %v, failed %v", h.Committed, h.Failed)
 	}
 	if h := p.sess.CanaryHealth("aps", 3); len(h.Committed)+len(h.Failed) != 0 {

@@ -55,6 +55,7 @@ type Queue struct {
 	gen     int64
 	done    int64    // delivered lines at the head of the log
 	pending [][]byte // the rest, in order
+	head    uint64   // how many messages left the head since Open; names the head for Ack
 	dropped int64
 	closed  bool
 	notify  chan struct{}
@@ -159,6 +160,7 @@ func (q *Queue) Push(msg []byte) error {
 	}
 	if len(q.pending) >= q.max {
 		q.pending = q.pending[1:]
+		q.head++
 		q.dropped++
 		if err := q.advance(1); err != nil {
 			return err
@@ -179,27 +181,33 @@ func (q *Queue) Push(msg []byte) error {
 	return nil
 }
 
-// Peek returns the oldest message without removing it.
-func (q *Queue) Peek() ([]byte, bool) {
+// Head names the oldest message for Ack.
+type Head uint64
+
+// Peek returns the oldest message without removing it, and its name.
+func (q *Queue) Peek() ([]byte, Head, bool) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if len(q.pending) == 0 {
-		return nil, false
+		return nil, 0, false
 	}
-	return q.pending[0], true
+	return q.pending[0], Head(q.head), true
 }
 
-// Ack removes the oldest message: the broker has it.
-func (q *Queue) Ack() error {
+// Ack removes the message h names, if it is still the oldest: the broker
+// has it. If a full queue dropped it meanwhile, the new oldest message was
+// never sent and stays.
+func (q *Queue) Ack(h Head) error {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if q.closed {
 		return ErrClosed
 	}
-	if len(q.pending) == 0 {
+	if len(q.pending) == 0 || Head(q.head) != h {
 		return nil
 	}
 	q.pending = q.pending[1:]
+	q.head++
 	return q.advance(1)
 }
 

@@ -12,12 +12,12 @@ func drain(t *testing.T, q *Queue) []string {
 	t.Helper()
 	var got []string
 	for {
-		m, ok := q.Peek()
+		m, h, ok := q.Peek()
 		if !ok {
 			return got
 		}
 		got = append(got, string(m))
-		if err := q.Ack(); err != nil {
+		if err := q.Ack(h); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -36,7 +36,8 @@ func TestOrderAndRestart(t *testing.T) {
 	}
 	// Two delivered, then the agent stops.
 	for range 2 {
-		q.Ack()
+		_, h, _ := q.Peek()
+		q.Ack(h)
 	}
 	q.Close()
 	q.Close() // idempotent
@@ -87,6 +88,25 @@ func TestFullQueueDropsOldest(t *testing.T) {
 	}
 }
 
+// TestAckAfterDrop: the head in flight is dropped by a push into a full
+// queue before its acknowledgement comes; the acknowledgement must not
+// remove the next message, which was never sent.
+func TestAckAfterDrop(t *testing.T) {
+	q, _ := Open(t.TempDir(), 3)
+	defer q.Close()
+	for _, m := range []string{"a", "b", "c"} {
+		q.Push([]byte(m))
+	}
+	msg, h, _ := q.Peek() // "a" goes out
+	q.Push([]byte("d"))   // full: "a" is dropped
+	if err := q.Ack(h); err != nil {
+		t.Fatal(err)
+	}
+	if got := drain(t, q); string(msg) != "a" || fmt.Sprint(got) != "[b c d]" || q.Dropped() != 1 {
+		t.Fatalf("after the late ack: %v (dropped %d), want [b c d]", got, q.Dropped())
+	}
+}
+
 func TestTornLastLine(t *testing.T) {
 	dir := t.TempDir()
 	q, _ := Open(dir, 10)
@@ -115,7 +135,8 @@ func TestCompaction(t *testing.T) {
 		q.Push(fmt.Appendf(nil, "m%d", i))
 	}
 	for range 2*compactAfter + 1 {
-		q.Ack()
+		_, h, _ := q.Peek()
+		q.Ack(h)
 	}
 	// Compacted at least once: a new generation, the old log gone.
 	logs, _ := filepath.Glob(filepath.Join(dir, "log-*"))

@@ -62,6 +62,9 @@ func runFleet(ctx context.Context, out io.Writer, broker, user, pass string, tc 
 	if err != nil {
 		return err
 	}
+	if err := tc.CheckScheme(broker); err != nil {
+		return err
+	}
 	o := paho.NewClientOptions()
 	if tlsCfg != nil {
 		o.SetTLSConfig(tlsCfg)

@@ -22,7 +22,7 @@ import (
 func TestStagedRollout(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	const soak = 3 * time.Second
+	const soak = 5 * time.Second
 	f, err := Start(ctx, Options{Dir: t.TempDir(), Trucks: 3, Probation: 300 * time.Millisecond, HTTPClients: 1,
 		Rollout: &publisher.RolloutConfig{Groups: []string{"early"}, Soak: soak}})
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 )
 
 // ErrInvalid wraps every error in TLS settings.
@@ -69,6 +70,22 @@ func (c Client) Build() (*tls.Config, error) {
 		return nil, fmt.Errorf("%w: cert_file and key_file must be set together", ErrInvalid)
 	}
 	return cfg, nil
+}
+
+// CheckScheme refuses settings that would be ignored: paho uses TLS only
+// for ssl://, tls://, mqtts:// and wss:// brokers, so CA and certificate
+// files given with a tcp:// or ws:// broker would leave the connection in
+// plain text without a word.
+func (c Client) CheckScheme(brokerURL string) error {
+	if c.IsZero() {
+		return nil
+	}
+	scheme, _, _ := strings.Cut(brokerURL, "://")
+	switch strings.ToLower(scheme) {
+	case "ssl", "tls", "mqtts", "wss":
+		return nil
+	}
+	return fmt.Errorf("%w: tls settings with the broker %s, which is not a TLS URL; use ssl:// (or wss://)", ErrInvalid, brokerURL)
 }
 
 // ClientCAs reads a PEM file of the CAs whose certificates a server accepts

@@ -43,6 +43,15 @@ func TestBuild(t *testing.T) {
 			t.Errorf("%s: %v, want ErrInvalid", name, err)
 		}
 	}
+	withCA := tlsconfig.Client{CAFile: ca.File}
+	for url, ok := range map[string]bool{"ssl://fleet:8883": true, "MQTTS://fleet:8883": true, "wss://fleet/mqtt": true, "tcp://fleet:1883": false, "ws://fleet/mqtt": false} {
+		if err := withCA.CheckScheme(url); (err == nil) != ok {
+			t.Errorf("CheckScheme(%s) = %v", url, err)
+		}
+	}
+	if err := (tlsconfig.Client{}).CheckScheme("tcp://fleet:1883"); err != nil {
+		t.Errorf("no tls settings with tcp://: %v", err)
+	}
 	if _, err := tlsconfig.ClientCAs(junk); !errors.Is(err, tlsconfig.ErrInvalid) {
 		t.Errorf("client CAs from junk: %v", err)
 	}
