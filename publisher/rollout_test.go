@@ -318,7 +318,7 @@ func TestSessionHearsTrucks(t *testing.T) {
 	reportStatus(t2, "t2", true, 1, 2, "failed", "golden samples failed")
 	reportStatus(t3, "t3", true, 2, 2, "committed", "")
 	reportStatus(t3, "t3", false, 0, 0, "offline", "") // its last will: still on v2
-	reportStatus(t5, "t5", true, 2, 2, "idle", "")      // restarted since it committed
+	reportStatus(t5, "t5", true, 2, 2, "idle", "")     // restarted since it committed
 	send(t4, topics.TruckEvents("t4"), false, status.Event{Schema: status.Schema, Truck: "t4", Model: "aps", Kind: status.EventUpdateFailed, Version: 2, Detail: "probation: 3 failures"})
 	send(t4, topics.TruckStatus("t6"), true, map[string]any{"schema": "nonsense"})
 
