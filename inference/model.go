@@ -154,29 +154,44 @@ func (m *Model) Scores(flat []float32, out []float32) error {
 	if len(flat) != n*m.nFeat {
 		return fmt.Errorf("%w: %d values for %d rows of %d features", ErrBadInput, len(flat), n, m.nFeat)
 	}
-	in, err := ort.NewTensor(ort.NewShape(int64(n), int64(m.nFeat)), flat)
+	res := make([]float32, n*m.outCols)
+	in, outT, err := m.tensors(n, flat, res)
 	if err != nil {
-		return fmt.Errorf("input tensor: %w", err)
+		return err
 	}
 	defer in.Destroy()
-	res := make([]float32, n*m.outCols)
-	outT, err := ort.NewTensor(ort.NewShape(int64(n), int64(m.outCols)), res)
-	if err != nil {
-		return fmt.Errorf("output tensor: %w", err)
-	}
 	defer outT.Destroy()
+	return m.run(n, in, outT, res, out)
+}
+
+// tensors wraps flat (n rows of input) and res (n rows of output) in
+// ONNX Runtime tensors over the same memory.
+func (m *Model) tensors(n int, flat, res []float32) (in, out *ort.Tensor[float32], err error) {
+	if in, err = ort.NewTensor(ort.NewShape(int64(n), int64(m.nFeat)), flat); err != nil {
+		return nil, nil, fmt.Errorf("input tensor: %w", err)
+	}
+	if out, err = ort.NewTensor(ort.NewShape(int64(n), int64(m.outCols)), res); err != nil {
+		in.Destroy()
+		return nil, nil, fmt.Errorf("output tensor: %w", err)
+	}
+	return in, out, nil
+}
+
+// run scores the n rows of in, whose output tensor out is over res, and
+// writes the positive-class scores to scores[:n].
+func (m *Model) run(n int, in, out *ort.Tensor[float32], res, scores []float32) error {
 	m.mu.RLock()
 	if m.closed {
 		m.mu.RUnlock()
 		return ErrClosed
 	}
-	err = m.sess.Run([]ort.Value{in}, []ort.Value{outT})
+	err := m.sess.Run([]ort.Value{in}, []ort.Value{out})
 	m.mu.RUnlock()
 	if err != nil {
 		return fmt.Errorf("run model %s v%d: %s", m.meta.Name, m.meta.Version, lowerFirst(err.Error()))
 	}
 	for i := range n {
-		out[i] = res[i*m.outCols+m.outCols-1]
+		scores[i] = res[i*m.outCols+m.outCols-1]
 	}
 	return nil
 }
@@ -208,29 +223,12 @@ func (s *scratch) run(n int, scores []float32) error {
 	in, out := s.ins[n-1], s.outs[n-1]
 	if in == nil {
 		var err error
-		if in, err = ort.NewTensor(ort.NewShape(int64(n), int64(m.nFeat)), s.flat[:n*m.nFeat]); err != nil {
-			return fmt.Errorf("input tensor: %w", err)
-		}
-		if out, err = ort.NewTensor(ort.NewShape(int64(n), int64(m.outCols)), s.res[:n*m.outCols]); err != nil {
-			in.Destroy()
-			return fmt.Errorf("output tensor: %w", err)
+		if in, out, err = m.tensors(n, s.flat[:n*m.nFeat], s.res[:n*m.outCols]); err != nil {
+			return err
 		}
 		s.ins[n-1], s.outs[n-1] = in, out
 	}
-	m.mu.RLock()
-	if m.closed {
-		m.mu.RUnlock()
-		return ErrClosed
-	}
-	err := m.sess.Run([]ort.Value{in}, []ort.Value{out})
-	m.mu.RUnlock()
-	if err != nil {
-		return fmt.Errorf("run model %s v%d: %s", m.meta.Name, m.meta.Version, lowerFirst(err.Error()))
-	}
-	for i := range n {
-		scores[i] = s.res[i*m.outCols+m.outCols-1]
-	}
-	return nil
+	return m.run(n, in, out, s.res, scores)
 }
 
 // close releases the tensors; the scratch is not used again.

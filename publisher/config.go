@@ -384,14 +384,11 @@ func checkBrokerURL(s string) error {
 // checkBaseURL applies the release document's URL rules early, so a bad
 // base URL fails at start-up rather than at the first announcement.
 func checkBaseURL(s string) error {
-	u, err := url.Parse(s)
-	switch {
-	case err != nil:
+	if err := checkServiceURL(s); err != nil {
 		return err
-	case u.Scheme != "http" && u.Scheme != "https":
-		return fmt.Errorf("%q: scheme must be http or https", s)
-	case u.Host == "":
-		return fmt.Errorf("%q has no host", s)
+	}
+	u, _ := url.Parse(s)
+	switch {
 	case u.User != nil:
 		return fmt.Errorf("%q embeds credentials; release documents are broadcast to the fleet", s)
 	case u.RawQuery != "" || u.Fragment != "":

@@ -38,40 +38,17 @@ Flags override the config file. See docs/agent.md for every setting.`,
 					return err
 				}
 			}
-			fl := cmd.Flags()
-			if fl.Changed("truck") {
-				cfg.Truck = over.Truck
-			}
-			if fl.Changed("model") {
-				cfg.Model = over.Model
-			}
-			if fl.Changed("fleet") {
-				cfg.Fleet.Broker = over.Fleet.Broker
-			}
-			if fl.Changed("trusted-key") {
-				cfg.TrustedKeys = over.TrustedKeys
-			}
-			if fl.Changed("data") {
-				cfg.DataDir = over.DataDir
-			}
-			if fl.Changed("http") {
-				cfg.HTTP = over.HTTP
-			}
-			if fl.Changed("local-broker") {
-				cfg.LocalBroker.Listen = over.LocalBroker.Listen
-			}
-			if fl.Changed("probation") {
-				cfg.Probation = over.Probation
-			}
-			if fl.Changed("tls-ca") {
-				cfg.Fleet.TLS.CAFile = over.Fleet.TLS.CAFile
-			}
-			if fl.Changed("tls-cert") {
-				cfg.Fleet.TLS.CertFile = over.Fleet.TLS.CertFile
-			}
-			if fl.Changed("tls-key") {
-				cfg.Fleet.TLS.KeyFile = over.Fleet.TLS.KeyFile
-			}
+			override(cmd, "truck", &cfg.Truck, over.Truck)
+			override(cmd, "model", &cfg.Model, over.Model)
+			override(cmd, "fleet", &cfg.Fleet.Broker, over.Fleet.Broker)
+			override(cmd, "trusted-key", &cfg.TrustedKeys, over.TrustedKeys)
+			override(cmd, "data", &cfg.DataDir, over.DataDir)
+			override(cmd, "http", &cfg.HTTP, over.HTTP)
+			override(cmd, "local-broker", &cfg.LocalBroker.Listen, over.LocalBroker.Listen)
+			override(cmd, "probation", &cfg.Probation, over.Probation)
+			override(cmd, "tls-ca", &cfg.Fleet.TLS.CAFile, over.Fleet.TLS.CAFile)
+			override(cmd, "tls-cert", &cfg.Fleet.TLS.CertFile, over.Fleet.TLS.CertFile)
+			override(cmd, "tls-key", &cfg.Fleet.TLS.KeyFile, over.Fleet.TLS.KeyFile)
 			cfg.Logger = slog.Default()
 			a, err := edgeclient.New(cfg)
 			if err != nil {

@@ -95,22 +95,14 @@ func brokerConfig(cmd *cobra.Command, f brokerFlags) (broker.Config, error) {
 			return broker.Config{}, err
 		}
 	}
-	set := cmd.Flags().Changed
-	override := func(flag string, dst *string, v string) {
-		if set(flag) {
-			*dst = v
-		}
-	}
-	override("listen", &cfg.Listen, f.listen)
-	override("data", &cfg.DataDir, f.data)
-	override("http", &cfg.HTTPListen, f.http)
-	override("users", &cfg.UsersFile, f.users)
-	override("tls-cert", &cfg.TLSCert, f.tlsCert)
-	override("tls-key", &cfg.TLSKey, f.tlsKey)
-	override("tls-client-ca", &cfg.TLSClientCA, f.tlsCA)
-	if set("max-expiry") {
-		cfg.MaxMessageExpiry = f.maxExpiry
-	}
+	override(cmd, "listen", &cfg.Listen, f.listen)
+	override(cmd, "data", &cfg.DataDir, f.data)
+	override(cmd, "http", &cfg.HTTPListen, f.http)
+	override(cmd, "users", &cfg.UsersFile, f.users)
+	override(cmd, "tls-cert", &cfg.TLSCert, f.tlsCert)
+	override(cmd, "tls-key", &cfg.TLSKey, f.tlsKey)
+	override(cmd, "tls-client-ca", &cfg.TLSClientCA, f.tlsCA)
+	override(cmd, "max-expiry", &cfg.MaxMessageExpiry, f.maxExpiry)
 	cfg.Logger = slog.Default()
 	return cfg, cfg.Validate()
 }

@@ -71,9 +71,7 @@ func (s *sagemakerFlags) register(cmd *cobra.Command, publish bool) {
 // registry they are ignored, as they always were.
 func (s *sagemakerFlags) apply(cmd *cobra.Command, cfg *publisher.Config) {
 	changed := cmd.Flags().Changed
-	if changed("registry-kind") {
-		cfg.RegistryKind = s.kind
-	}
+	override(cmd, "registry-kind", &cfg.RegistryKind, s.kind)
 	if s.arn != "" {
 		cfg.RegistryKind = publisher.RegistryKindSageMaker
 	}
@@ -89,33 +87,15 @@ func (s *sagemakerFlags) apply(cmd *cobra.Command, cfg *publisher.Config) {
 	if cfg.SageMaker != nil {
 		sec = *cfg.SageMaker
 	}
-	if changed("groups") {
-		sec.Groups = s.groups
-	}
-	if changed("sqs-queue-url") {
-		sec.SQSQueueURL = s.queueURL
-	}
-	if changed("sagemaker-refresh") {
-		sec.RefreshInterval = s.refresh
-	}
-	if changed("presign-ttl") {
-		sec.PresignTTL = s.presignTTL
-	}
-	if changed("region") {
-		sec.Region = s.region
-	}
-	if changed("endpoint-url") {
-		sec.EndpointURL = s.endpointURL
-	}
-	if changed("s3-path-style") {
-		sec.S3PathStyle = s.pathStyle
-	}
-	if changed("artifact-cache") {
-		sec.ArtifactCache = s.cacheFile
-	}
-	if changed("container-runtime") {
-		sec.ContainerRuntime = s.container
-	}
+	override(cmd, "groups", &sec.Groups, s.groups)
+	override(cmd, "sqs-queue-url", &sec.SQSQueueURL, s.queueURL)
+	override(cmd, "sagemaker-refresh", &sec.RefreshInterval, s.refresh)
+	override(cmd, "presign-ttl", &sec.PresignTTL, s.presignTTL)
+	override(cmd, "region", &sec.Region, s.region)
+	override(cmd, "endpoint-url", &sec.EndpointURL, s.endpointURL)
+	override(cmd, "s3-path-style", &sec.S3PathStyle, s.pathStyle)
+	override(cmd, "artifact-cache", &sec.ArtifactCache, s.cacheFile)
+	override(cmd, "container-runtime", &sec.ContainerRuntime, s.container)
 	cfg.SageMaker = &sec
 }
 

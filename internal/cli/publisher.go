@@ -80,31 +80,21 @@ func (f *publisherFlags) publisherConfig(cmd *cobra.Command) (publisher.Config, 
 			return cfg, err
 		}
 	}
-	set := func(name string, dst *string, v string) {
-		if cmd.Flags().Changed(name) {
-			*dst = v
-		}
-	}
-	set("broker", &cfg.Broker, f.broker)
-	set("client-id", &cfg.ClientID, f.clientID)
-	set("username", &cfg.Username, f.username)
-	set("password", &cfg.Password, f.password)
-	set("registry", &cfg.RegistryDir, f.registry)
-	set("key", &cfg.KeyFile, f.key)
-	set("state", &cfg.StateFile, f.state)
-	set("artifacts-listen", &cfg.ArtifactListen, f.listen)
-	set("artifacts-url", &cfg.ArtifactBaseURL, f.artifactURL)
-	set("tls-ca", &cfg.TLS.CAFile, f.tlsCA)
-	set("tls-cert", &cfg.TLS.CertFile, f.tlsCert)
-	set("tls-key", &cfg.TLS.KeyFile, f.tlsKey)
-	for name, d := range map[string]struct {
-		dst *time.Duration
-		v   time.Duration
-	}{"poll": {&cfg.PollInterval, f.poll}, "ttl": {&cfg.ReleaseTTL, f.ttl}, "publish-timeout": {&cfg.PublishTimeout, f.publishTimeout}} {
-		if cmd.Flags().Changed(name) {
-			*d.dst = d.v
-		}
-	}
+	override(cmd, "broker", &cfg.Broker, f.broker)
+	override(cmd, "client-id", &cfg.ClientID, f.clientID)
+	override(cmd, "username", &cfg.Username, f.username)
+	override(cmd, "password", &cfg.Password, f.password)
+	override(cmd, "registry", &cfg.RegistryDir, f.registry)
+	override(cmd, "key", &cfg.KeyFile, f.key)
+	override(cmd, "state", &cfg.StateFile, f.state)
+	override(cmd, "artifacts-listen", &cfg.ArtifactListen, f.listen)
+	override(cmd, "artifacts-url", &cfg.ArtifactBaseURL, f.artifactURL)
+	override(cmd, "tls-ca", &cfg.TLS.CAFile, f.tlsCA)
+	override(cmd, "tls-cert", &cfg.TLS.CertFile, f.tlsCert)
+	override(cmd, "tls-key", &cfg.TLS.KeyFile, f.tlsKey)
+	override(cmd, "poll", &cfg.PollInterval, f.poll)
+	override(cmd, "ttl", &cfg.ReleaseTTL, f.ttl)
+	override(cmd, "publish-timeout", &cfg.PublishTimeout, f.publishTimeout)
 	if f.sm != nil {
 		f.sm.apply(cmd, &cfg)
 	}
@@ -168,22 +158,11 @@ func (r *rolloutFlags) apply(cmd *cobra.Command, cfg *publisher.Config) {
 	if cfg.Rollout != nil {
 		rc = *cfg.Rollout
 	}
-	fl := cmd.Flags()
-	if fl.Changed("canary-groups") {
-		rc.Groups = r.groups
-	}
-	if fl.Changed("canary-percent") {
-		rc.Percent = r.percent
-	}
-	if fl.Changed("canary-soak") {
-		rc.Soak = r.soak
-	}
-	if fl.Changed("canary-min-committed") {
-		rc.MinCommitted = r.minCommitted
-	}
-	if fl.Changed("canary-halt-after") {
-		rc.HaltAfter = r.haltAfter
-	}
+	override(cmd, "canary-groups", &rc.Groups, r.groups)
+	override(cmd, "canary-percent", &rc.Percent, r.percent)
+	override(cmd, "canary-soak", &rc.Soak, r.soak)
+	override(cmd, "canary-min-committed", &rc.MinCommitted, r.minCommitted)
+	override(cmd, "canary-halt-after", &rc.HaltAfter, r.haltAfter)
 	cfg.Rollout = &rc
 }
 
