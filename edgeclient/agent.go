@@ -71,6 +71,8 @@ type Agent struct {
 	st         status.Status
 	fleetRel   *release.Release // latest accepted model release
 	pinRel     *release.Release // latest accepted per-truck pin, if any
+	fleetDoc   []byte           // fleetRel as signed
+	pinDoc     []byte           // pinRel as signed
 	online     bool
 	offline    chan struct{} // closed when the fleet link drops
 	fleetState update.Fleet  // last accepted serials, as persisted
@@ -114,8 +116,8 @@ func New(cfg Config) (*Agent, error) {
 		dlTLS = dlTLS.Clone()
 		dlTLS.ServerName = ""
 	}
-	a.machine = &update.Machine{Store: store, Runtime: a.rts, Fetch: fetchArtifact(a.log, cfg.Fleet.HTTPProxy, dlTLS), Permanent: permanentFetchError, Deferred: deferredFetchError,
-		Probation: cfg.Probation, Log: a.log, OnChange: a.onRecord}
+	a.machine = &update.Machine{Store: store, Runtime: a.rts, Fetch: fetchArtifact(a.log, cfg.Fleet.HTTPProxy, dlTLS),
+		VerifyRelease: a.verifyKept, Probation: cfg.Probation, Log: a.log, OnChange: a.onRecord}
 	a.st = status.Status{Schema: status.Schema, Truck: cfg.Truck, Model: cfg.Model, Phase: string(update.Idle), Agent: "linkedge"}
 	return a, nil
 }
@@ -158,15 +160,19 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 	}
 	// The last accepted documents, checked again (an expired one is
 	// dropped: the broker will have a newer one).
-	if r, err := a.verifier.Verify(a.store.Document(update.ReleaseDocument)); err == nil && r.Model == a.cfg.Model {
-		a.fleetRel = r
+	if doc := a.store.Document(update.ReleaseDocument); doc != nil {
+		if r, err := a.verifier.Verify(doc); err == nil && r.Model == a.cfg.Model {
+			a.fleetRel, a.fleetDoc = r, doc
+		}
 	}
-	if r, err := a.verifier.Verify(a.store.Document(update.PinDocument)); err == nil && r.Model == a.cfg.Model {
-		a.pinRel = r
+	if doc := a.store.Document(update.PinDocument); doc != nil {
+		if r, err := a.verifier.Verify(doc); err == nil && r.Model == a.cfg.Model {
+			a.pinRel, a.pinDoc = r, doc
+		}
 	}
 	serving, err := a.machine.Boot(ctx)
 	if err != nil {
-		a.log.Error("boot: agent state is unreadable; starting without a model", "err", err)
+		a.log.Error("boot: the installed model could not start; serving nothing until an update succeeds", "err", err)
 		a.setError(err.Error())
 	}
 	if serving != nil {
@@ -281,6 +287,20 @@ func (a *Agent) Close() error {
 		}
 	})
 	return nil
+}
+
+// verifyKept checks a release document kept beside a bundle: signed by a
+// pinned key and for this truck's model; its validity window no longer
+// matters, the bytes it names were verified when it was current.
+func (a *Agent) verifyKept(doc []byte) (*release.Release, error) {
+	r, err := a.verifier.VerifyAtRest(doc)
+	if err != nil {
+		return nil, err
+	}
+	if r.Model != a.cfg.Model {
+		return nil, fmt.Errorf("kept release is for model %s, this truck runs %s", r.Model, a.cfg.Model)
+	}
+	return r, nil
 }
 
 // HTTPAddr is the bound inference address.

@@ -3,7 +3,6 @@ package edgeclient
 import (
 	"context"
 	"crypto/tls"
-	"errors"
 	"log/slog"
 	"net/http"
 	"net/url"
@@ -28,24 +27,4 @@ func fetchArtifact(log *slog.Logger, proxy string, tlsCfg *tls.Config) update.Fe
 		return download.Fetch(ctx, t.Artifact.URL, dst, t.Artifact.Size, t.Artifact.SHA256,
 			download.Options{Client: client, Progress: progress, Logger: log.With("part", "download", "version", t.Version)})
 	}
-}
-
-// permanentFetchError reports download errors that retrying cannot fix: a
-// digest or size mismatch, a 404. The update fails and the artifact is
-// remembered as bad.
-func permanentFetchError(err error) bool {
-	if errors.Is(err, download.ErrDigestMismatch) || errors.Is(err, download.ErrSizeMismatch) || errors.Is(err, download.ErrTooLarge) {
-		return true
-	}
-	return errors.Is(err, download.ErrHTTPStatus) && !download.Retryable(err) && !deferredFetchError(err)
-}
-
-// deferredFetchError reports a 401 or 403: nothing against the artifact, but
-// a presigned URL that expired (or a truck clock that is off). The publisher
-// re-signs the release with a fresh URL for the same bytes before the old
-// one expires, so the update waits for that release, without counting an
-// attempt against the artifact.
-func deferredFetchError(err error) bool {
-	var he *download.HTTPStatusError
-	return errors.As(err, &he) && (he.StatusCode == 401 || he.StatusCode == 403)
 }

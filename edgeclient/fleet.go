@@ -93,7 +93,7 @@ func (a *Agent) onFleetMessage(_ paho.Client, m paho.Message) {
 	if pin && len(m.Payload()) == 0 {
 		a.mu.Lock()
 		had := a.pinRel != nil
-		a.pinRel = nil
+		a.pinRel, a.pinDoc = nil, nil
 		a.mu.Unlock()
 		if err := a.store.SetDocument(update.PinDocument, nil); err != nil {
 			a.log.Error("cannot forget the pin on disk", "err", err)
@@ -152,9 +152,9 @@ func (a *Agent) onFleetMessage(_ paho.Client, m paho.Message) {
 	a.mu.Lock()
 	a.fleetState = fs
 	if pin {
-		a.pinRel = r
+		a.pinRel, a.pinDoc = r, m.Payload()
 	} else {
-		a.fleetRel = r
+		a.fleetRel, a.fleetDoc = r, m.Payload()
 	}
 	a.st.Serial = max(a.st.Serial, r.Serial)
 	a.mu.Unlock()

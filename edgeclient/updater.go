@@ -10,14 +10,11 @@ import (
 	"github.com/linkedge/linkedge/internal/status"
 )
 
-// retryAfter is how long the updater waits before it retries a target whose
-// update failed for a reason that may pass (the agent stays on its version
-// meanwhile).
-const retryAfter = 30 * time.Second
-
 // updater is the one goroutine that runs updates. It wakes on a new
-// release, on a reconnect, and on a retry timer; each time it works out the
-// target and, while online, runs the state machine towards it.
+// release, on a reconnect, and on the retry timer; each time it works out
+// the target and runs the state machine towards it. Whether and when to try
+// again is the machine's decision (Machine.NextTry, Machine.GivenUp); the
+// updater only waits for it, and for the fleet link when bytes are missing.
 func (a *Agent) updater(ctx context.Context) {
 	defer a.wg.Done()
 	retry := time.NewTimer(time.Hour)
@@ -35,29 +32,34 @@ func (a *Agent) updater(ctx context.Context) {
 			if !ok {
 				break
 			}
-			octx, cancel, online := a.whileOnline(ctx)
-			if !online {
-				cancel()
-				a.log.Info("update waits for the fleet link", "version", t.Version)
+			if at := a.machine.NextTry(t); at.After(time.Now()) {
+				retry.Reset(time.Until(at))
+				a.log.Debug("update waits before it tries again", "version", t.Version, "at", at.Format(time.RFC3339))
 				break
+			}
+			link, cancel, online := a.whileOnline(ctx)
+			if !online {
+				cancel() // nothing may be downloaded; bytes on disk still install
+				if !a.store.HasArtifact(t) {
+					a.log.Info("update waits for the fleet link", "version", t.Version)
+					break
+				}
 			}
 			a.publishEvent(status.Event{Kind: status.EventUpdateStarted, Version: t.Version, Serial: t.Serial})
 			a.mu.Lock()
 			a.running, a.cancelRunning = t.Artifact.SHA256, cancel
 			a.mu.Unlock()
-			rec, err := a.machine.Apply(octx, t)
+			rec, err := a.machine.Apply(ctx, link, t)
 			a.mu.Lock()
 			a.running, a.cancelRunning = "", nil
 			a.mu.Unlock()
 			cancel()
 			a.finished(t, rec, err)
-			if errors.Is(err, update.ErrInterrupted) {
-				break
+			if errors.Is(err, update.ErrInterrupted) || errors.Is(err, update.ErrDeferred) {
+				break // the next release, reconnect or start resumes it
 			}
-			if err != nil {
-				retry.Reset(retryAfter)
-				break
-			}
+			// Committed, or failed: the next round finds nothing to do, a
+			// newer target, or the time of the retry.
 		}
 	}
 }
@@ -65,16 +67,16 @@ func (a *Agent) updater(ctx context.Context) {
 // wanted returns the target the truck should move to, if it is not there.
 func (a *Agent) wanted() (update.Target, bool) {
 	a.mu.Lock()
-	r := a.pinRel
+	r, doc := a.pinRel, a.pinDoc
 	if r == nil {
-		r = a.fleetRel
+		r, doc = a.fleetRel, a.fleetDoc
 	}
 	a.mu.Unlock()
 	var t update.Target
 	switch {
 	case r != nil:
 		tg, canary := r.TargetFor(a.cfg.Truck, a.cfg.Groups)
-		t = update.Target{Model: r.Model, Serial: r.Serial, Version: tg.Version, Artifact: tg.Artifact, Runtime: tg.Runtime, Canary: canary}
+		t = update.Target{Model: r.Model, Serial: r.Serial, Version: tg.Version, Artifact: tg.Artifact, Runtime: tg.Runtime, Canary: canary, Document: doc}
 	case a.machine.Pending() != nil:
 		// An update interrupted by a restart, resumed from its record.
 		t = a.machine.Pending().Target
@@ -91,8 +93,8 @@ func (a *Agent) wanted() (update.Target, bool) {
 		a.setError(fmt.Sprintf("version %d: %v; staying on the current version", t.Version, err))
 		return t, false
 	}
-	if f, failed := a.store.Failed(t.Artifact.SHA256); failed && f.Attempts >= 3 {
-		a.setError(fmt.Sprintf("version %d was given up after %d attempts: %s", t.Version, f.Attempts, f.Reason))
+	if f, given := a.machine.GivenUp(t); given {
+		a.setError(fmt.Sprintf("version %d was given up after %d failed attempts on this truck: %s; a release with another bundle or image moves the truck again", t.Version, f.Attempts, f.Reason))
 		return t, false
 	}
 	return t, true
@@ -159,8 +161,13 @@ func (a *Agent) finished(t update.Target, rec update.Record, err error) {
 		a.updated = time.Now()
 		a.mu.Unlock()
 		a.publishEvent(status.Event{Kind: status.EventUpdateCommitted, Version: t.Version, Serial: t.Serial})
-	case errors.Is(err, update.ErrInterrupted):
+	case errors.Is(err, update.ErrInterrupted), errors.Is(err, update.ErrDeferred):
 		a.log.Info("update paused", "version", t.Version, "phase", rec.Phase, "reason", err)
+	case errors.Is(err, update.ErrGivenUp):
+		a.setError(err.Error())
+	case errors.Is(err, update.ErrTransient):
+		a.setError(err.Error())
+		a.publishEvent(status.Event{Kind: status.EventUpdateRetrying, Version: t.Version, Serial: t.Serial, Detail: err.Error()})
 	case rec.Phase == update.RolledBack:
 		a.publishEvent(status.Event{Kind: status.EventRolledBack, Version: t.Version, Serial: t.Serial, Detail: err.Error()})
 	default:

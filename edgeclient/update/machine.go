@@ -1,50 +1,53 @@
 package update
 
 import (
+	"cmp"
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"time"
 
 	"github.com/linkedge/linkedge/edgeclient/runtime"
-)
-
-// Sentinel errors.
-var (
-	// ErrInterrupted means the update stopped before it finished, because
-	// the context ended (the truck went offline, or the agent stops). The
-	// record stays, and the next Apply of the same target resumes it.
-	ErrInterrupted = errors.New("update interrupted")
-	// ErrGivenUp means the target's artifact failed before and will not be
-	// tried again.
-	ErrGivenUp = errors.New("artifact failed before; not retrying")
+	"github.com/linkedge/linkedge/internal/backoff"
+	"github.com/linkedge/linkedge/internal/release"
 )
 
 // FetchFunc downloads an artifact to dst and verifies its size and sha256;
-// it resumes a partial download left by an earlier call. Errors that retrying
-// cannot fix (digest mismatch, 404) must satisfy Permanent.
+// it resumes a partial download left by an earlier call. Its errors are
+// classified by Classify; ctx is the fleet link's context, which ends when
+// the link drops.
 type FetchFunc func(ctx context.Context, t Target, dst string, progress func(done, total int64)) error
 
 // Machine runs updates one at a time. It is not safe for concurrent use:
-// the agent's single updater goroutine owns it.
+// the agent's single updater goroutine owns it. Every decision about a
+// failure (resume, wait, retry, count, give up) is made here.
 type Machine struct {
 	Store   *Store
 	Runtime runtime.Runtime
 	Fetch   FetchFunc
-	// Permanent classifies fetch errors that retrying cannot fix.
-	Permanent func(error) bool
-	// Deferred classifies fetch errors that only a newer release can fix
-	// (an expired presigned URL): the update pauses as if interrupted,
-	// without counting an attempt, until the next release or reconnect.
-	Deferred func(error) bool
+	// VerifyRelease checks a kept release document's signature (not its
+	// validity window: an offline truck must keep serving after its
+	// release expired) and that it is for this truck's model. Boot uses it
+	// to rebuild installed.json from the documents kept beside the
+	// bundles when the file is unreadable; nil disables that.
+	VerifyRelease func(doc []byte) (*release.Release, error)
 	// Probation is how long a switched-to version serves before it is
 	// committed; a failed request or health check in that time rolls back.
 	// Default 10 s.
 	Probation time.Duration
-	// MaxAttempts of one target before it is given up. Default 3.
+	// MaxAttempts is how many permanent failures give a target up.
+	// Default 3.
 	MaxAttempts int
+	// MaxCrashes is how many agent deaths in a row while a target was
+	// switched in (never a clean stop) count as one permanent failure: a
+	// model that crashes the agent must not loop for ever. Default 5; a
+	// power cut is rarely that regular.
+	MaxCrashes int
+	// RetryMin and RetryMax bound the jittered exponential backoff between
+	// tries of a failing target. Defaults 5 s and 15 min.
+	RetryMin, RetryMax time.Duration
 	// OnChange hears every record written, for status reports.
 	OnChange func(Record)
 	Log      *slog.Logger
@@ -66,12 +69,15 @@ func (m *Machine) log() *slog.Logger {
 	return slog.Default()
 }
 
+func (m *Machine) maxAttempts() int { return cmp.Or(max(m.MaxAttempts, 0), 3) }
+func (m *Machine) maxCrashes() int  { return cmp.Or(max(m.MaxCrashes, 0), 5) }
+
 // save writes r before the phase it names runs.
 func (m *Machine) save(r *Record, p Phase) error {
 	r.Phase = p
 	r.UpdatedAt = m.now()
 	if err := m.Store.SetRecord(*r); err != nil {
-		return err
+		return Mark(Transient, err)
 	}
 	if m.OnChange != nil {
 		m.OnChange(*r)
@@ -79,24 +85,114 @@ func (m *Machine) save(r *Record, p Phase) error {
 	return nil
 }
 
-// Boot brings up what serves after a start: the committed version, or the
-// previous one if the committed one no longer loads. It also settles an
-// update that a crash interrupted after its switch: that version served
-// unverified-by-probation, so it counts as a failed attempt and the truck is
-// back on the committed version. It returns the spec now serving, or nil.
+// Boot brings up what serves after a start, before any network: the
+// committed version, or the previous one if the committed bundle is corrupt
+// or does not load. Each bundle's sha256 and size are checked against the
+// release that installed it first; a corrupt one is deleted, so the next
+// release downloads it again.
+//
+// It also settles an update a crash interrupted. installed.json is the one
+// commit point: if it names the record's target, the update committed and
+// stands. Otherwise a candidate that was switched in is simply not started
+// again; the update resumes later at no cost, unless the agent died while
+// it served MaxCrashes times in a row.
+//
+// It returns the spec now serving, or nil.
 func (m *Machine) Boot(ctx context.Context) (*runtime.Spec, error) {
+	if n, err := m.Store.SweepTemp(); err != nil {
+		m.log().Warn("boot: could not remove every temporary file of an interrupted write", "removed", n, "err", err)
+	} else if n > 0 {
+		m.log().Info("boot: removed temporary files of interrupted writes", "count", n)
+	}
 	in, err := m.Store.Installed()
+	if err != nil {
+		m.log().Error("boot: installed.json is unreadable; rebuilding it from the signed releases kept beside the bundles", "err", err)
+		in = m.rebuild()
+		if err := m.Store.SetInstalled(in); err != nil {
+			m.log().Error("boot: cannot rewrite installed.json", "err", err)
+		}
+	}
+	rec, err := m.Store.Record()
+	if err != nil {
+		m.log().Error("boot: update.json is unreadable; forgetting the update in progress (the release starts it again)", "err", err)
+		if err := m.Store.dropRecord(); err != nil {
+			m.log().Error("boot: cannot remove update.json", "err", err)
+		}
+		rec = nil
+	}
+	if rec != nil && rec.Phase.afterSwitch() && in.Current != nil && SpecKey(*in.Current) == rec.Target.Key() {
+		m.log().Info("boot: the update had committed before the agent stopped", "model", rec.Target.Model, "version", rec.Target.Version)
+		rec.Error, rec.Class, rec.Crashes = "", "", 0
+		if err := m.save(rec, Committed); err != nil {
+			m.log().Error("boot: cannot record the commit in update.json", "err", err)
+		}
+	}
+
+	serving, err := m.bootServe(ctx, &in)
 	if err != nil {
 		return nil, err
 	}
+
+	if rec != nil && rec.Phase.afterSwitch() {
+		rec.Crashes++
+		if rec.Crashes >= m.maxCrashes() {
+			rec.Error = fmt.Sprintf("the agent died %d times in a row while version %d was switched in, before its commit", rec.Crashes, rec.Target.Version)
+			rec.Class = Permanent.String()
+			m.count(rec, Permanent)
+			phase := Failed
+			if serving != nil {
+				phase = RolledBack // the committed version serves again
+			}
+			m.log().Error("boot: giving the version a failed attempt", "model", rec.Target.Model, "version", rec.Target.Version, "crashes", rec.Crashes)
+			if err := m.save(rec, phase); err != nil {
+				m.log().Error("boot: cannot record the failure", "err", err)
+			}
+		} else {
+			rec.Error = fmt.Sprintf("the agent restarted while version %d was switched in, before its commit; the committed version serves and the update runs again", rec.Target.Version)
+			rec.Class = Interrupted.String()
+			m.log().Warn("boot: update interrupted after its switch; it runs again", "model", rec.Target.Model, "version", rec.Target.Version, "phase", rec.Phase)
+			if err := m.save(rec, Verifying); err != nil {
+				m.log().Error("boot: cannot record the interruption", "err", err)
+			}
+		}
+	}
+
+	// Housekeeping: bundles no one can need any more (a superseded
+	// download, a version neither current nor previous).
+	keep := []string{}
+	for _, s := range []*runtime.Spec{in.Current, in.Previous} {
+		if s != nil {
+			keep = append(keep, s.SHA256)
+		}
+	}
+	if rec != nil && !rec.Phase.Done() {
+		keep = append(keep, rec.Target.Artifact.SHA256)
+	}
+	if err := m.Store.Prune(keep...); err != nil {
+		m.log().Warn("boot: prune old artifacts", "err", err)
+	}
+	return serving, nil
+}
+
+// bootServe starts the first of in's versions whose bundle is intact and
+// loads, and rewrites in (and installed.json) if that is not the current one.
+func (m *Machine) bootServe(ctx context.Context, in *Installed) (*runtime.Spec, error) {
 	var serving *runtime.Spec
 	for _, spec := range []*runtime.Spec{in.Current, in.Previous} {
 		if spec == nil {
 			continue
 		}
+		if err := m.Store.VerifyArtifact(spec.SHA256, spec.Size); err != nil {
+			m.log().Error("boot: installed bundle is corrupt; not serving it, and it will be downloaded again", "model", spec.Model, "version", spec.Version, "err", err)
+			os.Remove(m.Store.ArtifactPath(spec.SHA256))
+			continue
+		}
 		c, err := m.Runtime.Stage(ctx, *spec)
 		if err != nil {
-			m.log().Error("installed model does not load; trying the previous one", "model", spec.Model, "version", spec.Version, "err", err)
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			m.log().Error("boot: installed model does not start; trying the previous one", "model", spec.Model, "version", spec.Version, "err", err)
 			continue
 		}
 		if _, err := m.Runtime.Activate(ctx, c); err != nil {
@@ -104,42 +200,109 @@ func (m *Machine) Boot(ctx context.Context) (*runtime.Spec, error) {
 			return nil, err
 		}
 		serving = spec
-		if spec != in.Current {
-			in.Current, in.Previous = spec, nil
-			if err := m.Store.SetInstalled(in); err != nil {
-				return serving, err
-			}
-		}
 		break
 	}
-	rec, err := m.Store.Record()
-	if err != nil || rec == nil {
-		return serving, err
-	}
-	if rec.Phase.afterSwitch() {
-		rec.Error = fmt.Sprintf("agent restarted in phase %s before the commit; back on the committed version", rec.Phase)
-		m.log().Warn("update interrupted after the switch; rolled back", "model", rec.Target.Model, "version", rec.Target.Version, "phase", rec.Phase)
-		if rec.Attempt >= m.maxAttempts() {
-			m.giveUp(rec)
-		}
-		if err := m.save(rec, RolledBack); err != nil {
+	if serving != nil && serving != in.Current {
+		// The previous version serves; the current one is gone or broken,
+		// and the release that names it brings it back. Previous names
+		// only a bundle that is there, so it stays empty until a commit.
+		m.log().Warn("boot: serving the previous version", "model", serving.Model, "version", serving.Version)
+		*in = Installed{Current: serving}
+		if err := m.Store.SetInstalled(*in); err != nil {
 			return serving, err
 		}
 	}
 	return serving, nil
 }
 
-func (m *Machine) maxAttempts() int {
-	if m.MaxAttempts > 0 {
-		return m.MaxAttempts
+// rebuild makes installed.json again from the release documents kept beside
+// the bundles: the bundles that were committed, whose document's signature
+// verifies and whose bytes still have its sha256, newest commit first.
+func (m *Machine) rebuild() Installed {
+	if m.VerifyRelease == nil {
+		return Installed{}
 	}
-	return 3
+	var specs []runtime.Spec
+	for sha, k := range m.Store.keptReleases() {
+		if k.CommittedAt.IsZero() {
+			continue
+		}
+		r, err := m.VerifyRelease(k.Document)
+		if err != nil {
+			m.log().Warn("boot: a kept release does not verify; ignoring it", "sha256", sha, "err", err)
+			continue
+		}
+		t, ok := targetBySHA(r, sha)
+		if !ok {
+			continue
+		}
+		if err := m.Store.VerifyArtifact(sha, t.Artifact.Size); err != nil {
+			m.log().Warn("boot: a kept bundle is corrupt; ignoring it", "sha256", sha, "err", err)
+			continue
+		}
+		specs = append(specs, runtime.Spec{Model: r.Model, Version: t.Version, SHA256: sha, Size: t.Artifact.Size,
+			Bundle: m.Store.ArtifactPath(sha), Serial: r.Serial, Kind: t.Runtime.Kind, Image: t.Runtime.Image, InstalledAt: k.CommittedAt})
+	}
+	slices.SortFunc(specs, func(a, b runtime.Spec) int { return b.InstalledAt.Compare(a.InstalledAt) })
+	var in Installed
+	if len(specs) > 0 {
+		in.Current = &specs[0]
+	}
+	if len(specs) > 1 {
+		in.Previous = &specs[1]
+	}
+	if in.Current != nil {
+		m.log().Info("boot: rebuilt installed.json from kept releases", "version", in.Current.Version, "bundles", len(specs))
+	}
+	return in
 }
 
-// giveUp marks the target's artifact as failed for good.
-func (m *Machine) giveUp(rec *Record) {
-	m.Store.MarkFailed(rec.Target.Artifact.SHA256, FailedArtifact{Model: rec.Target.Model, Version: rec.Target.Version,
-		Reason: rec.Error, Attempts: m.maxAttempts(), At: m.now()})
+// targetBySHA finds the target of r (stable or canary) whose artifact is sha.
+func targetBySHA(r *release.Release, sha string) (release.Target, bool) {
+	if r.Stable.Artifact.SHA256 == sha {
+		return r.Stable, true
+	}
+	if r.Canary != nil && r.Canary.Artifact.SHA256 == sha {
+		return r.Canary.Target, true
+	}
+	return release.Target{}, false
+}
+
+// GivenUp reports whether t failed permanently MaxAttempts times.
+func (m *Machine) GivenUp(t Target) (FailedTarget, bool) {
+	f, ok := m.Store.Failed(t.Key())
+	return f, ok && f.Attempts >= m.maxAttempts()
+}
+
+// NextTry is when the next try of t is due after a failure; zero when it
+// is due now. A release with another serial (a re-announcement) is due now.
+func (m *Machine) NextTry(t Target) time.Time {
+	rec, err := m.Store.Record()
+	if err != nil || rec == nil || rec.Target.Key() != t.Key() || rec.Target.Serial != t.Serial {
+		return time.Time{}
+	}
+	if rec.Phase != Retrying && rec.Phase != Failed && rec.Phase != RolledBack {
+		return time.Time{}
+	}
+	return rec.RetryAt
+}
+
+// count records a failure of class c: it moves the backoff on and, for a
+// permanent one, counts an attempt and gives the target up at MaxAttempts.
+func (m *Machine) count(rec *Record, c Class) {
+	rec.Retries++
+	rec.RetryAt = m.now().Add(backoff.Nth(cmp.Or(m.RetryMin, 5*time.Second), cmp.Or(m.RetryMax, 15*time.Minute), rec.Retries))
+	if c != Permanent {
+		return
+	}
+	rec.Attempt++
+	if rec.Attempt >= m.maxAttempts() {
+		err := m.Store.MarkFailed(rec.Target.Key(), FailedTarget{Model: rec.Target.Model, Version: rec.Target.Version,
+			Reason: rec.Error, Attempts: rec.Attempt, At: m.now()})
+		if err != nil {
+			m.log().Error("cannot record the version as given up", "err", err)
+		}
+	}
 }
 
 // Pending returns the record of an update that has not finished, so the
@@ -152,102 +315,106 @@ func (m *Machine) Pending() *Record {
 	return rec
 }
 
-// Apply takes the truck to t. It returns the record as it ended: Committed,
-// Failed or RolledBack; or ErrInterrupted (the record stays, resumable) when
-// ctx ends during the download or before the switch.
-func (m *Machine) Apply(ctx context.Context, t Target) (Record, error) {
-	if f, ok := m.Store.Failed(t.Artifact.SHA256); ok && f.Attempts >= m.maxAttempts() {
-		return Record{Phase: Failed, Target: t, Error: f.Reason}, fmt.Errorf("%w: %s v%d: %s", ErrGivenUp, t.Model, t.Version, f.Reason)
+// Apply takes the truck to t. ctx is the agent's lifetime: staging, the
+// health check, the switch, probation and the commit run on it. link is the
+// fleet link's: only the download runs on it, so a link drop pauses a
+// download and nothing else.
+//
+// It returns the record as it ended: Committed; or an error wrapping one of
+// ErrInterrupted, ErrDeferred (the record stays and the next Apply resumes),
+// ErrTransient (Retrying: try again at NextTry), ErrPermanent (Failed or
+// RolledBack, one attempt counted) or ErrGivenUp.
+func (m *Machine) Apply(ctx, link context.Context, t Target) (Record, error) {
+	if f, ok := m.GivenUp(t); ok {
+		return Record{Phase: Failed, Target: t, Error: f.Reason, Class: Permanent.String()},
+			fmt.Errorf("%w: %s v%d failed %d times: %s", ErrGivenUp, t.Model, t.Version, f.Attempts, f.Reason)
 	}
 	rec, err := m.Store.Record()
 	if err != nil {
-		return Record{}, err
+		m.log().Error("update.json is unreadable; starting the update afresh", "err", err)
+		rec = nil
 	}
-	switch {
-	case rec != nil && rec.Target.Model == t.Model && rec.Target.Artifact.SHA256 == t.Artifact.SHA256 && rec.Phase != Committed:
-		// The same artifact again: resume it, or retry it, counting attempts.
-		if rec.Phase.Done() {
-			rec.StartedAt = m.now()
-		}
-	default:
-		rec = &Record{Target: t, StartedAt: m.now()}
+	if rec == nil || rec.Target.Key() != t.Key() || rec.Target.Model != t.Model || rec.Phase == Committed {
+		rec = &Record{StartedAt: m.now()}
+	} else if rec.Target.Serial != t.Serial {
+		rec.Retries, rec.RetryAt = 0, time.Time{} // re-announced: start over at once
 	}
 	rec.Target = t
-	rec.Attempt++
-	rec.Error = ""
+	rec.Error, rec.Class = "", ""
+	rec.From = nil
 	if serving := m.Runtime.Serving(); serving != nil {
 		s := serving.Spec()
 		rec.From = &s
 	}
-	return m.run(ctx, rec)
+	return m.run(ctx, link, rec)
 }
 
-func (m *Machine) run(ctx context.Context, rec *Record) (Record, error) {
+func (m *Machine) run(ctx, link context.Context, rec *Record) (Record, error) {
 	t := rec.Target
 	dst := m.Store.ArtifactPath(t.Artifact.SHA256)
-	// Downloading and Verifying: Fetch verifies size and digest before the
-	// file gets its final name, so both phases are one call; Verifying is
-	// recorded once the bytes are in, for the status.
-	if err := m.save(rec, Downloading); err != nil {
-		return *rec, err
-	}
-	last := time.Time{}
-	err := m.Fetch(ctx, t, dst, func(done, total int64) {
-		rec.Downloaded, rec.Total = done, total
-		if m.OnChange != nil && time.Since(last) > 250*time.Millisecond {
-			last = time.Now()
-			m.OnChange(*rec)
+	// Bytes already on disk are checked again: a power cut, or the disk,
+	// may have changed them since they were verified.
+	if m.Store.HasArtifact(t) {
+		if err := m.save(rec, Verifying); err != nil {
+			return m.fail(ctx, rec, err)
 		}
-	})
-	if err != nil {
-		if ctx.Err() != nil {
-			rec.Error = "paused: " + ctx.Err().Error()
-			m.save(rec, Downloading)
-			return *rec, fmt.Errorf("%w: %w", ErrInterrupted, err)
+		if err := m.Store.VerifyArtifact(t.Artifact.SHA256, t.Artifact.Size); err != nil {
+			m.log().Warn("stored bundle is corrupt; downloading it again", "version", t.Version, "err", err)
+			os.Remove(dst)
 		}
-		if m.Deferred != nil && m.Deferred(err) {
-			rec.Attempt--
-			rec.Error = "waiting for a fresh release: " + err.Error()
-			m.save(rec, Downloading)
-			return *rec, fmt.Errorf("%w: %w", ErrInterrupted, err)
+	}
+	if !m.Store.HasArtifact(t) {
+		if err := m.save(rec, Downloading); err != nil {
+			return m.fail(ctx, rec, err)
 		}
-		return m.fail(rec, fmt.Errorf("download: %w", err), m.Permanent != nil && m.Permanent(err))
+		last := time.Time{}
+		err := m.Fetch(link, t, dst, func(done, total int64) {
+			rec.Downloaded, rec.Total = done, total
+			if m.OnChange != nil && time.Since(last) > 250*time.Millisecond {
+				last = time.Now()
+				m.OnChange(*rec)
+			}
+		})
+		if err != nil {
+			return m.fail(link, rec, fmt.Errorf("download: %w", err))
+		}
+		// Fetch verified size and digest before the file got its name.
+		if err := m.save(rec, Verifying); err != nil {
+			return m.fail(ctx, rec, err)
+		}
 	}
-	if err := m.save(rec, Verifying); err != nil {
-		return *rec, err
-	}
-	if st, err := os.Stat(dst); err != nil || st.Size() != t.Artifact.Size {
-		return m.fail(rec, fmt.Errorf("verify: %s is missing or has the wrong size", dst), true)
+	if len(t.Document) > 0 {
+		if err := m.Store.SetRelease(t.Artifact.SHA256, t.Document, time.Time{}); err != nil {
+			m.log().Warn("cannot keep the release beside its bundle", "err", err)
+		}
 	}
 
 	if err := m.save(rec, Staging); err != nil {
-		return *rec, err
+		return m.fail(ctx, rec, err)
 	}
-	spec := runtime.Spec{Model: t.Model, Version: t.Version, SHA256: t.Artifact.SHA256, Bundle: dst, Serial: t.Serial,
-		Kind: t.Runtime.Kind, Image: t.Runtime.Image}
+	spec := runtime.Spec{Model: t.Model, Version: t.Version, SHA256: t.Artifact.SHA256, Size: t.Artifact.Size, Bundle: dst,
+		Serial: t.Serial, Kind: t.Runtime.Kind, Image: t.Runtime.Image}
 	if err := m.save(rec, Starting); err != nil {
-		return *rec, err
+		return m.fail(ctx, rec, err)
 	}
 	cand, err := m.Runtime.Stage(ctx, spec)
 	if err != nil {
-		if ctx.Err() != nil {
-			return *rec, fmt.Errorf("%w: %w", ErrInterrupted, err)
-		}
-		return m.fail(rec, fmt.Errorf("stage: %w", err), true)
+		return m.fail(ctx, rec, fmt.Errorf("stage: %w", err))
 	}
 	if err := m.save(rec, HealthCheck); err != nil {
 		cand.Close()
-		return *rec, err
+		return m.fail(ctx, rec, err)
 	}
 	if err := cand.Check(ctx); err != nil {
 		cand.Close()
-		return m.fail(rec, fmt.Errorf("health check: %w", err), true)
+		return m.fail(ctx, rec, fmt.Errorf("health check: %w", err))
 	}
 
-	// Point of no return for the request path: from here a crash rolls back.
+	// Point of no return for the request path: from here an agent that
+	// dies serves the committed version at its next start.
 	if err := m.save(rec, Switching); err != nil {
 		cand.Close()
-		return *rec, err
+		return m.fail(ctx, rec, err)
 	}
 	// Failures count from the switch: a request that fails while the
 	// probation phase is being recorded counts too.
@@ -255,24 +422,41 @@ func (m *Machine) run(ctx context.Context, rec *Record) (Record, error) {
 	prev, err := m.Runtime.Activate(ctx, cand)
 	if err != nil {
 		cand.Close()
-		return m.fail(rec, fmt.Errorf("switch: %w", err), true)
+		return m.fail(ctx, rec, fmt.Errorf("switch: %w", err))
 	}
 	if err := m.save(rec, Probation); err != nil {
-		return *rec, err
+		return m.rollback(ctx, rec, cand, prev, err)
 	}
 	if err := m.probation(ctx, cand, base); err != nil {
 		return m.rollback(ctx, rec, cand, prev, err)
 	}
 
-	// Commit: record the new version as current, then let the old one go.
-	in, _ := m.Store.Installed()
-	spec.InstalledAt = m.now()
-	in.Previous, in.Current = in.Current, &spec
-	if err := m.Store.SetInstalled(in); err != nil {
-		return m.rollback(ctx, rec, cand, prev, fmt.Errorf("commit: %w", err))
+	// Commit: one atomic write of installed.json. update.json follows it,
+	// but Boot trusts installed.json if a power cut falls between the two.
+	old, err := m.Store.Installed()
+	if err != nil {
+		old = Installed{Current: rec.From}
 	}
+	spec.InstalledAt = m.now()
+	in := Installed{Current: &spec, Previous: old.Current}
+	if old.Current != nil && SpecKey(*old.Current) == SpecKey(spec) {
+		in.Previous = old.Previous // the same version again: keep the real fallback
+	}
+	if in.Previous != nil && !m.Store.HasArtifact(Target{Artifact: release.Artifact{SHA256: in.Previous.SHA256, Size: in.Previous.Size}}) && in.Previous.Size > 0 {
+		in.Previous = nil // its bundle is gone: nothing to fall back to
+	}
+	if err := m.Store.SetInstalled(in); err != nil {
+		return m.rollback(ctx, rec, cand, prev, fmt.Errorf("commit: %w", Mark(Transient, err)))
+	}
+	rec.Error, rec.Class, rec.Retries, rec.RetryAt, rec.Crashes = "", "", 0, time.Time{}, 0
 	if err := m.save(rec, Committed); err != nil {
-		return *rec, err
+		m.log().Warn("update committed, but update.json could not say so; the next start settles it", "err", err)
+	}
+	if err := m.Store.SetRelease(t.Artifact.SHA256, t.Document, spec.InstalledAt); err != nil {
+		m.log().Warn("cannot mark the kept release as committed", "err", err)
+	}
+	if err := m.Store.ClearFailed(t.Key()); err != nil {
+		m.log().Warn("cannot clear the version's failure record", "err", err)
 	}
 	if prev != nil {
 		prev.Close()
@@ -290,8 +474,8 @@ func (m *Machine) run(ctx context.Context, rec *Record) (Record, error) {
 
 // probation watches the switched-to candidate: any failed request since
 // the switch (when c reported base failures), or a failed health check at
-// the end, sends it back. It does not end early when ctx ends (the agent
-// shutting down commits nothing): that is a rollback too.
+// the end, sends it back. ctx is the agent's lifetime, never the fleet
+// link: only what the candidate serves judges it.
 func (m *Machine) probation(ctx context.Context, c runtime.Candidate, base int64) error {
 	d := m.Probation
 	if d <= 0 {
@@ -304,7 +488,7 @@ func (m *Machine) probation(ctx context.Context, c runtime.Candidate, base int64
 	for {
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("interrupted during probation: %w", ctx.Err())
+			return Mark(Interrupted, fmt.Errorf("the agent stopped during probation: %w", ctx.Err()))
 		case <-tick.C:
 			if n := c.Failures() - base; n > 0 {
 				return fmt.Errorf("%w: %d requests failed during probation", runtime.ErrUnhealthy, n)
@@ -318,36 +502,68 @@ func (m *Machine) probation(ctx context.Context, c runtime.Candidate, base int64
 	}
 }
 
+// rollback puts the previous version back after the candidate served. An
+// interruption (the agent stopping) is not held against the candidate: the
+// update runs again after the restart.
 func (m *Machine) rollback(ctx context.Context, rec *Record, cand, prev runtime.Candidate, cause error) (Record, error) {
-	rec.Error = cause.Error()
+	class := Classify(ctx, cause)
+	rec.Error, rec.Class = cause.Error(), class.String()
 	m.save(rec, RollingBack)
-	m.log().Warn("rolling back", "model", rec.Target.Model, "version", rec.Target.Version, "cause", cause)
+	m.log().Warn("rolling back", "model", rec.Target.Model, "version", rec.Target.Version, "class", class, "cause", cause)
 	if prev != nil {
 		if _, err := m.Runtime.Activate(context.WithoutCancel(ctx), prev); err != nil {
-			return *rec, fmt.Errorf("roll back after %v: %w", cause, err)
+			return *rec, Mark(Transient, fmt.Errorf("roll back after %v: %w", cause, err))
 		}
 	}
 	cand.Close()
-	if rec.Attempt >= m.maxAttempts() || !errors.Is(cause, context.Canceled) {
-		m.giveUp(rec)
+	phase := RolledBack
+	switch {
+	case class == Interrupted:
+		// Resumable: the bundle is verified again and staged anew.
+		rec.Error = "paused: " + cause.Error()
+		phase = Verifying
+	case class != Permanent:
+		m.count(rec, class)
+		phase = Retrying
+	default:
+		m.count(rec, class)
+		if prev == nil {
+			phase = Failed // nothing served before: nothing was rolled back to
+		}
 	}
-	if err := m.save(rec, RolledBack); err != nil {
-		return *rec, err
+	if err := m.save(rec, phase); err != nil {
+		m.log().Error("cannot record the rollback", "err", err)
 	}
-	return *rec, fmt.Errorf("update to %s v%d rolled back: %w", rec.Target.Model, rec.Target.Version, cause)
+	return *rec, Mark(class, fmt.Errorf("update to %s v%d rolled back: %w", rec.Target.Model, rec.Target.Version, cause))
 }
 
-// fail ends an update that never served. A permanent failure marks the
-// artifact so it is not fetched again; a transient one counts an attempt.
-func (m *Machine) fail(rec *Record, cause error, permanent bool) (Record, error) {
-	rec.Error = cause.Error()
-	if permanent || rec.Attempt >= m.maxAttempts() {
-		m.giveUp(rec)
-		os.Remove(m.Store.ArtifactPath(rec.Target.Artifact.SHA256))
+// fail ends an update that never served; the version that served before
+// still does. ctx is the context the failed step ran on.
+func (m *Machine) fail(ctx context.Context, rec *Record, cause error) (Record, error) {
+	class := Classify(ctx, cause)
+	rec.Error, rec.Class = cause.Error(), class.String()
+	phase := rec.Phase
+	switch class {
+	case Interrupted:
+		rec.Error = "paused: " + cause.Error()
+		if phase.afterSwitch() || phase == "" {
+			phase = Verifying
+		}
+	case Deferred:
+		rec.Error = "waiting: " + cause.Error()
+	case Transient:
+		m.count(rec, class)
+		phase = Retrying
+		m.log().Warn("update step failed; retrying later", "model", rec.Target.Model, "version", rec.Target.Version,
+			"retry_at", rec.RetryAt.Format(time.RFC3339), "err", cause)
+	default:
+		m.count(rec, class)
+		phase = Failed
+		m.log().Error("update failed; the previous version keeps serving", "model", rec.Target.Model, "version", rec.Target.Version,
+			"attempt", rec.Attempt, "of", m.maxAttempts(), "err", cause)
 	}
-	if err := m.save(rec, Failed); err != nil {
-		return *rec, err
+	if err := m.save(rec, phase); err != nil {
+		m.log().Error("cannot record the update's state", "err", err)
 	}
-	m.log().Error("update failed; the previous version keeps serving", "model", rec.Target.Model, "version", rec.Target.Version, "err", cause)
-	return *rec, fmt.Errorf("update to %s v%d failed: %w", rec.Target.Model, rec.Target.Version, cause)
+	return *rec, Mark(class, fmt.Errorf("update to %s v%d: %w", rec.Target.Model, rec.Target.Version, cause))
 }

@@ -2,9 +2,11 @@ package update
 
 import (
 	"context"
+	"crypto/ed25519"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"slices"
@@ -14,6 +16,8 @@ import (
 	"time"
 
 	"github.com/linkedge/linkedge/edgeclient/runtime"
+	"github.com/linkedge/linkedge/inference"
+	"github.com/linkedge/linkedge/internal/download"
 	"github.com/linkedge/linkedge/internal/release"
 )
 
@@ -92,6 +96,7 @@ func (r *fakeRuntime) version() int64 {
 
 type harness struct {
 	m      *Machine
+	priv   ed25519.PrivateKey
 	rt     *fakeRuntime
 	phases []Phase
 	blobs  map[string][]byte
@@ -104,8 +109,12 @@ func newHarness(t *testing.T, dir string) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := &harness{rt: &fakeRuntime{stageErr: map[int64]error{}, checkErr: map[int64]error{}, failAfter: map[int64]int64{}}, blobs: map[string][]byte{}}
+	seed := sha256.Sum256([]byte("update test key"))
+	priv := ed25519.NewKeyFromSeed(seed[:])
+	verifier := &release.Verifier{Keys: []ed25519.PublicKey{priv.Public().(ed25519.PublicKey)}}
+	h := &harness{rt: &fakeRuntime{stageErr: map[int64]error{}, checkErr: map[int64]error{}, failAfter: map[int64]int64{}}, blobs: map[string][]byte{}, priv: priv}
 	h.m = &Machine{Store: st, Runtime: h.rt, Probation: 50 * time.Millisecond, Log: slog.New(slog.DiscardHandler),
+		RetryMin: time.Millisecond, RetryMax: 10 * time.Millisecond, VerifyRelease: verifier.VerifyAtRest,
 		Fetch: func(ctx context.Context, tg Target, dst string, progress func(int64, int64)) error {
 			h.fetchN.Add(1)
 			if err := ctx.Err(); err != nil {
@@ -129,16 +138,31 @@ func (h *harness) target(version, serial int64) Target {
 	sum := sha256.Sum256(b)
 	sha := hex.EncodeToString(sum[:])
 	h.blobs[sha] = b
-	return Target{Model: "m", Serial: serial, Version: version,
+	tg := Target{Model: "m", Serial: serial, Version: version,
 		Artifact: release.Artifact{URL: "http://x/y", SHA256: sha, Size: int64(len(b)), MediaType: release.MediaTypeBundle},
 		Runtime:  release.Runtime{Kind: release.RuntimeInProcess}}
+	// Signed as the publisher would, but already expired: documents kept
+	// at rest are checked without their validity window.
+	doc, err := release.Sign(&release.Release{Schema: release.Schema, Model: "m", Serial: serial,
+		IssuedAt: time.Now().Add(-48 * time.Hour), ExpiresAt: time.Now().Add(-24 * time.Hour),
+		Stable: release.Target{Version: version, Artifact: tg.Artifact, Runtime: tg.Runtime, Source: release.Source{Registry: release.RegistryLocal}}}, h.priv)
+	if err != nil {
+		panic(err)
+	}
+	tg.Document = doc
+	return tg
+}
+
+// apply runs Apply with the fleet link up for as long as ctx lives.
+func (h *harness) apply(ctx context.Context, t Target) (Record, error) {
+	return h.m.Apply(ctx, ctx, t)
 }
 
 func TestApplyCommits(t *testing.T) {
 	h := newHarness(t, t.TempDir())
 	ctx := context.Background()
 	for v := int64(1); v <= 2; v++ {
-		rec, err := h.m.Apply(ctx, h.target(v, v*10))
+		rec, err := h.apply(ctx, h.target(v, v*10))
 		if err != nil || rec.Phase != Committed {
 			t.Fatalf("v%d: phase %s err %v", v, rec.Phase, err)
 		}
@@ -152,10 +176,10 @@ func TestApplyCommits(t *testing.T) {
 		t.Fatalf("installed %+v / %+v, serving v%d", in.Current, in.Previous, h.rt.version())
 	}
 	// A third version prunes the oldest artifact: only current and previous stay.
-	h.m.Apply(ctx, h.target(3, 30))
+	h.apply(ctx, h.target(3, 30))
 	ents, _ := os.ReadDir(h.m.Store.Dir() + "/artifacts")
-	if len(ents) != 2 {
-		t.Fatalf("%d artifacts kept, want 2", len(ents))
+	if len(ents) != 4 { // two bundles, each with its kept release
+		t.Fatalf("%d files kept in artifacts/, want 4", len(ents))
 	}
 }
 
@@ -164,38 +188,49 @@ func TestApplyFailuresKeepServing(t *testing.T) {
 		name      string
 		setup     func(rt *fakeRuntime)
 		wantPhase Phase
+		wantErr   error
 	}{
-		{"stage fails", func(rt *fakeRuntime) { rt.stageErr[2] = errors.New("model does not load") }, Failed},
-		{"golden fails", func(rt *fakeRuntime) { rt.checkErr[2] = runtime.ErrUnhealthy }, Failed},
-		{"requests fail in probation", func(rt *fakeRuntime) { rt.failAfter[2] = 3 }, RolledBack},
+		{"model does not load", func(rt *fakeRuntime) {
+			rt.stageErr[2] = fmt.Errorf("%w: not an onnx model", inference.ErrModelMismatch)
+		}, Failed, ErrPermanent},
+		{"golden fails", func(rt *fakeRuntime) { rt.checkErr[2] = runtime.ErrUnhealthy }, Failed, ErrPermanent},
+		{"requests fail in probation", func(rt *fakeRuntime) { rt.failAfter[2] = 3 }, RolledBack, ErrPermanent},
+		{"runtime unavailable", func(rt *fakeRuntime) { rt.stageErr[2] = fmt.Errorf("%w: engine down", runtime.ErrUnavailable) }, Retrying, ErrTransient},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			h := newHarness(t, t.TempDir())
 			ctx := context.Background()
-			if _, err := h.m.Apply(ctx, h.target(1, 1)); err != nil {
+			if _, err := h.apply(ctx, h.target(1, 1)); err != nil {
 				t.Fatal(err)
 			}
 			tt.setup(h.rt)
 			t2 := h.target(2, 2)
-			rec, err := h.m.Apply(ctx, t2)
-			if err == nil || rec.Phase != tt.wantPhase {
-				t.Fatalf("phase %s err %v, want %s and an error", rec.Phase, err, tt.wantPhase)
+			for try := 1; try <= 3; try++ {
+				before := time.Now()
+				rec, err := h.apply(ctx, t2)
+				if !errors.Is(err, tt.wantErr) || rec.Phase != tt.wantPhase {
+					t.Fatalf("try %d: phase %s err %v, want %s and %v", try, rec.Phase, err, tt.wantPhase, tt.wantErr)
+				}
+				if h.rt.version() != 1 {
+					t.Fatalf("serving v%d after a failed update, want v1", h.rt.version())
+				}
+				in, _ := h.m.Store.Installed()
+				if in.Current.Version != 1 {
+					t.Fatalf("committed v%d, want v1", in.Current.Version)
+				}
+				if at := h.m.NextTry(t2); !at.After(before) {
+					t.Fatalf("try %d: next try at %v, want a backoff after %v", try, at, before)
+				}
 			}
-			if h.rt.version() != 1 {
-				t.Fatalf("serving v%d after a failed update, want v1", h.rt.version())
-			}
-			in, _ := h.m.Store.Installed()
-			if in.Current.Version != 1 {
-				t.Fatalf("committed v%d, want v1", in.Current.Version)
-			}
-			// The broken artifact is remembered and not fetched again.
+			// Three permanent failures give the target up; transient ones never do.
 			n := h.fetchN.Load()
-			if _, err := h.m.Apply(ctx, t2); !errors.Is(err, ErrGivenUp) {
-				t.Fatalf("second apply: %v, want ErrGivenUp", err)
+			_, err := h.apply(ctx, t2)
+			if given := errors.Is(err, ErrGivenUp); given != (tt.wantErr == ErrPermanent) {
+				t.Fatalf("fourth apply: %v; given up %v, want %v", err, given, tt.wantErr == ErrPermanent)
 			}
-			if h.fetchN.Load() != n {
-				t.Fatal("a given-up artifact was fetched again")
+			if errors.Is(err, ErrGivenUp) && h.fetchN.Load() != n {
+				t.Fatal("a given-up target was fetched again")
 			}
 		})
 	}
@@ -203,47 +238,219 @@ func TestApplyFailuresKeepServing(t *testing.T) {
 
 func TestInterruptedDownloadResumes(t *testing.T) {
 	h := newHarness(t, t.TempDir())
-	ctx, cancel := context.WithCancel(context.Background())
+	link, cancel := context.WithCancel(context.Background())
 	cancel()
-	rec, err := h.m.Apply(ctx, h.target(1, 1))
-	if !errors.Is(err, ErrInterrupted) || rec.Phase != Downloading {
-		t.Fatalf("phase %s err %v, want downloading and ErrInterrupted", rec.Phase, err)
+	for range 5 { // more than MaxAttempts: an interruption costs nothing
+		rec, err := h.m.Apply(context.Background(), link, h.target(1, 1))
+		if !errors.Is(err, ErrInterrupted) || rec.Phase != Downloading || rec.Attempt != 0 {
+			t.Fatalf("phase %s attempt %d err %v, want downloading, 0 and ErrInterrupted", rec.Phase, rec.Attempt, err)
+		}
 	}
 	if p := h.m.Pending(); p == nil || p.Target.Version != 1 {
 		t.Fatalf("pending = %+v, want the interrupted v1", p)
 	}
-	rec, err = h.m.Apply(context.Background(), h.target(1, 1))
-	if err != nil || rec.Phase != Committed || rec.Attempt != 2 {
+	rec, err := h.apply(context.Background(), h.target(1, 1))
+	if err != nil || rec.Phase != Committed || rec.Attempt != 0 {
 		t.Fatalf("resume: phase %s attempt %d err %v", rec.Phase, rec.Attempt, err)
 	}
 }
 
-func TestBootAfterCrashInProbationRollsBack(t *testing.T) {
+// B: probation runs on the agent's lifetime, not on the fleet link: the
+// link dropping during probation changes nothing.
+func TestLinkDropDuringProbationCommits(t *testing.T) {
+	h := newHarness(t, t.TempDir())
+	h.m.Probation = 300 * time.Millisecond
+	ctx := context.Background()
+	if _, err := h.apply(ctx, h.target(1, 1)); err != nil {
+		t.Fatal(err)
+	}
+	link, drop := context.WithCancel(ctx)
+	h.m.OnChange = func(r Record) {
+		if r.Phase == Probation {
+			drop()
+		}
+	}
+	rec, err := h.m.Apply(ctx, link, h.target(2, 2))
+	if err != nil || rec.Phase != Committed || h.rt.version() != 2 {
+		t.Fatalf("phase %s err %v serving v%d, want committed v2", rec.Phase, err, h.rt.version())
+	}
+}
+
+// B: the agent stopping during probation puts the committed version back
+// and leaves the update to run again, at no cost.
+func TestStopDuringProbationIsFree(t *testing.T) {
+	h := newHarness(t, t.TempDir())
+	if _, err := h.apply(context.Background(), h.target(1, 1)); err != nil {
+		t.Fatal(err)
+	}
+	h.m.Probation = time.Minute
+	t2 := h.target(2, 2)
+	for range 5 {
+		ctx, stop := context.WithCancel(context.Background())
+		h.m.OnChange = func(r Record) {
+			if r.Phase == Probation {
+				stop()
+			}
+		}
+		rec, err := h.m.Apply(ctx, context.Background(), t2)
+		if !errors.Is(err, ErrInterrupted) || rec.Phase == RolledBack || rec.Phase.Done() || rec.Attempt != 0 {
+			t.Fatalf("phase %s attempt %d err %v, want a resumable record, no attempt, ErrInterrupted", rec.Phase, rec.Attempt, err)
+		}
+		if h.rt.version() != 1 {
+			t.Fatalf("serving v%d after a stop in probation, want v1", h.rt.version())
+		}
+	}
+	h.m.OnChange, h.m.Probation = nil, 10*time.Millisecond
+	if rec, err := h.apply(context.Background(), t2); err != nil || rec.Phase != Committed {
+		t.Fatalf("after the restarts: %s %v", rec.Phase, err)
+	}
+}
+
+// E: a context cancelled during the health check is an interruption, not a
+// failed golden sample.
+func TestCancelDuringHealthCheckIsInterrupted(t *testing.T) {
+	h := newHarness(t, t.TempDir())
+	ctx, stop := context.WithCancel(context.Background())
+	h.m.OnChange = func(r Record) {
+		if r.Phase == HealthCheck {
+			stop()
+		}
+	}
+	h.rt.checkErr[1] = context.Canceled // what a cancelled golden run returns
+	rec, err := h.m.Apply(ctx, context.Background(), h.target(1, 1))
+	if !errors.Is(err, ErrInterrupted) || rec.Attempt != 0 {
+		t.Fatalf("phase %s attempt %d err %v, want ErrInterrupted and no attempt", rec.Phase, rec.Attempt, err)
+	}
+	if _, ok := h.m.Store.Failed(h.target(1, 1).Key()); ok {
+		t.Fatal("an interrupted health check was recorded as a failure")
+	}
+}
+
+// C: one bad response from the artifact source (404, a captive-portal
+// page, a flipped byte) is transient: retried with backoff, never counted,
+// and a re-announcement retries at once.
+func TestBadResponsesAreTransient(t *testing.T) {
+	tests := []struct {
+		name string
+		err  error
+	}{
+		{"404", &download.HTTPStatusError{StatusCode: 404, URL: "http://x/y"}},
+		{"html page", fmt.Errorf("%w: 77 bytes, want 3", download.ErrSizeMismatch)},
+		{"flipped byte", download.ErrDigestMismatch},
+		{"timeout", fmt.Errorf("%w after 60s", download.ErrStalled)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newHarness(t, t.TempDir())
+			fetch := h.m.Fetch
+			fails := 6
+			h.m.Fetch = func(ctx context.Context, tg Target, dst string, p func(int64, int64)) error {
+				if fails > 0 {
+					fails--
+					return tt.err
+				}
+				return fetch(ctx, tg, dst, p)
+			}
+			tg := h.target(1, 1)
+			for i := range 5 {
+				rec, err := h.apply(context.Background(), tg)
+				if !errors.Is(err, ErrTransient) || rec.Phase != Retrying || rec.Attempt != 0 || rec.Retries != i+1 {
+					t.Fatalf("try %d: phase %s attempt %d retries %d err %v", i, rec.Phase, rec.Attempt, rec.Retries, err)
+				}
+				if !h.m.NextTry(tg).After(time.Now().Add(-time.Second)) {
+					t.Fatal("no backoff after a transient failure")
+				}
+			}
+			if _, given := h.m.GivenUp(tg); given {
+				t.Fatal("transient failures gave the target up")
+			}
+			// The publisher re-announces: a new serial is due at once.
+			tg2 := h.target(1, 2)
+			if !h.m.NextTry(tg2).IsZero() {
+				t.Fatal("a re-announced target waits for the old backoff")
+			}
+			h.apply(context.Background(), tg2) // the sixth failure
+			rec, err := h.apply(context.Background(), tg2)
+			if err != nil || rec.Phase != Committed {
+				t.Fatalf("after the fault cleared: %s %v", rec.Phase, err)
+			}
+		})
+	}
+}
+
+// A: a power cut between the commit write (installed.json) and the record
+// (update.json) must not report a rollback: the new version serves.
+func TestPowerCutOnCommitWrite(t *testing.T) {
 	dir := t.TempDir()
 	h := newHarness(t, dir)
 	ctx := context.Background()
-	if _, err := h.m.Apply(ctx, h.target(1, 1)); err != nil {
+	if _, err := h.apply(ctx, h.target(1, 1)); err != nil {
 		t.Fatal(err)
 	}
-	// Simulate a power cut during v2's probation: v2's record says
-	// Probation, installed.json still names v1.
+	committed := false
+	h.m.Store.beforeWrite = func(name string) error {
+		if name == "installed.json" {
+			committed = true
+			return nil
+		}
+		if committed {
+			return errors.New("power cut")
+		}
+		return nil
+	}
+	h.apply(ctx, h.target(2, 2))
+	if rec, _ := h.m.Store.Record(); rec.Phase != Probation {
+		t.Fatalf("record on disk says %s, want probation (the cut fell after the commit write)", rec.Phase)
+	}
+	h2 := newHarness(t, dir)
+	var phases []Phase
+	h2.m.OnChange = func(r Record) { phases = append(phases, r.Phase) }
+	spec, err := h2.m.Boot(ctx)
+	if err != nil || spec == nil || spec.Version != 2 || h2.rt.version() != 2 {
+		t.Fatalf("boot serves %+v (err %v), want v2", spec, err)
+	}
+	if rec, _ := h2.m.Store.Record(); rec.Phase != Committed || slices.Contains(phases, RolledBack) {
+		t.Fatalf("record %s, phases %v: want committed and no rollback", rec.Phase, phases)
+	}
+}
+
+func TestBootAfterCrashInProbation(t *testing.T) {
+	dir := t.TempDir()
+	h := newHarness(t, dir)
+	ctx := context.Background()
+	if _, err := h.apply(ctx, h.target(1, 1)); err != nil {
+		t.Fatal(err)
+	}
+	// Power cuts during v2's probation: v2's record says Probation,
+	// installed.json still names v1. A cut is not the model's fault, but
+	// MaxCrashes of them in a row are.
 	t2 := h.target(2, 2)
 	os.WriteFile(h.m.Store.ArtifactPath(t2.Artifact.SHA256), h.blobs[t2.Artifact.SHA256], 0o644)
-	h.m.Store.SetRecord(Record{Phase: Probation, Target: t2, Attempt: 1})
-
+	rec := Record{Phase: Probation, Target: t2}
+	for crash := 1; crash <= 5; crash++ {
+		rec.Phase = Probation
+		h.m.Store.SetRecord(rec)
+		h2 := newHarness(t, dir)
+		spec, err := h2.m.Boot(ctx)
+		if err != nil || spec == nil || spec.Version != 1 || h2.rt.version() != 1 {
+			t.Fatalf("crash %d: boot serves %+v (err %v), want v1", crash, spec, err)
+		}
+		got, _ := h2.m.Store.Record()
+		rec = *got
+		want, attempts := Verifying, 0
+		if crash == 5 {
+			want, attempts = RolledBack, 1
+		}
+		if rec.Phase != want || rec.Attempt != attempts || rec.Crashes != crash {
+			t.Fatalf("crash %d: record %s attempt %d crashes %d, want %s %d", crash, rec.Phase, rec.Attempt, rec.Crashes, want, attempts)
+		}
+	}
+	// One attempt of three: the update may run again, and succeeds.
 	h2 := newHarness(t, dir)
-	spec, err := h2.m.Boot(ctx)
-	if err != nil || spec == nil || spec.Version != 1 || h2.rt.version() != 1 {
-		t.Fatalf("boot serves %+v (err %v), want v1", spec, err)
-	}
-	rec, _ := h2.m.Store.Record()
-	if rec.Phase != RolledBack {
-		t.Fatalf("record after boot: %s, want rolled_back", rec.Phase)
-	}
-	// It was one attempt of three: the update may run again, and succeeds.
 	h2.blobs = h.blobs
-	if rec, err := h2.m.Apply(ctx, t2); err != nil || rec.Phase != Committed {
-		t.Fatalf("retry after crash: %s %v", rec.Phase, err)
+	h2.m.Boot(ctx)
+	if rec, err := h2.apply(ctx, t2); err != nil || rec.Phase != Committed {
+		t.Fatalf("retry after crashes: %s %v", rec.Phase, err)
 	}
 }
 
@@ -251,8 +458,8 @@ func TestBootFallsBackToPrevious(t *testing.T) {
 	dir := t.TempDir()
 	h := newHarness(t, dir)
 	ctx := context.Background()
-	h.m.Apply(ctx, h.target(1, 1))
-	h.m.Apply(ctx, h.target(2, 2))
+	h.apply(ctx, h.target(1, 1))
+	h.apply(ctx, h.target(2, 2))
 	in, _ := h.m.Store.Installed()
 	os.Remove(in.Current.Bundle) // the committed bundle is gone (disk fault)
 	h2 := newHarness(t, dir)
@@ -262,42 +469,182 @@ func TestBootFallsBackToPrevious(t *testing.T) {
 	}
 }
 
-func TestBootEmptyAndCorrupt(t *testing.T) {
+// D: a bundle corrupted at rest is never served: boot falls back to the
+// verified previous version and drops the corrupt bytes.
+func TestBootVerifiesAtRest(t *testing.T) {
+	dir := t.TempDir()
+	h := newHarness(t, dir)
+	ctx := context.Background()
+	h.apply(ctx, h.target(1, 1))
+	h.apply(ctx, h.target(2, 2))
+	in, _ := h.m.Store.Installed()
+	b, _ := os.ReadFile(in.Current.Bundle)
+	b[1] ^= 0x10 // one bit
+	os.WriteFile(in.Current.Bundle, b, 0o644)
+	h2 := newHarness(t, dir)
+	spec, err := h2.m.Boot(ctx)
+	if err != nil || spec == nil || spec.Version != 1 || h2.rt.version() != 1 {
+		t.Fatalf("boot serves %+v (%v), want the verified previous v1", spec, err)
+	}
+	if _, err := os.Stat(in.Current.Bundle); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the corrupt bundle is still there (%v)", err)
+	}
+	// The release still names v2: it is downloaded again and committed,
+	// with v1 as the fallback.
+	h2.blobs = h.blobs
+	if rec, err := h2.apply(ctx, h.target(2, 3)); err != nil || rec.Phase != Committed {
+		t.Fatalf("re-download: %s %v", rec.Phase, err)
+	}
+	in, _ = h2.m.Store.Installed()
+	if in.Current.Version != 2 || in.Previous == nil || in.Previous.Version != 1 {
+		t.Fatalf("installed %+v / %+v, want v2 over v1", in.Current, in.Previous)
+	}
+}
+
+// D: bytes on disk are verified again before an update stages them.
+func TestApplyVerifiesStoredBytes(t *testing.T) {
+	h := newHarness(t, t.TempDir())
+	tg := h.target(1, 1)
+	bad := slices.Clone(h.blobs[tg.Artifact.SHA256])
+	bad[0] ^= 1
+	os.WriteFile(h.m.Store.ArtifactPath(tg.Artifact.SHA256), bad, 0o644)
+	if rec, err := h.apply(context.Background(), tg); err != nil || rec.Phase != Committed {
+		t.Fatalf("%s %v", rec.Phase, err)
+	}
+	if h.fetchN.Load() != 1 {
+		t.Fatalf("fetched %d times, want the corrupt bytes replaced once", h.fetchN.Load())
+	}
+	if err := h.m.Store.VerifyArtifact(tg.Artifact.SHA256, tg.Artifact.Size); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// F: an unreadable installed.json is rebuilt from the signed releases kept
+// beside the bundles, so an offline truck still serves.
+func TestBootRebuildsInstalled(t *testing.T) {
+	dir := t.TempDir()
+	h := newHarness(t, dir)
+	ctx := context.Background()
+	h.apply(ctx, h.target(1, 1))
+	h.apply(ctx, h.target(2, 2))
+	if err := os.WriteFile(dir+"/installed.json", []byte(`{"current":{"mod`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	h2 := newHarness(t, dir)
+	spec, err := h2.m.Boot(ctx)
+	if err != nil || spec == nil || spec.Version != 2 || h2.rt.version() != 2 {
+		t.Fatalf("boot serves %+v (%v), want v2 rebuilt from its kept release", spec, err)
+	}
+	in, err := h2.m.Store.Installed()
+	if err != nil || in.Previous == nil || in.Previous.Version != 1 {
+		t.Fatalf("rebuilt installed.json %+v (%v), want v1 as previous", in, err)
+	}
+
+	// A kept release whose signature does not verify is not trusted.
+	for sha, k := range h2.m.Store.keptReleases() {
+		k.Document[len(k.Document)/2] ^= 1
+		h2.m.Store.SetRelease(sha, k.Document, k.CommittedAt)
+	}
+	os.WriteFile(dir+"/installed.json", []byte("{"), 0o644)
+	h3 := newHarness(t, dir)
+	if spec, err := h3.m.Boot(ctx); spec != nil || err != nil {
+		t.Fatalf("boot from tampered releases serves %+v (%v), want nothing", spec, err)
+	}
+}
+
+func TestBootEmptyAndCorruptRecord(t *testing.T) {
 	dir := t.TempDir()
 	h := newHarness(t, dir)
 	if spec, err := h.m.Boot(context.Background()); spec != nil || err != nil {
 		t.Fatalf("empty store: %+v %v", spec, err)
 	}
-	os.WriteFile(dir+"/installed.json", []byte("{not json"), 0o644)
-	if _, err := h.m.Boot(context.Background()); !errors.Is(err, ErrCorruptState) {
-		t.Fatalf("corrupt installed.json: %v, want ErrCorruptState", err)
+	h.apply(context.Background(), h.target(1, 1))
+	os.WriteFile(dir+"/update.json", []byte("{not json"), 0o644)
+	h2 := newHarness(t, dir)
+	if spec, err := h2.m.Boot(context.Background()); err != nil || spec == nil || spec.Version != 1 {
+		t.Fatalf("corrupt update.json: serves %+v (%v), want v1", spec, err)
+	}
+	if _, err := os.Stat(dir + "/update.json"); !errors.Is(err, os.ErrNotExist) {
+		t.Fatal("the unreadable update.json is still there")
+	}
+}
+
+// G: temporary files of interrupted writes are swept at boot, and
+// failed.json stays bounded.
+func TestHousekeeping(t *testing.T) {
+	dir := t.TempDir()
+	h := newHarness(t, dir)
+	ctx := context.Background()
+	h.apply(ctx, h.target(1, 1))
+	for _, name := range []string{".installed.json.tmp-123", ".update.json.tmp-9", "artifacts/.abc.tar.gz.tmp-1"} {
+		os.WriteFile(dir+"/"+name, []byte("x"), 0o644)
+	}
+	os.WriteFile(h.m.Store.ArtifactPath("deadbeef")+".partial", []byte("old"), 0o644)
+	h.m.Boot(ctx)
+	for _, name := range []string{".installed.json.tmp-123", ".update.json.tmp-9", "artifacts/.abc.tar.gz.tmp-1", "artifacts/deadbeef.tar.gz.partial"} {
+		if _, err := os.Stat(dir + "/" + name); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s survived boot", name)
+		}
+	}
+	for i := range 100 {
+		h.m.Store.MarkFailed(fmt.Sprint(i), FailedTarget{Attempts: 3, At: time.Now().Add(time.Duration(i) * time.Second)})
+	}
+	m, _ := h.m.Store.failed()
+	if len(m) != failedMaxEntries {
+		t.Fatalf("failed.json holds %d entries, want %d", len(m), failedMaxEntries)
+	}
+	if _, ok := m["99"]; !ok {
+		t.Fatal("the newest failure was pruned")
+	}
+}
+
+// J: a failure is keyed by the whole target: the same bundle in a fixed
+// image is tried again.
+func TestFailureKeyedByTarget(t *testing.T) {
+	h := newHarness(t, t.TempDir())
+	h.m.MaxAttempts = 1
+	tg := h.target(1, 1)
+	tg.Runtime = release.Runtime{Kind: release.RuntimeContainer, Image: "r/aps@sha256:aa"}
+	h.rt.checkErr[1] = runtime.ErrUnhealthy
+	if _, err := h.apply(context.Background(), tg); !errors.Is(err, ErrPermanent) {
+		t.Fatal(err)
+	}
+	if _, given := h.m.GivenUp(tg); !given {
+		t.Fatal("not given up after MaxAttempts")
+	}
+	fixed := tg
+	fixed.Runtime.Image = "r/aps@sha256:bb"
+	if _, given := h.m.GivenUp(fixed); given {
+		t.Fatal("a fixed image is refused because the old one failed")
+	}
+	delete(h.rt.checkErr, 1)
+	if rec, err := h.apply(context.Background(), fixed); err != nil || rec.Phase != Committed {
+		t.Fatalf("fixed image: %s %v", rec.Phase, err)
 	}
 }
 
 func TestDeferredFetchErrorWaitsWithoutCountingAttempts(t *testing.T) {
 	h := newHarness(t, t.TempDir())
-	expired := errors.New("403 request has expired")
 	fetch := h.m.Fetch
 	fails := 5
 	h.m.Fetch = func(ctx context.Context, tg Target, dst string, p func(int64, int64)) error {
 		if fails > 0 {
 			fails--
-			return expired
+			return &download.HTTPStatusError{StatusCode: 403, URL: "http://x/y"}
 		}
 		return fetch(ctx, tg, dst, p)
 	}
-	h.m.Deferred = func(err error) bool { return errors.Is(err, expired) }
 	tg := h.target(1, 1)
 	for range 5 { // more than MaxAttempts: none of them may count
-		if _, err := h.m.Apply(context.Background(), tg); !errors.Is(err, ErrInterrupted) {
-			t.Fatalf("expired URL: %v, want ErrInterrupted", err)
+		if _, err := h.apply(context.Background(), tg); !errors.Is(err, ErrDeferred) {
+			t.Fatalf("expired URL: %v, want ErrDeferred", err)
 		}
 	}
-	if _, failed := h.m.Store.Failed(tg.Artifact.SHA256); failed {
-		t.Fatal("an expired URL marked the artifact as failed")
+	if _, failed := h.m.Store.Failed(tg.Key()); failed {
+		t.Fatal("an expired URL marked the target as failed")
 	}
-	rec, err := h.m.Apply(context.Background(), tg)
-	if err != nil || rec.Phase != Committed || rec.Attempt != 1 {
+	rec, err := h.apply(context.Background(), tg)
+	if err != nil || rec.Phase != Committed || rec.Attempt != 0 {
 		t.Fatalf("after a fresh URL: %s attempt %d %v", rec.Phase, rec.Attempt, err)
 	}
 }

@@ -42,8 +42,12 @@ const (
 	RollingBack Phase = "rolling_back"
 	// Failed ends an update that never served: the previous version serves.
 	Failed Phase = "failed"
-	// RolledBack ends an update that served and was taken back.
+	// RolledBack ends an update that served and was taken back; the
+	// previous version serves.
 	RolledBack Phase = "rolled_back"
+	// Retrying: a step failed for a reason that may pass (see Transient);
+	// the version is not at fault and the update runs again at RetryAt.
+	Retrying Phase = "retrying"
 )
 
 // Done reports whether p ends an update.
@@ -65,7 +69,30 @@ type Target struct {
 	Artifact release.Artifact `json:"artifact"`
 	Runtime  release.Runtime  `json:"runtime"`
 	Canary   bool             `json:"canary,omitempty"`
+	// Document is the signed release document that named this target, as
+	// received. The machine keeps it beside the bundle, so the truck's
+	// state can be rebuilt from signed facts. Not in update.json.
+	Document []byte `json:"-"`
 }
+
+// Key names the target in failed.json: the bundle and how it runs. A
+// version given up in one container image is tried again in another.
+func (t Target) Key() string {
+	return specKey(t.Artifact.SHA256, t.Runtime.Kind, t.Runtime.Image)
+}
+
+func specKey(sha, kind, image string) string {
+	if kind == "" {
+		kind = release.RuntimeInProcess
+	}
+	if image == "" {
+		return sha + "/" + kind
+	}
+	return sha + "/" + kind + "/" + image
+}
+
+// SpecKey is Key for an installed spec.
+func SpecKey(s runtime.Spec) string { return specKey(s.SHA256, s.Kind, s.Image) }
 
 // Same reports whether t and spec are the same version of the same bundle,
 // run the same way (the same version moving into a container is a change).
@@ -88,8 +115,21 @@ type Record struct {
 	Target Target `json:"target"`
 	// From is the version that served when the update began.
 	From *runtime.Spec `json:"from,omitempty"`
-	// Attempt counts tries of this target; a crash after the switch counts.
-	Attempt   int       `json:"attempt"`
+	// Attempt counts the permanent failures of this target (the model did
+	// not load, failed its golden samples or its probation); MaxAttempts
+	// of them give it up. Interruptions and transient failures are free.
+	Attempt int `json:"attempt"`
+	// Retries counts the failures since the last success of any kind, for
+	// the backoff; RetryAt is when the next try is due.
+	Retries int       `json:"retries,omitempty"`
+	RetryAt time.Time `json:"retry_at,omitzero"`
+	// Crashes counts agent starts that found this target past its switch
+	// without a commit: the agent died (not stopped) while the candidate
+	// served. MaxCrashes of them in a row count as a permanent failure,
+	// since a model that kills the agent would otherwise loop for ever.
+	Crashes int `json:"crashes,omitempty"`
+	// Class of the last error, when there is one.
+	Class     string    `json:"class,omitempty"`
 	StartedAt time.Time `json:"started_at"`
 	UpdatedAt time.Time `json:"updated_at"`
 	// Progress of the download, bytes.

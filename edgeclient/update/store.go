@@ -2,9 +2,12 @@ package update
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -21,24 +24,37 @@ var ErrCorruptState = errors.New("corrupt agent state")
 // Store keeps the update state on disk, one small JSON file per concern, each
 // written atomically (temp file, fsync, rename, fsync of the folder):
 //
-//	installed.json  what serves (current) and what served before (previous)
+//	installed.json  what serves (current) and what served before (previous);
+//	                writing it is the commit point of an update
 //	update.json     the update in progress, written before every phase
-//	failed.json     artifacts that failed, so the same broken bundle is not
-//	                downloaded again on every reconnect
-//	artifacts/      verified bundles by sha256, and .partial downloads
+//	failed.json     targets given up, so the same broken model is not
+//	                staged again on every reconnect (bounded, see pruneFailed)
+//	artifacts/      verified bundles by sha256 (<sha>.tar.gz), the signed
+//	                release that named each (<sha>.release.json), and
+//	                .partial downloads
 type Store struct {
 	dir string
 	mu  sync.Mutex
+	// beforeWrite, when set (tests), runs before each state file is
+	// written; an error stops the write, as a power cut would.
+	beforeWrite func(name string) error
 }
 
-// FailedArtifact records why an artifact was given up on.
-type FailedArtifact struct {
+// FailedTarget records why a target was given up on.
+type FailedTarget struct {
 	Model    string    `json:"model"`
 	Version  int64     `json:"version"`
 	Reason   string    `json:"reason"`
 	Attempts int       `json:"attempts"`
 	At       time.Time `json:"at"`
 }
+
+// Bounds of failed.json: entries older than failedMaxAge, and past the
+// newest failedMaxEntries, are dropped whenever it is written.
+const (
+	failedMaxAge     = 90 * 24 * time.Hour
+	failedMaxEntries = 32
+)
 
 // OpenStore opens (and creates) the state folder.
 func OpenStore(dir string) (*Store, error) {
@@ -54,6 +70,11 @@ func (s *Store) Dir() string { return s.dir }
 // ArtifactPath is where the verified bundle with this digest lives.
 func (s *Store) ArtifactPath(sha string) string {
 	return filepath.Join(s.dir, "artifacts", sha+".tar.gz")
+}
+
+// releasePath is where the signed release that named a bundle is kept.
+func (s *Store) releasePath(sha string) string {
+	return filepath.Join(s.dir, "artifacts", sha+".release.json")
 }
 
 func (s *Store) read(name string, v any) (bool, error) {
@@ -73,6 +94,11 @@ func (s *Store) read(name string, v any) (bool, error) {
 }
 
 func (s *Store) write(name string, v any) error {
+	if s.beforeWrite != nil {
+		if err := s.beforeWrite(name); err != nil {
+			return fmt.Errorf("write %s: %w", name, err)
+		}
+	}
 	if err := atomicfile.WriteJSON(filepath.Join(s.dir, name), v, 0o644); err != nil {
 		return fmt.Errorf("write %s: %w", name, err)
 	}
@@ -88,7 +114,9 @@ func (s *Store) Installed() (Installed, error) {
 	return in, err
 }
 
-// SetInstalled records what serves. This is the commit point of an update.
+// SetInstalled records what serves. This is the commit point of an update:
+// once it is on disk, the version it names is committed, whatever
+// update.json still says (Boot reconciles the two).
 func (s *Store) SetInstalled(in Installed) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -114,42 +142,204 @@ func (s *Store) SetRecord(r Record) error {
 	return s.write("update.json", r)
 }
 
-func (s *Store) failed() (map[string]FailedArtifact, error) {
-	m := map[string]FailedArtifact{}
+// dropRecord deletes an unreadable update.json: it only said where an
+// update stood, and the next release starts it again.
+func (s *Store) dropRecord() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := os.Remove(filepath.Join(s.dir, "update.json")); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+func (s *Store) failed() (map[string]FailedTarget, error) {
+	m := map[string]FailedTarget{}
 	_, err := s.read("failed.json", &m)
 	return m, err
 }
 
-// Failed returns the failure record of an artifact, if it failed before.
-func (s *Store) Failed(sha string) (FailedArtifact, bool) {
+// Failed returns the failure record of a target (by Target.Key), if it was
+// given up before.
+func (s *Store) Failed(key string) (FailedTarget, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	m, err := s.failed()
 	if err != nil {
-		return FailedArtifact{}, false
+		return FailedTarget{}, false
 	}
-	f, ok := m[sha]
+	f, ok := m[key]
 	return f, ok
 }
 
-// MarkFailed records that an artifact failed; it is not tried again unless
-// a newer release names it after the record is cleared.
-func (s *Store) MarkFailed(sha string, f FailedArtifact) error {
+// MarkFailed records that a target was given up on. The file keeps the
+// newest failedMaxEntries entries younger than failedMaxAge.
+func (s *Store) MarkFailed(key string, f FailedTarget) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	m, err := s.failed()
 	if err != nil {
-		m = map[string]FailedArtifact{}
+		m = map[string]FailedTarget{}
 	}
-	if old, ok := m[sha]; ok {
-		f.Attempts += old.Attempts
-	}
-	m[sha] = f
+	m[key] = f
+	pruneFailed(m, f.At)
 	return s.write("failed.json", m)
 }
 
-// Prune deletes downloaded artifacts and partial downloads other than the
-// ones whose digests are listed.
+// ClearFailed forgets a target's failure (it committed after all).
+func (s *Store) ClearFailed(key string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	m, err := s.failed()
+	if err != nil {
+		return s.write("failed.json", map[string]FailedTarget{})
+	}
+	if _, ok := m[key]; !ok {
+		return nil
+	}
+	delete(m, key)
+	return s.write("failed.json", m)
+}
+
+func pruneFailed(m map[string]FailedTarget, now time.Time) {
+	for k, f := range m {
+		if now.Sub(f.At) > failedMaxAge {
+			delete(m, k)
+		}
+	}
+	for len(m) > failedMaxEntries {
+		oldest := ""
+		for k, f := range m {
+			if oldest == "" || f.At.Before(m[oldest].At) {
+				oldest = k
+			}
+		}
+		delete(m, oldest)
+	}
+}
+
+// SetRelease keeps the signed release document that named a bundle beside
+// it, so that the truck's state can be rebuilt from signed facts when
+// installed.json is lost. committed marks the bundle as one that was
+// committed, at that time.
+func (s *Store) SetRelease(sha string, doc []byte, committed time.Time) error {
+	if s.beforeWrite != nil {
+		if err := s.beforeWrite(filepath.Base(s.releasePath(sha))); err != nil {
+			return err
+		}
+	}
+	if len(doc) == 0 {
+		// Marking a commit without the document: keep the one there.
+		data, err := os.ReadFile(s.releasePath(sha))
+		if err != nil {
+			return fmt.Errorf("no kept release for %s: %w", sha, err)
+		}
+		var k keptRelease
+		if err := json.Unmarshal(data, &k); err != nil || len(k.Document) == 0 {
+			return fmt.Errorf("%w: %s", ErrCorruptState, s.releasePath(sha))
+		}
+		doc = k.Document
+	}
+	return atomicfile.WriteJSON(s.releasePath(sha), keptRelease{Document: doc, CommittedAt: committed}, 0o644)
+}
+
+// keptRelease is <sha>.release.json.
+type keptRelease struct {
+	// Document is the signed release document, byte for byte.
+	Document []byte `json:"document"`
+	// CommittedAt is when the bundle was committed; zero if never.
+	CommittedAt time.Time `json:"committed_at,omitzero"`
+}
+
+// keptReleases lists the kept release documents by bundle digest.
+func (s *Store) keptReleases() map[string]keptRelease {
+	out := map[string]keptRelease{}
+	ents, _ := os.ReadDir(filepath.Join(s.dir, "artifacts"))
+	for _, e := range ents {
+		sha, ok := strings.CutSuffix(e.Name(), ".release.json")
+		if !ok {
+			continue
+		}
+		data, err := os.ReadFile(filepath.Join(s.dir, "artifacts", e.Name()))
+		if err != nil || len(data) > maxKeptRelease {
+			continue
+		}
+		var k keptRelease
+		if json.Unmarshal(data, &k) == nil && len(k.Document) > 0 {
+			out[sha] = k
+		}
+	}
+	return out
+}
+
+// maxKeptRelease bounds what keptReleases reads: a signed document is a few
+// KiB (release.MaxSize), base64 in JSON a third more.
+const maxKeptRelease = 1 << 20
+
+// HasArtifact reports whether a complete file of the target's size is on
+// disk (not whether its digest is right: VerifyArtifact says that).
+func (s *Store) HasArtifact(t Target) bool {
+	st, err := os.Stat(s.ArtifactPath(t.Artifact.SHA256))
+	return err == nil && st.Mode().IsRegular() && st.Size() == t.Artifact.Size
+}
+
+// VerifyArtifact checks that the bundle with digest sha on disk has that
+// sha256 (and size, when size > 0). A mismatch wraps ErrCorruptArtifact.
+func (s *Store) VerifyArtifact(sha string, size int64) error {
+	return verifyFile(s.ArtifactPath(sha), sha, size)
+}
+
+// ErrCorruptArtifact means a stored bundle no longer has the digest of the
+// signed release that installed it: the disk changed it.
+var ErrCorruptArtifact = errors.New("stored bundle is corrupt")
+
+func verifyFile(p, sha string, size int64) error {
+	f, err := os.Open(p)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrCorruptArtifact, err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, f)
+	if err != nil {
+		return fmt.Errorf("%w: read %s: %w", ErrCorruptArtifact, p, err)
+	}
+	if size > 0 && n != size {
+		return fmt.Errorf("%w: %s has %d bytes, its release says %d", ErrCorruptArtifact, p, n, size)
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != sha {
+		return fmt.Errorf("%w: %s has sha256 %s, its release says %s", ErrCorruptArtifact, p, got, sha)
+	}
+	return nil
+}
+
+// SweepTemp removes the temporary files of atomic writes that a crash
+// interrupted (".name.tmp-*"); they are never the truth, and would pile up
+// one per power cut.
+func (s *Store) SweepTemp() (int, error) {
+	n := 0
+	var errs []error
+	for _, dir := range []string{s.dir, filepath.Join(s.dir, "artifacts")} {
+		ents, err := os.ReadDir(dir)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		for _, e := range ents {
+			if strings.HasPrefix(e.Name(), ".") && strings.Contains(e.Name(), ".tmp-") && e.Type().IsRegular() {
+				if err := os.Remove(filepath.Join(dir, e.Name())); err != nil {
+					errs = append(errs, err)
+					continue
+				}
+				n++
+			}
+		}
+	}
+	return n, errors.Join(errs...)
+}
+
+// Prune deletes downloaded artifacts, their kept releases and partial
+// downloads other than the ones whose digests are listed.
 func (s *Store) Prune(keep ...string) error {
 	ents, err := os.ReadDir(filepath.Join(s.dir, "artifacts"))
 	if err != nil {

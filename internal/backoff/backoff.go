@@ -33,3 +33,18 @@ func (b *Backoff) Next() time.Duration {
 
 // Reset starts the sequence again from Min, after a success.
 func (b *Backoff) Reset() { b.n = 0 }
+
+// Nth is the wait before retry n (1 for the first retry) of a sequence that
+// is not kept in memory, such as one counted in a state file that survives
+// restarts: the same as the nth call of Next on a fresh Backoff.
+func Nth(min, max time.Duration, n int) time.Duration {
+	b := Backoff{Min: min, Max: max, n: max0(n-1)}
+	return b.Next()
+}
+
+func max0(n int) int {
+	if n < 0 {
+		return 0
+	}
+	return n
+}

@@ -51,6 +51,25 @@ type Verifier struct {
 // It does not check the serial against history; call [CheckNewer] with the
 // last accepted serial for the model.
 func (v *Verifier) Verify(data []byte) (*Release, error) {
+	r, err := v.verify(data)
+	if err != nil {
+		return nil, err
+	}
+	if err := v.checkTime(r); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// VerifyAtRest is [Verify] without the validity window, for a document the
+// truck accepted once and kept beside the bundle it installed: the signature
+// still proves which bytes the publisher named, and an offline truck must
+// keep serving its last verified model after the document has expired.
+func (v *Verifier) VerifyAtRest(data []byte) (*Release, error) {
+	return v.verify(data)
+}
+
+func (v *Verifier) verify(data []byte) (*Release, error) {
 	if len(data) > MaxSize {
 		return nil, wrap(ErrTooLarge, "%d bytes, limit %d; a release document is normally under 2 KiB, so check what is publishing on the release topic", len(data), MaxSize)
 	}
@@ -76,9 +95,6 @@ func (v *Verifier) Verify(data []byte) (*Release, error) {
 		return nil, wrap(ErrMalformed, "does not match schema %s: %v; check that publisher and agent versions agree", Schema, err)
 	}
 	if err := r.Validate(); err != nil {
-		return nil, err
-	}
-	if err := v.checkTime(&r); err != nil {
 		return nil, err
 	}
 	return &r, nil

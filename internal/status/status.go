@@ -47,7 +47,7 @@ type Event struct {
 	Schema  string    `json:"schema"`
 	Truck   string    `json:"truck"`
 	Time    time.Time `json:"time"`
-	Kind    string    `json:"kind"` // release_refused, update_started, update_committed, update_failed, update_rolled_back, booted
+	Kind    string    `json:"kind"` // release_refused, update_started, update_committed, update_failed, update_rolled_back, update_retrying, booted
 	Model   string    `json:"model,omitempty"`
 	Version int64     `json:"version,omitempty"`
 	Serial  int64     `json:"serial,omitempty"`
@@ -62,6 +62,10 @@ const (
 	EventUpdateCommitted = "update_committed"
 	EventUpdateFailed    = "update_failed"
 	EventRolledBack      = "update_rolled_back"
+	// EventUpdateRetrying: a step failed for a reason that may pass (the
+	// artifact source misbehaved); nothing is wrong with the version, and
+	// the truck tries again. Not a failure of the version.
+	EventUpdateRetrying = "update_retrying"
 )
 
 // MaxSize bounds a status or event document a reader accepts.
