@@ -15,8 +15,15 @@ import (
 	"github.com/linkedge/linkedge/inference"
 )
 
-// ErrUnhealthy means a candidate or the serving model failed a health check.
+// ErrUnhealthy means a candidate or the serving model failed a health check:
+// the model itself answered wrongly.
 var ErrUnhealthy = errors.New("model unhealthy")
+
+// ErrUnavailable means the runtime could not run a candidate through no
+// fault of the model: the container engine failed, an image never answered.
+// The update machine retries these instead of counting them against the
+// version.
+var ErrUnavailable = errors.New("runtime unavailable")
 
 // Spec identifies one installed model version on the truck.
 type Spec struct {
@@ -24,6 +31,9 @@ type Spec struct {
 	Version int64  `json:"version"`
 	// SHA256 of the bundle file, lowercase hex.
 	SHA256 string `json:"sha256"`
+	// Size of the bundle file in bytes; 0 in specs written before it was
+	// recorded.
+	Size int64 `json:"size,omitempty"`
 	// Bundle is the verified model.tar.gz on local disk.
 	Bundle string `json:"bundle"`
 	// Serial of the release document that asked for this version.
@@ -86,4 +96,21 @@ func (s *Switch) Serving() Candidate {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.serving
+}
+
+// Supervised is a Candidate whose serving process can die on its own, apart
+// from the agent (a container). The agent's supervisor polls Alive while the
+// candidate serves; when it fails, it calls Restart, and when that fails too,
+// it falls back to another verified version. In-process candidates live and
+// die with the agent and do not implement it.
+type Supervised interface {
+	Candidate
+	// Alive reports whether the candidate can answer requests now: nil, or
+	// an error that says why not (exited, not answering /ping).
+	Alive(ctx context.Context) error
+	// Restart brings a candidate that is not alive back to serving the same
+	// spec, and checks it (ready and golden samples) before it returns. The
+	// agent's front ends keep pointing at the candidate, so Restart must keep
+	// whatever address they use, or update it in place.
+	Restart(ctx context.Context) error
 }
