@@ -29,6 +29,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/linkedge/linkedge/broker"
+	"github.com/linkedge/linkedge/edgeclient/hold"
 	"github.com/linkedge/linkedge/edgeclient/outbox"
 	"github.com/linkedge/linkedge/edgeclient/runtime/docker"
 	"github.com/linkedge/linkedge/edgeclient/runtime/inprocess"
@@ -57,6 +58,8 @@ type Agent struct {
 	reg      *prometheus.Registry
 	local    *broker.Broker
 	bridge   *server.MQTTBridge
+	holds    *hold.Controller
+	holdBus  paho.Client // the local bus client that takes holds
 	fleet    paho.Client
 	verifier *release.Verifier
 
@@ -86,6 +89,8 @@ type Agent struct {
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup
 	closeOnce sync.Once
+	closeErr  error
+	closing   atomic.Value // the step Close is at, for ErrCloseTimeout
 }
 
 // New checks cfg and prepares an agent; Start runs it.
@@ -116,8 +121,12 @@ func New(cfg Config) (*Agent, error) {
 		dlTLS = dlTLS.Clone()
 		dlTLS.ServerName = ""
 	}
+	a.holds, _ = hold.New(cfg.Hold) // checked by Validate
+	a.srv.Handle("/v1/hold", a.holds.Handler())
+	a.srv.Handle("/v1/hold/", a.holds.Handler())
 	a.machine = &update.Machine{Store: store, Runtime: a.rts, Fetch: fetchArtifact(a.log, cfg.Fleet.HTTPProxy, dlTLS),
-		VerifyRelease: a.verifyKept, Probation: cfg.Probation, Log: a.log, OnChange: a.onRecord}
+		VerifyRelease: a.verifyKept, Hold: a.holdState, Probation: cfg.Probation, RetryMin: cfg.RetryMin, RetryMax: cfg.RetryMax,
+		Log: a.log, OnChange: a.onRecord}
 	a.st = status.Status{Schema: status.Schema, Truck: cfg.Truck, Model: cfg.Model, Phase: string(update.Idle), Agent: "linkedge"}
 	return a, nil
 }
@@ -198,9 +207,10 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 	}
 	a.fleet = paho.NewClient(a.fleetOptions())
 	a.fleet.Connect() // retries in the background; online/offline handlers drive the rest
-	a.wg.Add(2)
+	a.wg.Add(3)
 	go a.updater(runCtx)
 	go a.heartbeat(runCtx)
+	go a.holdWatcher(runCtx)
 	if a.outbox != nil {
 		a.wg.Add(1)
 		go a.forwarder(runCtx)
@@ -234,7 +244,7 @@ func (a *Agent) startLocalBus(ctx context.Context) error {
 		return fmt.Errorf("local bus: %w", err)
 	}
 	a.bridge = br
-	return nil
+	return a.startHoldBus(ctx, url)
 }
 
 func (a *Agent) onPrediction(p server.PredictionMessage) {
@@ -249,44 +259,85 @@ func (a *Agent) onPrediction(p server.PredictionMessage) {
 	}
 }
 
+// ErrCloseTimeout is returned by Close when the agent did not stop within
+// Config.ShutdownTimeout; the error names the step it was stuck in.
+var ErrCloseTimeout = errors.New("agent did not stop within its shutdown timeout")
+
 // Close stops the agent: it reports itself offline, stops the updater (an
 // update in flight pauses and resumes at the next start), the MQTT bridge,
-// the HTTP server (requests in flight finish) and the local broker. It is
+// the HTTP server (requests in flight finish) and the local broker. It
+// returns within Config.ShutdownTimeout whatever a dependency does: past
+// it, it logs the step it was stuck in, abandons the rest and returns
+// ErrCloseTimeout, so that a process manager is not left waiting. It is
 // idempotent.
 func (a *Agent) Close() error {
 	a.closeOnce.Do(func() {
-		if a.cancel != nil {
-			a.cancel()
-		}
-		a.wg.Wait()
-		if a.fleet != nil {
-			if a.fleet.IsConnectionOpen() {
-				a.mu.Lock()
-				a.st.Online = false
-				a.mu.Unlock()
-				a.publishStatus()
-			}
-			a.fleet.Disconnect(250)
-		}
-		if a.bridge != nil {
-			a.bridge.Close()
-		}
-		if a.outbox != nil {
-			a.outbox.Close() // after the bridge, the last to push
-		}
-		a.srv.Shutdown(context.Background())
-		if a.local != nil {
-			a.local.Close()
-		}
-		if c := a.rts.Serving(); c != nil && c.Spec().Kind == release.RuntimeContainer {
-			c.Close() // the serving container goes with the agent; it restarts from the committed bundle
-		}
-		a.slot.Close()
-		if a.docker != nil {
-			a.docker.Close()
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			a.close()
+		}()
+		t := time.NewTimer(a.cfg.ShutdownTimeout)
+		defer t.Stop()
+		select {
+		case <-done:
+		case <-t.C:
+			step, _ := a.closing.Load().(string)
+			a.log.Error("shutdown timed out; abandoning what is left", "stuck_in", step, "timeout", a.cfg.ShutdownTimeout)
+			a.closeErr = fmt.Errorf("%w (%s): stuck in %s", ErrCloseTimeout, a.cfg.ShutdownTimeout, step)
 		}
 	})
-	return nil
+	return a.closeErr
+}
+
+func (a *Agent) close() {
+	step := func(s string) { a.closing.Store(s) }
+	step("stopping the updater")
+	if a.cancel != nil {
+		a.cancel()
+	}
+	a.wg.Wait()
+	if a.fleet != nil {
+		step("disconnecting from the fleet broker")
+		if a.fleet.IsConnectionOpen() {
+			a.mu.Lock()
+			a.st.Online = false
+			a.mu.Unlock()
+			a.publishStatus()
+		}
+		a.fleet.Disconnect(250)
+	}
+	if a.holdBus != nil {
+		step("disconnecting the hold client")
+		a.holdBus.Disconnect(100)
+	}
+	if a.bridge != nil {
+		step("closing the local MQTT bridge")
+		a.bridge.Close()
+	}
+	if a.outbox != nil {
+		step("closing the forward queue")
+		a.outbox.Close() // after the bridge, the last to push
+	}
+	step("shutting down the HTTP server")
+	ctx, cancel := context.WithTimeout(context.Background(), a.cfg.ShutdownTimeout/2)
+	a.srv.Shutdown(ctx)
+	cancel()
+	if a.local != nil {
+		step("closing the local broker")
+		a.local.Close()
+	}
+	if c := a.rts.Serving(); c != nil && c.Spec().Kind == release.RuntimeContainer {
+		step("removing the serving container")
+		c.Close() // the serving container goes with the agent; it restarts from the committed bundle
+	}
+	step("closing the model")
+	a.slot.Close()
+	if a.docker != nil {
+		step("closing the Docker client")
+		a.docker.Close()
+	}
+	step("done")
 }
 
 // verifyKept checks a release document kept beside a bundle: signed by a

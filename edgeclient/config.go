@@ -9,6 +9,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/linkedge/linkedge/edgeclient/hold"
 	"github.com/linkedge/linkedge/inference"
 	"github.com/linkedge/linkedge/internal/config"
 	"github.com/linkedge/linkedge/internal/release"
@@ -55,6 +56,20 @@ type Config struct {
 	StatusInterval time.Duration `yaml:"status_interval"`
 	// MaxClockSkew tolerated when checking a release's validity. Default 5m.
 	MaxClockSkew time.Duration `yaml:"max_clock_skew"`
+	// RetryMin and RetryMax bound the jittered exponential backoff between
+	// tries of an update that failed for a reason that may pass (a 404, a
+	// captive portal, a corrupted download). Defaults 5s and 15m; a new
+	// release or a reconnect tries again at once.
+	RetryMin time.Duration `yaml:"retry_min"`
+	RetryMax time.Duration `yaml:"retry_max"`
+	// Hold is the safety hold: maintenance windows, and the bound on an
+	// application's hold (see package hold). Default: no windows, holds
+	// of at most 12h.
+	Hold hold.Config `yaml:"hold"`
+	// ShutdownTimeout bounds Close: past it the agent abandons what has
+	// not stopped and says what that was. Default 15s, well inside
+	// systemd's default 90 s stop timeout.
+	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
 
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger `yaml:"-"`
@@ -159,6 +174,15 @@ func (c *Config) setDefaults() {
 	if c.MaxClockSkew <= 0 {
 		c.MaxClockSkew = 5 * time.Minute
 	}
+	if c.RetryMin <= 0 {
+		c.RetryMin = 5 * time.Second
+	}
+	if c.RetryMax < c.RetryMin {
+		c.RetryMax = max(15*time.Minute, c.RetryMin)
+	}
+	if c.ShutdownTimeout <= 0 {
+		c.ShutdownTimeout = 15 * time.Second
+	}
 	if c.Fleet.KeepAlive <= 0 {
 		c.Fleet.KeepAlive = 30 * time.Second
 	}
@@ -186,6 +210,9 @@ func (c *Config) Validate() error {
 		if err := topics.ValidID(g); err != nil {
 			errs = append(errs, fmt.Errorf("groups: %w", err))
 		}
+	}
+	if _, err := hold.New(c.Hold); err != nil {
+		errs = append(errs, fmt.Errorf("hold: %w", err))
 	}
 	if c.Fleet.Broker == "" {
 		errs = append(errs, errors.New("fleet.broker is required, e.g. tcp://fleet.example.com:1883"))

@@ -40,7 +40,13 @@ func (a *Agent) fleetOptions() *paho.ClientOptions {
 		SetBinaryWill(topics.TruckStatus(a.cfg.Truck), will, topics.StatusQoS, topics.StatusRetain).
 		SetOrderMatters(true).
 		SetOnConnectHandler(a.onConnect).
-		SetConnectionLostHandler(func(_ paho.Client, err error) { a.setOnline(false, err) })
+		SetConnectionLostHandler(func(_ paho.Client, err error) { a.setOnline(false, err) }).
+		// paho calls this in line before each reconnect, so the link is
+		// marked down before the resend of a persistent session completes
+		// the old publish tokens: the forwarder never takes one of those
+		// for a PUBACK (the connection-lost handler runs in a goroutine of
+		// its own and may come later).
+		SetReconnectingHandler(func(paho.Client, *paho.ClientOptions) { a.setOnline(false, errors.New("reconnecting")) })
 }
 
 func (a *Agent) onConnect(c paho.Client) {

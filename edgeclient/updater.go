@@ -140,7 +140,7 @@ func (a *Agent) onRecord(r update.Record) {
 	a.st.Phase = string(r.Phase)
 	a.st.Desired = r.Target.Version
 	a.st.Downloaded, a.st.Total = r.Downloaded, r.Total
-	if r.Error != "" {
+	if r.Error != "" && r.Phase != update.Held { // a hold is no error: Status.Hold says it
 		a.st.LastError = r.Error
 	}
 	if r.Phase == update.Probation || r.Phase == update.Committed {

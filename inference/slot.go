@@ -78,6 +78,32 @@ func (s *Slot) Current() Backend {
 // Ready reports whether an engine is serving.
 func (s *Slot) Ready() bool { return s.cur.Load() != nil }
 
+// HealthReporter is a Backend that can stop answering on its own, apart from
+// this process: a model server in a container, reached over the network.
+// Without it a slot holding such a backend looks ready for as long as the
+// backend sits in it, even when every call to it fails.
+type HealthReporter interface {
+	// Healthy reports whether the backend can answer now, from what it has
+	// seen recently. /ping calls it on every request, so it must be cheap:
+	// no network call on the caller's path.
+	Healthy() bool
+}
+
+// Healthy reports whether a backend is serving and, if it reports its
+// health, says it can answer. The readiness endpoints (/ping,
+// /v2/health/ready) use it, so that a dead model container shows there and
+// not only as failed predictions.
+func (s *Slot) Healthy() bool {
+	e := s.cur.Load()
+	if e == nil {
+		return false
+	}
+	if h, ok := e.eng.(HealthReporter); ok {
+		return h.Healthy()
+	}
+	return true
+}
+
 // Swap installs next (nil empties the slot) and returns once every call on
 // the previous engine has finished, or drainTimeout passed. It returns the
 // previous engine, still open, so the caller decides whether to close it or

@@ -48,6 +48,10 @@ type Machine struct {
 	// RetryMin and RetryMax bound the jittered exponential backoff between
 	// tries of a failing target. Defaults 5 s and 15 min.
 	RetryMin, RetryMax time.Duration
+	// Hold, when set, says whether the switch must wait (the truck's
+	// safety hold) and why. Downloads and checks go on; only the switch
+	// waits, in phase Held, and Apply returns ErrDeferred.
+	Hold func() (held bool, reason string)
 	// OnChange hears every record written, for status reports.
 	OnChange func(Record)
 	Log      *slog.Logger
@@ -388,6 +392,9 @@ func (m *Machine) run(ctx, link context.Context, rec *Record) (Record, error) {
 			m.log().Warn("cannot keep the release beside its bundle", "err", err)
 		}
 	}
+	if held, why := m.held(); held && rec.Checked {
+		return m.hold(rec, why) // checked once already: nothing to do until the hold clears
+	}
 
 	if err := m.save(rec, Staging); err != nil {
 		return m.fail(ctx, rec, err)
@@ -408,6 +415,14 @@ func (m *Machine) run(ctx, link context.Context, rec *Record) (Record, error) {
 	if err := cand.Check(ctx); err != nil {
 		cand.Close()
 		return m.fail(ctx, rec, fmt.Errorf("health check: %w", err))
+	}
+	if held, why := m.held(); held {
+		// Not kept staged: a hold can last hours, and a candidate holds
+		// memory (or a container). Staging again after the hold costs
+		// seconds.
+		cand.Close()
+		rec.Checked = true
+		return m.hold(rec, why)
 	}
 
 	// Point of no return for the request path: from here an agent that
@@ -448,7 +463,7 @@ func (m *Machine) run(ctx, link context.Context, rec *Record) (Record, error) {
 	if err := m.Store.SetInstalled(in); err != nil {
 		return m.rollback(ctx, rec, cand, prev, fmt.Errorf("commit: %w", Mark(Transient, err)))
 	}
-	rec.Error, rec.Class, rec.Retries, rec.RetryAt, rec.Crashes = "", "", 0, time.Time{}, 0
+	rec.Error, rec.Class, rec.Retries, rec.RetryAt, rec.Crashes, rec.Checked = "", "", 0, time.Time{}, 0, false
 	if err := m.save(rec, Committed); err != nil {
 		m.log().Warn("update committed, but update.json could not say so; the next start settles it", "err", err)
 	}
@@ -470,6 +485,23 @@ func (m *Machine) run(ctx, link context.Context, rec *Record) (Record, error) {
 	}
 	m.log().Info("update committed", "model", t.Model, "version", t.Version, "serial", t.Serial)
 	return *rec, nil
+}
+
+func (m *Machine) held() (bool, string) {
+	if m.Hold == nil {
+		return false, ""
+	}
+	return m.Hold()
+}
+
+// hold parks the update until the safety hold clears.
+func (m *Machine) hold(rec *Record, why string) (Record, error) {
+	rec.Error, rec.Class = "held: "+why, Deferred.String()
+	if err := m.save(rec, Held); err != nil {
+		m.log().Error("cannot record the hold", "err", err)
+	}
+	m.log().Info("update ready; the switch waits for the safety hold", "model", rec.Target.Model, "version", rec.Target.Version, "reason", why)
+	return *rec, Mark(Deferred, fmt.Errorf("update to %s v%d: switch %s", rec.Target.Model, rec.Target.Version, why))
 }
 
 // probation watches the switched-to candidate: any failed request since

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -25,6 +26,7 @@ import (
 // by the agent's end-to-end tests; here the subject is the state machine.
 type fakeRuntime struct {
 	mu        sync.Mutex
+	stages    int
 	serving   *fakeCand
 	stageErr  map[int64]error // by version
 	checkErr  map[int64]error
@@ -50,6 +52,7 @@ func (c *fakeCand) Close() error    { c.closed.Store(true); return nil }
 func (r *fakeRuntime) Stage(ctx context.Context, s runtime.Spec) (runtime.Candidate, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.stages++
 	if err := r.stageErr[s.Version]; err != nil {
 		return nil, err
 	}
@@ -646,5 +649,35 @@ func TestDeferredFetchErrorWaitsWithoutCountingAttempts(t *testing.T) {
 	rec, err := h.apply(context.Background(), tg)
 	if err != nil || rec.Phase != Committed || rec.Attempt != 0 {
 		t.Fatalf("after a fresh URL: %s attempt %d %v", rec.Phase, rec.Attempt, err)
+	}
+}
+
+// 9: the safety hold lets the download and the checks run and holds only
+// the switch; while it lasts, nothing is staged again.
+func TestSafetyHold(t *testing.T) {
+	h := newHarness(t, t.TempDir())
+	ctx := context.Background()
+	if _, err := h.apply(ctx, h.target(1, 1)); err != nil {
+		t.Fatal(err)
+	}
+	held := true
+	h.m.Hold = func() (bool, string) { return held, "held by nav (vehicle moving)" }
+	t2 := h.target(2, 2)
+	stages := h.rt.stages
+	for try := range 3 {
+		rec, err := h.apply(ctx, t2)
+		if !errors.Is(err, ErrDeferred) || rec.Phase != Held || !strings.Contains(rec.Error, "vehicle moving") {
+			t.Fatalf("try %d: phase %s err %v, want held and ErrDeferred", try, rec.Phase, err)
+		}
+		if h.rt.version() != 1 {
+			t.Fatalf("switched to v%d during a hold", h.rt.version())
+		}
+	}
+	if h.fetchN.Load() != 2 || h.rt.stages != stages+1 {
+		t.Fatalf("fetched %d times, staged %d times during the hold; want the download and one check", h.fetchN.Load(), h.rt.stages-stages)
+	}
+	held = false
+	if rec, err := h.apply(ctx, t2); err != nil || rec.Phase != Committed || h.rt.version() != 2 {
+		t.Fatalf("after the hold: %s %v serving v%d", rec.Phase, err, h.rt.version())
 	}
 }

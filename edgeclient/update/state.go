@@ -48,6 +48,10 @@ const (
 	// Retrying: a step failed for a reason that may pass (see Transient);
 	// the version is not at fault and the update runs again at RetryAt.
 	Retrying Phase = "retrying"
+	// Held: the candidate is downloaded, verified and passed its health
+	// check, and the switch waits for the truck's safety hold (package
+	// hold) to clear.
+	Held Phase = "held"
 )
 
 // Done reports whether p ends an update.
@@ -128,6 +132,9 @@ type Record struct {
 	// served. MaxCrashes of them in a row count as a permanent failure,
 	// since a model that kills the agent would otherwise loop for ever.
 	Crashes int `json:"crashes,omitempty"`
+	// Checked is set once the candidate passed its health check while the
+	// switch was held, so later tries during the hold stage nothing.
+	Checked bool `json:"checked,omitempty"`
 	// Class of the last error, when there is one.
 	Class     string    `json:"class,omitempty"`
 	StartedAt time.Time `json:"started_at"`

@@ -2,6 +2,7 @@ package bundle
 
 import (
 	"archive/tar"
+	"bufio"
 	"bytes"
 	"compress/gzip"
 	"crypto/sha256"
@@ -125,13 +126,30 @@ func readFileLimited(p string, limit int64) ([]byte, error) {
 
 // Read parses a model.tar.gz stream. Both model.onnx and metadata.json must
 // sit at the archive root (a leading "./" is fine); anything else is skipped.
+//
+// Read consumes the whole stream, not only the two files it keeps: gzip
+// checks a member's CRC-32 and length only in the trailer after its last
+// compressed byte, so a reader that stopped at the end of the tar would let
+// a flipped bit in the rest of the compressed data, or in the trailer, pass
+// unnoticed. Bytes after the last gzip member are refused as well (bundles
+// from Write have none), as are reserved bits in the gzip header. The
+// header's MTIME, XFL, OS and FTEXT fields are informational and covered by
+// no check; a change to them changes nothing that Read returns.
 func Read(r io.Reader, lim Limits) (*Bundle, error) {
 	lim = lim.withDefaults()
-	zr, err := gzip.NewReader(r)
+	br := bufio.NewReader(r)
+	// Reserved flags are checked behind the magic only, so that a file that
+	// is no gzip at all is reported as such.
+	if hdr, err := br.Peek(4); err == nil && bytes.Equal(hdr[:3], []byte{0x1f, 0x8b, 8}) && hdr[3]&gzipReservedFlags != 0 {
+		return nil, corrupt("gzip header", fmt.Errorf("reserved flags %#x are set", hdr[3]&gzipReservedFlags))
+	}
+	zr, err := gzip.NewReader(br)
 	if err != nil {
 		return nil, fmt.Errorf("%w: not a gzip stream: %w", ErrInvalid, err)
 	}
 	defer zr.Close()
+	// zr stays in multistream mode: after a member's trailer it reads the
+	// next header, so anything but EOF or another member is an error.
 	tr := tar.NewReader(zr)
 	var model, meta []byte
 	for {
@@ -140,7 +158,7 @@ func Read(r io.Reader, lim Limits) (*Bundle, error) {
 			break
 		}
 		if err != nil {
-			return nil, fmt.Errorf("%w: reading tar: %w", ErrInvalid, err)
+			return nil, corrupt("reading tar", err)
 		}
 		name := path.Clean(strings.TrimPrefix(h.Name, "./"))
 		var limit int64
@@ -164,9 +182,15 @@ func Read(r io.Reader, lim Limits) (*Bundle, error) {
 		}
 		b, err := io.ReadAll(io.LimitReader(tr, limit+1))
 		if err != nil {
-			return nil, fmt.Errorf("%w: reading %s: %w", ErrInvalid, name, err)
+			return nil, corrupt("reading "+name, err)
 		}
 		*dst = b
+	}
+	// The tar ends at its end-of-archive blocks; what follows (padding to a
+	// tar record, further gzip members) is read and dropped, in constant
+	// memory, for the trailers' checks to run.
+	if _, err := io.Copy(io.Discard, zr); err != nil {
+		return nil, corrupt("reading past the end of the tar", err)
 	}
 	if model == nil {
 		return nil, fmt.Errorf("%w: no %s at the archive root", ErrInvalid, ModelFile)
@@ -179,6 +203,17 @@ func Read(r io.Reader, lim Limits) (*Bundle, error) {
 		return nil, err
 	}
 	return &Bundle{Meta: m, ONNX: model}, nil
+}
+
+// gzipReservedFlags are the FLG bits RFC 1952 reserves; a decoder must
+// refuse a member that sets one. Go's gzip ignores them.
+const gzipReservedFlags = 0xe0
+
+// corrupt wraps an error met while decompressing or unpacking: a checksum
+// that does not match, a truncated stream, a broken tar header, data after
+// the last gzip member. The bytes are not the bundle that was published.
+func corrupt(what string, err error) error {
+	return fmt.Errorf("%w: the bundle is corrupt or incomplete (%s: %w); download it again", ErrInvalid, what, err)
 }
 
 // Write writes a model.tar.gz holding meta and model. The output depends only

@@ -20,6 +20,11 @@ import (
 	"github.com/linkedge/linkedge/inference/bundle"
 )
 
+// ErrUnreachable wraps a call that did not get an answer from the server:
+// refused, reset or timed out. It tells a model server that is not there
+// (its container died) from one that answered wrongly.
+var ErrUnreachable = errors.New("model server unreachable")
+
 // Client is a Backend served by a remote server.
 type Client struct {
 	base     string // e.g. http://127.0.0.1:18080
@@ -28,9 +33,33 @@ type Client struct {
 	http     *http.Client
 	failures atomic.Int64
 	closed   atomic.Bool
+
+	// What Healthy knows: connection failures in a row (requests and
+	// pings), when the server was last heard from or failed (unix ns), and
+	// whether a background /ping is in flight.
+	connFails atomic.Int64
+	lastSeen  atomic.Int64
+	probing   atomic.Bool
 }
 
-var _ inference.Backend = (*Client)(nil)
+var (
+	_ inference.Backend        = (*Client)(nil)
+	_ inference.HealthReporter = (*Client)(nil)
+)
+
+const (
+	// UnhealthyAfter is how many connection failures in a row make Healthy
+	// false. One refused or reset connection can be a blip; three in a row,
+	// with nothing answering in between, is a server that is not there.
+	UnhealthyAfter = 3
+	// ProbeInterval bounds how often Healthy pings the server itself when
+	// no request has reached it lately: at most one ping in flight, and at
+	// most one per interval, whoever polls Healthy and however often.
+	ProbeInterval = time.Second
+	// probeTimeout bounds a background ping; a server slower than this to
+	// answer /ping counts as a failure.
+	probeTimeout = 2 * time.Second
+)
 
 // New returns a client for the server at base, which must serve the model
 // meta describes; digest identifies it (the bundle's sha256 will do).
@@ -58,15 +87,102 @@ func (c *Client) Close() error {
 }
 
 // Ready reports whether the server answers /ping with 200.
-func (c *Client) Ready(ctx context.Context) bool {
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, c.base+"/ping", nil)
+func (c *Client) Ready(ctx context.Context) bool { return c.Ping(ctx) == nil }
+
+// Ping asks the server's /ping and returns why it is not ready, or nil on
+// 200. Its outcome feeds Healthy: a 200 makes the client healthy again at
+// once, anything else counts as a failure, unless ctx ended first (the
+// caller gave up; that says nothing about the server).
+func (c *Client) Ping(ctx context.Context) error {
+	answered, err := c.ping(ctx)
+	c.observe(ctx, err == nil)
+	switch {
+	case err == nil:
+		return nil
+	case !answered:
+		return c.unreachable(ctx, err)
+	default:
+		return fmt.Errorf("model server %s: %w", c.base, err)
+	}
+}
+
+// unreachable wraps err, a call that got no answer, in ErrUnreachable,
+// unless ctx ending caused it: then the caller gave up, and the server may
+// be fine.
+func (c *Client) unreachable(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return fmt.Errorf("model server %s: %w", c.base, err)
+	}
+	return fmt.Errorf("%w: %s: %w", ErrUnreachable, c.base, err)
+}
+
+// ping calls /ping; answered says whether the server sent any answer.
+func (c *Client) ping(ctx context.Context) (answered bool, err error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+"/ping", nil)
+	if err != nil {
+		return false, err
+	}
 	resp, err := c.http.Do(req)
 	if err != nil {
+		return false, err
+	}
+	io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return true, fmt.Errorf("/ping answered %d", resp.StatusCode)
+	}
+	return true, nil
+}
+
+// Healthy reports whether the server can answer, from the recent outcomes
+// of requests and pings: false once UnhealthyAfter connection failures
+// came in a row, until a ping or request gets through again, and false
+// once closed. It never waits on the network: when nothing was heard from
+// the server for ProbeInterval it starts one background /ping, whose
+// outcome the next call sees. So a dead server shows within a few
+// intervals even with no traffic, and a polled /ping costs the server at
+// most one ping per interval.
+func (c *Client) Healthy() bool {
+	if c.closed.Load() {
 		return false
 	}
-	io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
-	return resp.StatusCode == http.StatusOK
+	if time.Now().UnixNano()-c.lastSeen.Load() >= int64(ProbeInterval) && c.probing.CompareAndSwap(false, true) {
+		go func() {
+			defer c.probing.Store(false)
+			ctx, cancel := context.WithTimeout(context.Background(), probeTimeout)
+			defer cancel()
+			// Counted as the server's failure even when the timeout
+			// ends it: the deadline is ours, not a caller giving up.
+			_, err := c.ping(ctx)
+			c.observe(context.Background(), err == nil)
+		}()
+	}
+	return c.connFails.Load() < UnhealthyAfter
+}
+
+// observe records one exchange with the server for Healthy: ok means the
+// server answered (a prediction with any status: a 500 is the model's
+// business, which probation watches, not a sign the server is gone; a ping
+// with 200). A failure that ctx caused is not the server's and is not
+// counted.
+func (c *Client) observe(ctx context.Context, ok bool) {
+	now := time.Now().UnixNano()
+	// Skip the store when it changes little: concurrent requests would
+	// otherwise all write the same cache line.
+	if now-c.lastSeen.Load() > int64(10*time.Millisecond) {
+		c.lastSeen.Store(now)
+	}
+	switch {
+	case ok:
+		if c.connFails.Load() != 0 {
+			c.connFails.Store(0)
+		}
+	case ctx.Err() == nil:
+		c.connFails.Add(1)
+		// Pooled keep-alive connections to a server that went away are
+		// dead too; dial afresh next time rather than fail on each.
+		c.http.CloseIdleConnections()
+	}
 }
 
 // PredictOne scores one row.
@@ -101,14 +217,17 @@ func (c *Client) Predict(ctx context.Context, rows [][]float32) ([]inference.Pre
 	resp, err := c.http.Do(req)
 	if err != nil {
 		c.failures.Add(1)
-		return nil, fmt.Errorf("model server %s: %w", c.base, err)
+		c.observe(ctx, false)
+		return nil, c.unreachable(ctx, err)
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
 	if err != nil {
 		c.failures.Add(1)
-		return nil, fmt.Errorf("model server %s: %w", c.base, err)
+		c.observe(ctx, false)
+		return nil, c.unreachable(ctx, err)
 	}
+	c.observe(ctx, true)
 	if resp.StatusCode == http.StatusBadRequest {
 		return nil, fmt.Errorf("%w: model server: %s", inference.ErrBadInput, bytes.TrimSpace(data))
 	}

@@ -18,8 +18,12 @@ const (
 	headerVersion = "X-Linkedge-Model-Version"
 )
 
+// handlePing answers 200 only while the slot's backend can answer: with a
+// model container behind the slot, a container that died makes it 503, so
+// load balancers and the truck's applications see it rather than a run of
+// 500s. Slot.Healthy makes no network call, so /ping stays cheap.
 func (s *Server) handlePing(w http.ResponseWriter, r *http.Request) int {
-	if !s.slot.Ready() {
+	if !s.slot.Healthy() {
 		w.WriteHeader(http.StatusServiceUnavailable)
 		return http.StatusServiceUnavailable
 	}
@@ -158,7 +162,7 @@ func (s *Server) handleLive(w http.ResponseWriter, r *http.Request) int {
 }
 
 func (s *Server) handleReady(w http.ResponseWriter, r *http.Request) int {
-	ready := s.slot.Ready()
+	ready := s.slot.Healthy()
 	code := http.StatusOK
 	if !ready {
 		code = http.StatusServiceUnavailable
@@ -234,8 +238,14 @@ func (s *Server) handleModelReady(w http.ResponseWriter, r *http.Request) int {
 	if code != 0 {
 		return code
 	}
+	h, remote := lease.Backend().(inference.HealthReporter)
+	ready := !remote || h.Healthy()
 	lease.Release()
-	return writeJSON(w, http.StatusOK, map[string]any{"name": r.PathValue("name"), "ready": true})
+	code = http.StatusOK
+	if !ready {
+		code = http.StatusServiceUnavailable
+	}
+	return writeJSON(w, code, map[string]any{"name": r.PathValue("name"), "ready": ready})
 }
 
 // oipRequest is the OIP v2 inference request; only what LinkEdge needs.

@@ -39,8 +39,12 @@ type MQTTConfig struct {
 	// QoS for the subscription and the predictions. Default 0: a reading is
 	// a sample of a stream, and the next one follows within a second.
 	QoS byte `json:"qos" yaml:"qos"`
-	// OnPrediction, when set, sees every prediction after it was published;
-	// the truck agent counts alerts and forwards predictions with it.
+	// OnPrediction, when set, sees every prediction before it is published:
+	// the truck agent counts alerts with it and queues predictions on disk
+	// for the fleet, and a crash between the answer and the queue would
+	// lose a prediction the truck already gave. It runs on the goroutine
+	// that scored the reading and delays the answer, so it must be quick
+	// and must not wait on the bus.
 	OnPrediction func(PredictionMessage) `json:"-" yaml:"-"`
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger `json:"-" yaml:"-"`
@@ -183,11 +187,14 @@ func (b *MQTTBridge) onReading(_ paho.Client, msg paho.Message) {
 			pm := PredictionMessage{ID: id, Model: m.Name, ModelVersion: m.Version, Label: p.Label, Score: p.Score,
 				LatencyMS: float64(time.Since(start).Microseconds()) / 1000, Time: time.Now().UTC().Format(time.RFC3339Nano)}
 			data, _ := json.Marshal(pm)
-			b.client.Publish(b.cfg.PredictionsTopic, b.cfg.QoS, false, data)
-			b.count.WithLabelValues("ok").Inc()
+			// Hand the prediction on before answering: once the answer is
+			// out, an application may act on it, so the agent's queue
+			// must already hold it (see MQTTConfig.OnPrediction).
 			if b.cfg.OnPrediction != nil {
 				b.cfg.OnPrediction(pm)
 			}
+			b.client.Publish(b.cfg.PredictionsTopic, b.cfg.QoS, false, data)
+			b.count.WithLabelValues("ok").Inc()
 			return
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -112,5 +113,108 @@ func TestMQTTBridge(t *testing.T) {
 	}
 	if len(seen) != 1 {
 		t.Fatalf("OnPrediction saw %d", len(seen))
+	}
+}
+
+// TestMQTTOnPredictionBeforeAnswer: OnPrediction (where the truck agent
+// queues a prediction for the fleet) runs before the answer is on the bus,
+// so a crash in between cannot lose a prediction an application already
+// has. The callback waits a while for the answer to show up at a
+// subscriber: with the answer published first, it shows up at once.
+func TestMQTTOnPredictionBeforeAnswer(t *testing.T) {
+	b, err := broker.New(broker.Config{Listen: "127.0.0.1:0", HTTPListen: ""})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := b.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	url := "tcp://" + b.Addr()
+	slot := &inference.Slot{}
+	slot.Swap(engine(t, apsmodels.V1(), nil), 0)
+	defer slot.Close()
+
+	var mu sync.Mutex
+	answered := map[string]chan struct{}{} // closed when the app has the answer
+	answer := func(id string, arrived bool) chan struct{} {
+		mu.Lock()
+		defer mu.Unlock()
+		ch := answered[id]
+		if ch == nil {
+			ch = make(chan struct{})
+			answered[id] = ch
+		}
+		if arrived {
+			select {
+			case <-ch: // a QoS 1 duplicate
+			default:
+				close(ch)
+			}
+		}
+		return ch
+	}
+	app := paho.NewClient(paho.NewClientOptions().AddBroker(url).SetClientID("test-app"))
+	if tok := app.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("connect: %v", tok.Error())
+	}
+	defer app.Disconnect(100)
+	if tok := app.Subscribe("t/predictions", 1, func(_ paho.Client, m paho.Message) {
+		var p server.PredictionMessage
+		if json.Unmarshal(m.Payload(), &p) == nil {
+			answer(p.ID, true)
+		}
+	}); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("subscribe: %v", tok.Error())
+	}
+
+	type call struct {
+		id            string
+		answeredFirst bool
+	}
+	calls := make(chan call, 4)
+	br, err := server.StartMQTT(ctx, server.MQTTConfig{Broker: url, ReadingsTopic: "t/readings", PredictionsTopic: "t/predictions", QoS: 1,
+		OnPrediction: func(p server.PredictionMessage) {
+			// Long enough for an answer already published to arrive,
+			// bounded so that the test ends either way.
+			select {
+			case <-answer(p.ID, false):
+				calls <- call{p.ID, true}
+			case <-time.After(500 * time.Millisecond):
+				calls <- call{p.ID, false}
+			}
+		}}, slot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer br.Close()
+
+	feats, _ := slot.Current().Meta().Golden[0].Features.MarshalJSON()
+	sensor := paho.NewClient(paho.NewClientOptions().AddBroker(url).SetClientID("test-sensor"))
+	if tok := sensor.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("connect: %v", tok.Error())
+	}
+	defer sensor.Disconnect(100)
+	for _, id := range []string{"r-1", "r-2"} {
+		sensor.Publish("t/readings", 1, false, `{"id":"`+id+`","features":`+string(feats)+`}`)
+		select {
+		case c := <-calls:
+			if c.id != id {
+				t.Fatalf("OnPrediction saw %q, want %q", c.id, id)
+			}
+			if c.answeredFirst {
+				t.Fatalf("prediction %s was on the bus before OnPrediction saw it", id)
+			}
+		case <-ctx.Done():
+			t.Fatalf("OnPrediction not called for %s", id)
+		}
+		// And the answer does follow.
+		select {
+		case <-answer(id, false):
+		case <-ctx.Done():
+			t.Fatalf("no answer for %s", id)
+		}
 	}
 }

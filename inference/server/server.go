@@ -98,6 +98,10 @@ func New(cfg Config, slot *inference.Slot, reg *prometheus.Registry) *Server {
 	return s
 }
 
+// Handle adds a handler for pattern beside the inference API (the agent's
+// hold API). Call it before Start.
+func (s *Server) Handle(pattern string, h http.Handler) { s.mux.Handle(pattern, h) }
+
 // Handler returns the HTTP handler, for tests and for embedding.
 func (s *Server) Handler() http.Handler { return s.mux }
 

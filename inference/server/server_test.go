@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -16,6 +17,7 @@ import (
 	"github.com/linkedge/linkedge/inference"
 	"github.com/linkedge/linkedge/inference/apsmodels"
 	"github.com/linkedge/linkedge/inference/bundle"
+	"github.com/linkedge/linkedge/inference/client"
 	"github.com/linkedge/linkedge/inference/server"
 )
 
@@ -103,6 +105,99 @@ func TestPing(t *testing.T) {
 	resp, body = do(t, "GET", ts.URL+"/ping", "", "")
 	if resp.StatusCode != 200 || len(body) != 0 {
 		t.Fatalf("ping: %d %q, want 200 with an empty body", resp.StatusCode, body)
+	}
+}
+
+// modelServer stands for a model container: `linkedge serve` of APS v1 on
+// addr ("127.0.0.1:0" for any port). stop kills it as `docker kill` would
+// (its listener closes; the caller's connections to it fail).
+func modelServer(t *testing.T, addr string) (url string, stop func()) {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	slot := &inference.Slot{}
+	srv := server.New(server.Config{}, slot, nil)
+	slot.Swap(engine(t, apsmodels.V1(), nil), 0)
+	ts := httptest.NewUnstartedServer(srv.Handler())
+	ts.Listener.Close()
+	ts.Listener = ln
+	ts.Start()
+	stop = func() {
+		ts.CloseClientConnections()
+		ts.Close()
+		slot.Close()
+	}
+	t.Cleanup(stop)
+	return ts.URL, stop
+}
+
+// TestReadinessFollowsRemoteBackend: the agent's endpoint serves through a
+// client.Client for a model server, which then dies. Predictions fail, and
+// /ping and the OIP readiness endpoints must say so (503) instead of 200,
+// while /v2/health/live stays 200: the agent itself is fine. When the model
+// server is back on the same address they are 200 again, with nobody
+// calling the model meanwhile.
+func TestReadinessFollowsRemoteBackend(t *testing.T) {
+	inner, stop := modelServer(t, "127.0.0.1:0")
+	slot := &inference.Slot{}
+	srv := server.New(server.Config{}, slot, nil)
+	ts := httptest.NewServer(srv.Handler())
+	defer ts.Close()
+	b, err := bundle.Read(bytes.NewReader(apsmodels.V1()), bundle.Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl := client.New(inner, b.Meta, "v1")
+	slot.Swap(cl, 0)
+	defer slot.Close()
+	row, _ := goldenCSV(t, slot)
+	ready := []string{"/ping", "/v2/health/ready", "/v2/models/aps-failure/ready", "/v2/models/aps-failure/versions/1/ready"}
+	expect := func(want int) {
+		t.Helper()
+		for _, path := range ready {
+			if resp, body := do(t, "GET", ts.URL+path, "", ""); resp.StatusCode != want {
+				t.Errorf("%s: %d %s, want %d", path, resp.StatusCode, body, want)
+			}
+		}
+		if resp, _ := do(t, "GET", ts.URL+"/v2/health/live", "", ""); resp.StatusCode != 200 {
+			t.Errorf("/v2/health/live: %d, want 200", resp.StatusCode)
+		}
+	}
+	// waitPing polls /ping, as a load balancer would, until it answers want.
+	waitPing := func(want int) {
+		t.Helper()
+		limit := time.Duration(client.UnhealthyAfter+3) * client.ProbeInterval
+		deadline := time.Now().Add(limit)
+		for {
+			resp, _ := do(t, "GET", ts.URL+"/ping", "", "")
+			if resp.StatusCode == want {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("/ping still %d after %s, want %d", resp.StatusCode, limit, want)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	if resp, body := do(t, "POST", ts.URL+"/invocations", "text/csv", row); resp.StatusCode != 200 {
+		t.Fatalf("through the model server: %d %s", resp.StatusCode, body)
+	}
+	expect(200)
+
+	stop()
+	if resp, _ := do(t, "POST", ts.URL+"/invocations", "text/csv", row); resp.StatusCode != 500 {
+		t.Fatalf("with the model server gone: %d, want 500", resp.StatusCode)
+	}
+	waitPing(503)
+	expect(503)
+
+	modelServer(t, strings.TrimPrefix(inner, "http://"))
+	waitPing(200)
+	expect(200)
+	if resp, body := do(t, "POST", ts.URL+"/invocations", "text/csv", row); resp.StatusCode != 200 {
+		t.Fatalf("after the model server came back: %d %s", resp.StatusCode, body)
 	}
 }
 

@@ -38,7 +38,7 @@ func (b *Backoff) Reset() { b.n = 0 }
 // is not kept in memory, such as one counted in a state file that survives
 // restarts: the same as the nth call of Next on a fresh Backoff.
 func Nth(min, max time.Duration, n int) time.Duration {
-	b := Backoff{Min: min, Max: max, n: max0(n-1)}
+	b := Backoff{Min: min, Max: max, n: max0(n - 1)}
 	return b.Next()
 }
 

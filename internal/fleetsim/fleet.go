@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -206,6 +207,17 @@ func (f *Fleet) StopPublisher() error {
 	return err
 }
 
+// SetArtifactFault puts fault in front of every truck's downloads: it sees
+// each request first and answers it by returning true (a 404, a captive
+// portal's page, corrupted bytes). Nil removes it.
+func (f *Fleet) SetArtifactFault(fault func(http.ResponseWriter, *http.Request) bool) {
+	if fault == nil {
+		f.fwd.fault.Store(nil)
+		return
+	}
+	f.fwd.fault.Store(&fault)
+}
+
 // KeyFile is the publisher's private key; its public half is PubKey.
 func (f *Fleet) KeyFile() string { return f.keyFile }
 
@@ -276,6 +288,7 @@ func (f *Fleet) startTruck(ctx context.Context, id string) (*Truck, error) {
 			KeepAlive: 5 * time.Second, MaxReconnectInterval: time.Second, TLS: f.opts.clientTLS(id)},
 		HTTP: "127.0.0.1:0", LocalBroker: edgeclient.LocalBrokerConfig{Listen: "127.0.0.1:0"},
 		Probation: f.opts.Probation, StatusInterval: 5 * time.Second, Logger: f.opts.Logger.With("part", id),
+		RetryMin: 200 * time.Millisecond, RetryMax: 2 * time.Second, ShutdownTimeout: 10 * time.Second,
 	}}
 	if err := t.startAgent(ctx); err != nil {
 		link.Close()

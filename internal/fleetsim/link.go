@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httputil"
+	"sync/atomic"
 
 	"github.com/linkedge/linkedge/internal/netsim"
 )
@@ -55,6 +56,9 @@ func (l *Link) Close() error { return errors.Join(l.mqtt.Close(), l.http.Close()
 type forwardProxy struct {
 	ln  net.Listener
 	srv *http.Server
+	// fault, when set, sees every request first; returning true means it
+	// answered (a 404, a captive-portal page, corrupted bytes).
+	fault atomic.Pointer[func(http.ResponseWriter, *http.Request) bool]
 }
 
 func startForwardProxy() (*forwardProxy, error) {
@@ -66,7 +70,13 @@ func startForwardProxy() (*forwardProxy, error) {
 		r.Out.URL = r.In.URL // absolute-form: scheme and host are in the request line
 		r.Out.Host = r.In.Host
 	}}
-	p := &forwardProxy{ln: ln, srv: &http.Server{Handler: rp}}
+	p := &forwardProxy{ln: ln}
+	p.srv = &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if f := p.fault.Load(); f != nil && (*f)(w, r) {
+			return
+		}
+		rp.ServeHTTP(w, r)
+	})}
 	go p.srv.Serve(ln)
 	return p, nil
 }

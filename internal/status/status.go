@@ -35,6 +35,10 @@ type Status struct {
 	Total      int64 `json:"total,omitempty"`
 	// LastError is the latest problem: a refused release, a failed update.
 	LastError string `json:"last_error,omitempty"`
+	// Hold says why the truck's safety hold keeps a new version from being
+	// switched in (an application's hold, outside maintenance windows);
+	// empty when nothing holds.
+	Hold string `json:"hold,omitempty"`
 	// Predictions served and alerts (positive label) since the agent started.
 	Predictions int64     `json:"predictions"`
 	Alerts      int64     `json:"alerts"`

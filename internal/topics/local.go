@@ -43,3 +43,20 @@ const (
 	LocalErrorsQoS    byte = 0
 	LocalErrorsRetain      = false
 )
+
+// LocalHold is where a truck application holds the switch to a new model
+// version (see edgeclient/hold), each under its own name: retained, so a
+// hold survives the agent's restart, and QoS 1, so it is not lost on the
+// way; an empty retained message releases it.
+//
+//	linkedge/v1/local/hold/{app}
+func LocalHold(app string) string { return Prefix + "/local/hold/" + app }
+
+// LocalHoldFilter matches every application's hold topic.
+const LocalHoldFilter = Prefix + "/local/hold/+"
+
+// QoS and retain flag for [LocalHold].
+const (
+	LocalHoldQoS    byte = 1
+	LocalHoldRetain      = true
+)
