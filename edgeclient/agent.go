@@ -215,6 +215,10 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 		a.wg.Add(1)
 		go a.forwarder(runCtx)
 	}
+	if a.rts.container != nil {
+		a.wg.Add(1)
+		go a.supervise(runCtx)
+	}
 	a.kick()
 	return nil
 }

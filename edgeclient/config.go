@@ -133,6 +133,11 @@ type ContainersConfig struct {
 	Enabled bool `yaml:"enabled"`
 	// ReadyTimeout bounds the wait for a new container's /ping. Default 60s.
 	ReadyTimeout time.Duration `yaml:"ready_timeout"`
+	// SuperviseInterval is how often the serving container is checked
+	// (running, answering /ping). A dead one is restarted; one that will
+	// not come back is replaced by the previous version or by the same
+	// bundle in process. Default 5s.
+	SuperviseInterval time.Duration `yaml:"supervise_interval"`
 }
 
 // InferenceConfig tunes serving.
@@ -173,6 +178,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.MaxClockSkew <= 0 {
 		c.MaxClockSkew = 5 * time.Minute
+	}
+	if c.Containers.SuperviseInterval <= 0 {
+		c.Containers.SuperviseInterval = 5 * time.Second
 	}
 	if c.RetryMin <= 0 {
 		c.RetryMin = 5 * time.Second

@@ -3,6 +3,7 @@ package update
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -598,4 +599,62 @@ func (m *Machine) fail(ctx context.Context, rec *Record, cause error) (Record, e
 		m.log().Error("cannot record the update's state", "err", err)
 	}
 	return *rec, Mark(class, fmt.Errorf("update to %s v%d: %w", rec.Target.Model, rec.Target.Version, cause))
+}
+
+// Fallback replaces a serving candidate that can no longer serve (its
+// container died and would not restart) with the best verified alternative:
+// the previous version, or else the same bundle in process. It records the
+// replacement as current in installed.json, so the release that names the
+// dead target makes a normal update of it again, with its backoff, once the
+// runtime can run it. It returns the spec now serving.
+func (m *Machine) Fallback(ctx context.Context, dead runtime.Candidate, cause error) (*runtime.Spec, error) {
+	in, err := m.Store.Installed()
+	if err != nil {
+		in = Installed{}
+	}
+	cur := dead.Spec()
+	var options []runtime.Spec
+	if in.Previous != nil && SpecKey(*in.Previous) != SpecKey(cur) {
+		options = append(options, *in.Previous)
+	}
+	if cur.Kind != "" && cur.Kind != release.RuntimeInProcess {
+		same := cur
+		same.Kind, same.Image = release.RuntimeInProcess, ""
+		options = append(options, same)
+	}
+	var errs []error
+	for _, spec := range options {
+		if err := m.Store.VerifyArtifact(spec.SHA256, spec.Size); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		c, err := m.Runtime.Stage(ctx, spec)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("stage %s v%d (%s): %w", spec.Model, spec.Version, spec.Kind, err))
+			continue
+		}
+		if err := c.Check(ctx); err != nil {
+			c.Close()
+			errs = append(errs, fmt.Errorf("check %s v%d (%s): %w", spec.Model, spec.Version, spec.Kind, err))
+			continue
+		}
+		if _, err := m.Runtime.Activate(ctx, c); err != nil {
+			c.Close()
+			errs = append(errs, err)
+			continue
+		}
+		dead.Close()
+		spec.InstalledAt = m.now()
+		next := Installed{Current: &spec}
+		if in.Previous != nil && SpecKey(*in.Previous) != SpecKey(spec) {
+			next.Previous = in.Previous
+		}
+		if err := m.Store.SetInstalled(next); err != nil {
+			m.log().Error("fallback serves, but installed.json could not say so", "err", err)
+		}
+		m.log().Warn("serving a fallback", "model", spec.Model, "version", spec.Version, "runtime", spec.Kind,
+			"instead_of", cur.Version, "instead_of_runtime", cur.Kind, "cause", cause)
+		return &spec, nil
+	}
+	return nil, fmt.Errorf("no fallback for %s v%d: %w", cur.Model, cur.Version, errors.Join(append([]error{cause}, errs...)...))
 }

@@ -5,10 +5,13 @@ import (
 	"encoding/base64"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -24,6 +27,7 @@ import (
 	"github.com/linkedge/linkedge/inference/apsmodels"
 	"github.com/linkedge/linkedge/inference/container/containertest"
 	"github.com/linkedge/linkedge/internal/release"
+	"github.com/linkedge/linkedge/internal/status"
 	"github.com/linkedge/linkedge/internal/topics"
 	"github.com/linkedge/linkedge/publisher"
 	"github.com/linkedge/linkedge/publisher/localreg"
@@ -38,7 +42,7 @@ func TestContainerRelease(t *testing.T) {
 	defer cancel()
 	cli := containertest.Engine(ctx, t)
 	dir := t.TempDir()
-	imageRef := pushServingImage(t, ctx, cli, dir)
+	imageRef, _ := pushServingImage(t, ctx, cli, dir)
 
 	f, err := Start(ctx, Options{Dir: filepath.Join(dir, "fleet"), Trucks: 1, Probation: 500 * time.Millisecond, HTTPClients: 2})
 	if err != nil {
@@ -143,8 +147,9 @@ func countServing(t *testing.T, ctx context.Context, cli interface {
 }
 
 // pushServingImage builds the serving image, pushes it to a registry on
-// loopback (Debian's docker-registry) and returns its digest reference.
-func pushServingImage(t *testing.T, ctx context.Context, cli *client.Client, dir string) string {
+// loopback (Debian's docker-registry) and returns its digest reference, and
+// a function that stops the registry.
+func pushServingImage(t *testing.T, ctx context.Context, cli *client.Client, dir string) (string, func()) {
 	t.Helper()
 	bin, err := exec.LookPath("docker-registry")
 	if err != nil {
@@ -159,7 +164,9 @@ func pushServingImage(t *testing.T, ctx context.Context, cli *client.Client, dir
 	if err := reg.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { reg.Process.Kill(); reg.Wait() })
+	var stopOnce sync.Once
+	stop := func() { stopOnce.Do(func() { reg.Process.Kill(); reg.Wait() }) }
+	t.Cleanup(stop)
 	tag := addr + "/linkedge-serve:e2e"
 	containertest.ServingImage(ctx, t, cli, tag, "")
 	var pushErr error
@@ -182,5 +189,126 @@ func pushServingImage(t *testing.T, ctx context.Context, cli *client.Client, dir
 	if err != nil || len(info.RepoDigests) == 0 {
 		t.Fatalf("no repo digest after push: %v", err)
 	}
-	return info.RepoDigests[0]
+	return info.RepoDigests[0], stop
+}
+
+// TestServingContainerSupervised (J): the serving container is killed and
+// the agent restarts it; then it is removed with its image, its registry
+// gone, so it cannot come back, and the agent falls back to the same
+// version in process and says so, while the release keeps asking for the
+// container (a normal update again, retried, never reported failed).
+func TestServingContainerSupervised(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cli := containertest.Engine(ctx, t)
+	dir := t.TempDir()
+	imageRef, stopRegistry := pushServingImage(t, ctx, cli, dir)
+
+	f, err := Start(ctx, Options{Dir: filepath.Join(dir, "fleet"), Trucks: 1, Probation: 500 * time.Millisecond, HTTPClients: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	tr := f.Trucks[0]
+	if err := tr.RestartWith(ctx, func(c *edgeclient.Config) {
+		c.Containers.Enabled = true
+		c.Containers.SuperviseInterval = 300 * time.Millisecond
+		c.Containers.ReadyTimeout = 20 * time.Second
+	}); err != nil {
+		t.Fatal(err)
+	}
+	ev := watchEvents(t, f.BrokerURL)
+	e, err := f.Register(ctx, apsmodels.V2())
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Registry.Approve("aps-failure", 2, "test")
+	if err := WaitVersion(ctx, 2, tr); err != nil {
+		t.Fatal(err)
+	}
+	priv, err := release.ReadPrivateKeyFile(f.KeyFile())
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	doc, err := release.Sign(&release.Release{Schema: release.Schema, Model: "aps-failure", Serial: now.UnixMilli() + 1000,
+		IssuedAt: now, ExpiresAt: now.Add(time.Hour), Stable: release.Target{Version: e.Version,
+			Runtime: release.Runtime{Kind: release.RuntimeContainer, Image: imageRef},
+			Source:  release.Source{Registry: release.RegistryLocal},
+			Artifact: release.Artifact{URL: f.Publisher.ArtifactBaseURL() + publisher.ArtifactPath(e.Model, e.Version),
+				SHA256: e.SHA256, Size: e.Size, MediaType: release.MediaTypeBundle}}}, priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	publishRetained(t, f.BrokerURL, topics.ModelRelease("aps-failure"), doc)
+	if err := WaitFor(ctx, "v2 in a container", func() bool {
+		st := tr.Agent.Status()
+		return st.Phase == "committed" && countServing(t, ctx, cli) == 1
+	}); err != nil {
+		t.Fatalf("%v: %+v", err, tr.Agent.Status())
+	}
+	serving := func() string {
+		list, err := cli.ContainerList(ctx, container.ListOptions{Filters: filters.NewArgs(filters.Arg("name", "linkedge-aps-failure"))})
+		if err != nil || len(list) != 1 {
+			t.Fatalf("serving containers: %v %v", list, err)
+		}
+		return list[0].ID
+	}
+	healthy := func() bool {
+		resp, err := http.Get("http://" + tr.Agent.HTTPAddr() + "/ping")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	}
+	okBefore := func() int64 { return tr.Load.HTTPOK.Load() }
+
+	// 1. Killed: restarted in place.
+	id := serving()
+	if err := cli.ContainerKill(ctx, id, "KILL"); err != nil {
+		t.Fatal(err)
+	}
+	killedAt := time.Now()
+	if err := WaitFor(ctx, "the serving container restarted", func() bool {
+		return slices.Contains(ev.kinds(2), status.EventServingRestarted)
+	}); err != nil {
+		t.Fatalf("%v; status %+v", err, tr.Agent.Status())
+	}
+	n := okBefore()
+	if err := WaitFor(ctx, "predictions answered again", func() bool { return healthy() && tr.Load.HTTPOK.Load() > n+5 }); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("killed container: serving again %.1fs after the kill", time.Since(killedAt).Seconds())
+
+	// 2. Removed, image gone, registry gone: it cannot come back.
+	stopRegistry()
+	if err := cli.ContainerRemove(ctx, serving(), container.RemoveOptions{Force: true}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.ImageRemove(ctx, imageRef, image.RemoveOptions{Force: true}); err != nil {
+		t.Fatal(err)
+	}
+	if err := WaitFor(ctx, "fallback to the same version in process", func() bool {
+		return slices.Contains(ev.kinds(2), status.EventServingFallback)
+	}); err != nil {
+		t.Fatalf("%v; status %+v", err, tr.Agent.Status())
+	}
+	n = okBefore()
+	if err := WaitFor(ctx, "predictions answered by the fallback", func() bool { return healthy() && tr.Load.HTTPOK.Load() > n+5 }); err != nil {
+		t.Fatal(err)
+	}
+	if st := tr.Agent.Status(); st.Version != 2 || st.Phase == "failed" || st.Phase == "rolled_back" {
+		t.Fatalf("status after the fallback %+v", st)
+	}
+	if v := tr.Load.ByVersion(); v["2"] == 0 {
+		t.Fatalf("answers by version %v", v)
+	}
+	// The release still names the container: the truck keeps trying it as
+	// a normal update, and never calls the version failed.
+	time.Sleep(3 * time.Second)
+	ev.noFailure(t, 2)
+	if !healthy() {
+		t.Fatal("the fallback stopped serving")
+	}
 }

@@ -51,7 +51,7 @@ type Event struct {
 	Schema  string    `json:"schema"`
 	Truck   string    `json:"truck"`
 	Time    time.Time `json:"time"`
-	Kind    string    `json:"kind"` // release_refused, update_started, update_committed, update_failed, update_rolled_back, update_retrying, booted
+	Kind    string    `json:"kind"` // release_refused, update_started, update_committed, update_failed, update_rolled_back, update_retrying, serving_restarted, serving_fallback, serving_failed, booted
 	Model   string    `json:"model,omitempty"`
 	Version int64     `json:"version,omitempty"`
 	Serial  int64     `json:"serial,omitempty"`
@@ -70,6 +70,14 @@ const (
 	// artifact source misbehaved); nothing is wrong with the version, and
 	// the truck tries again. Not a failure of the version.
 	EventUpdateRetrying = "update_retrying"
+	// EventServingRestarted: the serving container died and was restarted.
+	EventServingRestarted = "serving_restarted"
+	// EventServingFallback: the serving container could not be brought
+	// back; the truck serves the previous version, or the same bundle in
+	// process, instead (Version is what serves now).
+	EventServingFallback = "serving_fallback"
+	// EventServingFailed: nothing could replace a dead serving container.
+	EventServingFailed = "serving_failed"
 )
 
 // MaxSize bounds a status or event document a reader accepts.
