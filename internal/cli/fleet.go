@@ -191,6 +191,10 @@ func printFleet(out io.Writer, trucks map[string]status.Status) {
 			seen = time.Since(s.LastSeen).Round(time.Second).String() + " ago"
 		}
 		errText := s.LastError
+		if s.Hold != "" {
+			// A hold is no error, but it is what the operator needs to see.
+			errText = "hold: " + s.Hold
+		}
 		if len(errText) > 80 {
 			errText = errText[:80] + "…"
 		}
