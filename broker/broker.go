@@ -10,23 +10,19 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/hooks/storage/bolt"
-	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.etcd.io/bbolt"
 	bolterrors "go.etcd.io/bbolt/errors"
 
 	"github.com/linkedge/linkedge/internal/tlsconfig"
 )
-
-// httpShutdownTimeout bounds how long Close waits for in-flight health and
-// metrics requests.
-const httpShutdownTimeout = 5 * time.Second
 
 // storeLockTimeout is how long Start waits for the bolt file lock, which is
 // held by any other broker using the same DataDir.
@@ -36,6 +32,7 @@ type state int
 
 const (
 	stateNew state = iota
+	stateStarting
 	stateRunning
 	stateClosed
 )
@@ -57,12 +54,17 @@ type Broker struct {
 	startedAt atomic.Int64 // unix nanoseconds; 0 until Start succeeds
 	ready     atomic.Bool
 
-	mu       sync.Mutex // guards the fields below; held for all of Start
+	mu       sync.Mutex // guards the fields below; never held while waiting on mochi
 	state    state
 	mqttAddr string
 	httpAddr string
+	mqttLn   *listener
 	httpSrv  *http.Server
 	httpDone chan struct{} // closed when the HTTP serving goroutine returns
+	// startDone is closed when a Start returns; startErr is then what its
+	// teardown left behind (see Close during Start).
+	startDone chan struct{}
+	startErr  error
 
 	closeOnce sync.Once
 	closeErr  error
@@ -131,19 +133,30 @@ func New(cfg Config) (*Broker, error) {
 // Start opens the storage, binds the MQTT and HTTP listeners and returns once
 // both accept connections. ctx bounds only the start-up; use Close to stop.
 // If Start fails, everything it opened is closed again and the Broker is
-// closed (ErrClosed from then on).
+// closed (ErrClosed from then on). A Close during Start makes Start undo
+// its work and return an error wrapping ErrClosed; that Close waits for it
+// (within CloseTimeout).
 func (b *Broker) Start(ctx context.Context) (err error) {
 	b.mu.Lock()
-	defer b.mu.Unlock()
 	switch b.state {
-	case stateRunning:
+	case stateStarting, stateRunning:
+		b.mu.Unlock()
 		return ErrAlreadyStarted
 	case stateClosed:
+		b.mu.Unlock()
 		return ErrClosed
 	}
 	if err := ctx.Err(); err != nil {
+		b.mu.Unlock()
 		return fmt.Errorf("start broker: %w", err)
 	}
+	// The lock is not held for the rest: loading a large store takes a
+	// while, and a Close meanwhile must not wait on it unboundedly.
+	b.state = stateStarting
+	done := make(chan struct{})
+	b.startDone = done
+	b.mu.Unlock()
+	defer close(done)
 
 	var httpLn net.Listener
 	defer func() {
@@ -153,8 +166,15 @@ func (b *Broker) Start(ctx context.Context) (err error) {
 		if httpLn != nil {
 			_ = httpLn.Close()
 		}
+		b.mu.Lock()
 		b.state = stateClosed
-		_ = b.srv.Close() // closes the MQTT listener and the storage
+		b.mu.Unlock()
+		// Closes the MQTT listener and the storage, if opened.
+		now := time.Now()
+		if cerr := b.stopMQTT(now, now.Add(b.cfg.CloseTimeout)); cerr != nil {
+			b.startErr = cerr // read by Close after done is closed
+			err = errors.Join(err, cerr)
+		}
 	}()
 
 	if b.cfg.DataDir != "" {
@@ -162,18 +182,20 @@ func (b *Broker) Start(ctx context.Context) (err error) {
 			return err
 		}
 	}
-	tcp := listeners.NewTCP(listeners.Config{
-		Type: listeners.TypeTCP, ID: "mqtt", Address: b.cfg.Listen, TLSConfig: b.tls,
-	})
-	if err := b.srv.AddListener(tcp); err != nil {
+	ln := newListener("mqtt", b.cfg.Listen, b.tls, b.srv, b.log)
+	if err := b.srv.AddListener(ln); err != nil {
 		return fmt.Errorf("listen mqtt on %s: %w", b.cfg.Listen, err)
 	}
-	b.mqttAddr = tcp.Address()
+	b.mu.Lock()
+	b.mqttLn, b.mqttAddr = ln, ln.Address()
+	b.mu.Unlock()
 	if b.cfg.HTTPListen != "" {
 		if httpLn, err = net.Listen("tcp", b.cfg.HTTPListen); err != nil {
 			return fmt.Errorf("listen http on %s: %w", b.cfg.HTTPListen, err)
 		}
+		b.mu.Lock()
 		b.httpAddr = httpLn.Addr().String()
+		b.mu.Unlock()
 	}
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("start broker: %w", err)
@@ -182,6 +204,11 @@ func (b *Broker) Start(ctx context.Context) (err error) {
 		return fmt.Errorf("serve mqtt: %w", err)
 	}
 
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.state == stateClosed {
+		return fmt.Errorf("start broker: closed while starting: %w", ErrClosed)
+	}
 	if httpLn != nil {
 		b.httpSrv, b.httpDone = b.newHTTPServer(), make(chan struct{})
 		go b.serveHTTP(b.httpSrv, httpLn, b.httpDone)
@@ -240,38 +267,148 @@ func (b *Broker) warnIfAnonymous() {
 // Close disconnects all clients, stops the listeners and closes the storage.
 // It is idempotent and safe to call concurrently; every call returns the
 // first call's result.
+//
+// Close returns within Config.CloseTimeout whatever the clients and mochi
+// do. If it has to give up on something (a connection whose goroutine does
+// not end, mochi's shutdown, the storage), it logs and returns an error
+// wrapping ErrCloseTimeout that names it; what was given up on goes on in
+// the background.
 func (b *Broker) Close() error {
 	b.closeOnce.Do(func() { b.closeErr = b.close() })
 	return b.closeErr
 }
 
+// How Close shares out its CloseTimeout (as fractions of it): writes to
+// clients fail after a quarter (a client that does not read gets no
+// DISCONNECT), the wait for connections to end stops at half, the wait for
+// mochi at five eighths, a storage closed early gets until three quarters,
+// and the HTTP endpoint the rest, its in-flight requests cut off at seven
+// eighths.
+const (
+	closeDrainPart   = 1.0 / 4
+	closeConnsPart   = 1.0 / 2
+	closeMochiPart   = 5.0 / 8
+	closeStorePart   = 3.0 / 4
+	closeHTTPPart    = 7.0 / 8
+	closeHTTPEndPart = 1.0
+)
+
 func (b *Broker) close() error {
+	start := time.Now()
+	at := func(part float64) time.Time { return start.Add(time.Duration(float64(b.cfg.CloseTimeout) * part)) }
 	b.mu.Lock()
 	prev := b.state
 	b.state = stateClosed
-	httpSrv, httpDone := b.httpSrv, b.httpDone
+	httpSrv, httpDone, startDone := b.httpSrv, b.httpDone, b.startDone
 	b.mu.Unlock()
 	b.ready.Store(false)
-	if prev != stateRunning {
+	switch prev {
+	case stateStarting:
+		// Start sees the state when mochi is up and undoes its work.
+		t := time.NewTimer(time.Until(at(1)))
+		defer t.Stop()
+		select {
+		case <-startDone:
+			return b.startErr
+		case <-t.C:
+			err := fmt.Errorf("close mqtt broker: %w after %s: Start is still running (loading the storage?); it closes what it opened when it returns",
+				ErrCloseTimeout, b.cfg.CloseTimeout)
+			b.log.Error("mqtt broker close timed out", "error", err)
+			return err
+		}
+	case stateRunning:
+	default:
 		return nil // never started, or a failed Start already cleaned up
 	}
 
 	var errs []error
 	// MQTT first: /healthz keeps answering 503 while clients are drained.
-	if err := b.srv.Close(); err != nil {
-		errs = append(errs, fmt.Errorf("close mqtt server: %w", err))
+	if err := b.stopMQTT(start, at(closeStorePart)); err != nil {
+		errs = append(errs, err)
 	}
 	if httpSrv != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), httpShutdownTimeout)
+		ctx, cancel := context.WithDeadline(context.Background(), at(closeHTTPPart))
 		defer cancel()
 		if err := httpSrv.Shutdown(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("shut down http endpoint: %w", err))
 			_ = httpSrv.Close()
 		}
-		<-httpDone
+		t := time.NewTimer(time.Until(at(closeHTTPEndPart)))
+		defer t.Stop()
+		select {
+		case <-httpDone:
+		case <-t.C:
+			errs = append(errs, fmt.Errorf("close http endpoint %s: %w: its server goroutine has not returned", b.HTTPAddr(), ErrCloseTimeout))
+		}
 	}
-	b.log.Info("mqtt broker stopped", "mqtt_addr", b.Addr())
+	b.log.Info("mqtt broker stopped", "mqtt_addr", b.Addr(), "took", time.Since(start).Round(time.Millisecond))
 	return errors.Join(errs...)
+}
+
+// stopMQTT closes mochi's server, which closes the listener, every client
+// and the storage, and gives up waiting at the shares of the CloseTimeout
+// that started at start; storeBy is when the storage must be closed by.
+// Past mochi's share it closes the storage itself: the storage hook turns
+// every later call into a no-op, so mochi finishing late does no harm.
+func (b *Broker) stopMQTT(start, storeBy time.Time) error {
+	timeout := b.cfg.CloseTimeout
+	at := func(part float64) time.Time { return start.Add(time.Duration(float64(timeout) * part)) }
+	b.mu.Lock()
+	ln := b.mqttLn
+	b.mu.Unlock()
+	if ln != nil {
+		ln.setCloseDeadlines(at(closeDrainPart), at(closeConnsPart))
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = b.srv.Close() // always nil in mochi v2.7.9
+	}()
+	t := time.NewTimer(time.Until(at(closeMochiPart)))
+	defer t.Stop()
+	select {
+	case <-done:
+		return nil
+	case <-t.C:
+	}
+
+	var left []string
+	if ln != nil {
+		if conns := ln.pending(); len(conns) > 0 {
+			left = append(left, fmt.Sprintf("%d client connection(s) still open: %s", len(conns), summarize(conns, 5)))
+		}
+	}
+	left = append(left, "mochi's server shutdown (still running in the background)")
+	if b.store != nil {
+		path := filepath.Join(b.cfg.DataDir, storeFile)
+		stopped := make(chan error, 1)
+		go func() { stopped <- b.store.Stop() }()
+		st := time.NewTimer(time.Until(storeBy))
+		defer st.Stop()
+		select {
+		case err := <-stopped:
+			if err != nil {
+				left = append(left, fmt.Sprintf("storage %s: closed early, with an error: %v", path, err))
+			}
+		case <-st.C:
+			left = append(left, fmt.Sprintf("storage %s not closed: its file lock stays held until the process exits", path))
+		}
+	}
+	go func() {
+		<-done
+		b.log.Warn("mqtt server finished closing after Close gave up", "mqtt_addr", b.Addr(), "after", time.Since(start).Round(time.Millisecond))
+	}()
+	err := fmt.Errorf("close mqtt broker %s: %w after %s; abandoned %s", b.Addr(), ErrCloseTimeout, timeout, strings.Join(left, "; "))
+	b.log.Error("mqtt broker close timed out", "error", err)
+	return err
+}
+
+// summarize joins the first n items of list and counts the rest.
+func summarize(list []string, n int) string {
+	if len(list) <= n {
+		return strings.Join(list, ", ")
+	}
+	return fmt.Sprintf("%s and %d more", strings.Join(list[:n], ", "), len(list)-n)
 }
 
 // Addr returns the bound MQTT address (host:port), "" before Start.

@@ -27,6 +27,11 @@ const (
 	// message and a disconnected persistent session are kept: long enough for
 	// a truck parked out of coverage for weeks.
 	DefaultMaxMessageExpiry = 90 * 24 * time.Hour
+
+	// DefaultCloseTimeout bounds Broker.Close. Closing takes milliseconds
+	// unless something is stuck; the bound is what keeps a stuck client or
+	// hook from hanging the process that embeds the broker.
+	DefaultCloseTimeout = 5 * time.Second
 )
 
 // Config configures one Broker. The zero value is usable: it listens on
@@ -71,6 +76,13 @@ type Config struct {
 	// access to every topic.
 	UsersFile string `yaml:"users_file" json:"users_file"`
 
+	// CloseTimeout bounds how long Close takes, whatever the clients and
+	// mochi do: clients that stop reading get their DISCONNECT cut off,
+	// connections still open are closed, and past the timeout Close gives
+	// up on what is left and returns an error wrapping ErrCloseTimeout that
+	// names it. Default 5s (zero means the default); must not be negative.
+	CloseTimeout time.Duration `yaml:"close_timeout" json:"close_timeout"`
+
 	// Logger receives the broker's logs; mochi's own logs go through it at
 	// Warn and above. Default slog.Default().
 	Logger *slog.Logger `yaml:"-" json:"-"`
@@ -92,6 +104,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.MaxMessageExpiry == 0 {
 		c.MaxMessageExpiry = DefaultMaxMessageExpiry
+	}
+	if c.CloseTimeout == 0 {
+		c.CloseTimeout = DefaultCloseTimeout
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -123,6 +138,9 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("max_message_expiry: %s is below the 1s minimum", cc.MaxMessageExpiry))
 	case cc.MaxMessageExpiry > maxExpiry:
 		errs = append(errs, fmt.Errorf("max_message_expiry: %s exceeds the %s maximum", cc.MaxMessageExpiry, maxExpiry))
+	}
+	if cc.CloseTimeout < 0 {
+		errs = append(errs, fmt.Errorf("close_timeout: %s is negative; leave it out for the %s default", cc.CloseTimeout, DefaultCloseTimeout))
 	}
 	if (cc.TLSCert == "") != (cc.TLSKey == "") {
 		errs = append(errs, errors.New("tls_cert and tls_key must be set together"))

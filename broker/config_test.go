@@ -12,7 +12,7 @@ import (
 func TestConfigDefaults(t *testing.T) {
 	var c Config
 	c.setDefaults()
-	if c.Listen != DefaultListen || c.MaxMessageExpiry != 90*24*time.Hour || c.Logger == nil {
+	if c.Listen != DefaultListen || c.MaxMessageExpiry != 90*24*time.Hour || c.CloseTimeout != 5*time.Second || c.Logger == nil {
 		t.Errorf("zero Config defaults = %+v", c)
 	}
 	if c.HTTPListen != "" {
@@ -43,6 +43,8 @@ func TestConfigValidate(t *testing.T) {
 		{"negative expiry", Config{MaxMessageExpiry: -time.Hour}, "max_message_expiry"},
 		{"expiry too long", Config{MaxMessageExpiry: 200 * 365 * 24 * time.Hour}, "max_message_expiry"},
 		{"cert without key", Config{TLSCert: "c.pem"}, "tls_cert and tls_key"},
+		{"short close timeout", Config{CloseTimeout: time.Millisecond}, ""},
+		{"negative close timeout", Config{CloseTimeout: -time.Second}, "close_timeout"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -61,11 +63,11 @@ func TestConfigValidate(t *testing.T) {
 }
 
 func TestParseConfig(t *testing.T) {
-	cfg, err := ParseConfig([]byte("listen: 0.0.0.0:1883\ndata_dir: /var/lib/linkedge\nmax_message_expiry: 720h\n"))
+	cfg, err := ParseConfig([]byte("listen: 0.0.0.0:1883\ndata_dir: /var/lib/linkedge\nmax_message_expiry: 720h\nclose_timeout: 2s\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.Listen != "0.0.0.0:1883" || cfg.DataDir != "/var/lib/linkedge" || cfg.MaxMessageExpiry != 720*time.Hour {
+	if cfg.Listen != "0.0.0.0:1883" || cfg.DataDir != "/var/lib/linkedge" || cfg.MaxMessageExpiry != 720*time.Hour || cfg.CloseTimeout != 2*time.Second {
 		t.Errorf("cfg = %+v", cfg)
 	}
 	if cfg.HTTPListen != DefaultHTTPListen {

@@ -18,6 +18,13 @@ var (
 	// failure such as a port already in use.
 	ErrInvalidConfig = errors.New("invalid broker config")
 
+	// ErrCloseTimeout is wrapped by the error of a Close that gave up
+	// waiting after Config.CloseTimeout. The error names what was left
+	// behind: connections still open, mochi's shutdown still running, the
+	// storage not closed (its file lock is then held until the process
+	// exits, so a new Broker on the same DataDir cannot start before).
+	ErrCloseTimeout = errors.New("broker close timed out")
+
 	// ErrInvalidUsersFile wraps every problem found while reading or parsing
 	// the users file (Config.UsersFile).
 	ErrInvalidUsersFile = errors.New("invalid users file")

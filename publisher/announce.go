@@ -5,6 +5,7 @@ import (
 	"crypto/ed25519"
 	"fmt"
 	"log/slog"
+	"maps"
 	"strings"
 	"time"
 
@@ -145,7 +146,7 @@ func (a *Announcer) AnnouncePlan(ctx context.Context, pl Plan, p Policy) (*relea
 			Runtime: c.Runtime, Percent: pl.Percent, Groups: pl.Groups}
 	}
 	newlyHalted := pl.Rollout.Halted() && !ms.Rollout.Halted()
-	ms.Rollout = pl.Rollout
+	ms.Rollout = withRecordedFailures(pl.Rollout, ms.Rollout)
 	if ro := ms.Rollout; ro != nil && pl.Canary != nil && ro.StartedAt.IsZero() {
 		ro.StartedAt = acked.UTC() // the soak counts from the first canary the broker has
 	}
@@ -173,6 +174,28 @@ func (a *Announcer) AnnouncePlan(ctx context.Context, pl Plan, p Policy) (*relea
 		a.OnAnnounce(v.Model, v.Version, rel.Serial)
 	}
 	return rel, nil
+}
+
+// withRecordedFailures returns planned, the rollout a plan records, with
+// the failures the state file holds for the same rollout added: the plan
+// was made from an earlier read of the file, and failures persisted since
+// must not be lost by writing it back.
+func withRecordedFailures(planned, recorded *Rollout) *Rollout {
+	if planned == nil || recorded == nil || len(recorded.Failures) == 0 ||
+		planned.Version != recorded.Version || planned.SHA256 != recorded.SHA256 {
+		return planned
+	}
+	merged := *planned
+	merged.Failures = make(map[string]string, len(planned.Failures)+len(recorded.Failures))
+	maps.Copy(merged.Failures, recorded.Failures)
+	maps.Copy(merged.Failures, planned.Failures)
+	for len(merged.Failures) > maxRolloutFailures { // only if both were full
+		for t := range merged.Failures {
+			delete(merged.Failures, t)
+			break
+		}
+	}
+	return &merged
 }
 
 // target builds a document target for v with a fresh download URL, and

@@ -24,6 +24,8 @@ const (
 	DefaultPollInterval   = 2 * time.Second
 	DefaultReleaseTTL     = 30 * 24 * time.Hour
 	DefaultPublishTimeout = 10 * time.Second
+	// DefaultCloseTimeout bounds stopping the service; see Config.CloseTimeout.
+	DefaultCloseTimeout = 5 * time.Second
 	// DefaultArtifactListen avoids 8080 (inference), 1883 and 9883 (broker).
 	DefaultArtifactListen = "127.0.0.1:9884"
 	// DefaultStateFileName is the state file's name inside RegistryDir.
@@ -82,6 +84,14 @@ type Config struct {
 	// PublishTimeout bounds the wait for the broker's acknowledgement of
 	// one announcement. Default 10s.
 	PublishTimeout time.Duration `yaml:"publish_timeout"`
+	// CloseTimeout bounds how long stopping the service takes ([Publisher.Close],
+	// or Run once its context is cancelled): downloads in flight get most of
+	// it and are then cut off (trucks resume them), and whatever has not
+	// stopped by then (a registry call that ignores cancellation, a broker
+	// that stopped answering) is left behind and named in an error wrapping
+	// [ErrCloseTimeout]. Default 5s (zero means the default); must not be
+	// negative.
+	CloseTimeout time.Duration `yaml:"close_timeout"`
 	// ArtifactListen is the artifact server's address (it also serves
 	// /healthz and /metrics). Default "127.0.0.1:9884"; port 0 picks one.
 	ArtifactListen string `yaml:"artifact_listen"`
@@ -197,6 +207,9 @@ func (c *Config) setDefaults() {
 	if c.PublishTimeout == 0 {
 		c.PublishTimeout = DefaultPublishTimeout
 	}
+	if c.CloseTimeout == 0 {
+		c.CloseTimeout = DefaultCloseTimeout
+	}
 	if c.ArtifactListen == "" {
 		c.ArtifactListen = DefaultArtifactListen
 	}
@@ -267,6 +280,9 @@ func (c *Config) validate(needBackend bool) error {
 	}
 	if cc.PublishTimeout < 10*time.Millisecond {
 		bad("publish_timeout: %s is below the 10ms minimum", cc.PublishTimeout)
+	}
+	if cc.CloseTimeout < 0 {
+		bad("close_timeout: %s is negative; leave it out for the %s default", cc.CloseTimeout, DefaultCloseTimeout)
 	}
 	host, port, err := net.SplitHostPort(cc.ArtifactListen)
 	if n, perr := strconv.Atoi(port); err != nil || perr != nil || n < 0 || n > 65535 {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -73,6 +74,9 @@ type session struct {
 	log     *slog.Logger
 	metrics *metrics
 	onUp    func() // called on every (re)connect, from paho's goroutine
+	// onFailure is called, from paho's goroutine, when a failure event
+	// waits to be persisted (see pending).
+	onFailure func()
 
 	everUp  atomic.Bool      // connected at least once
 	discard chan paho.Client // Send asks run to drop this client
@@ -96,7 +100,29 @@ type session struct {
 	// trucksSince is when the status subscription of the current
 	// connection was acknowledged; zero while down.
 	trucksSince time.Time
+	// pending are the failure events not yet in the state file. Their
+	// messages are acknowledged only once they are (the session acks by
+	// hand): the broker keeps an unacknowledged event for this persistent
+	// session and sends it again after a reconnect, so a publisher that
+	// stops or dies in between still counts it. persisted is what the
+	// state file held at the last write, so that a repeated event is
+	// acknowledged at once.
+	pending   []pendingFailure
+	persisted map[modelVersion]map[string]bool
 }
+
+// pendingFailure is a failure event waiting to be persisted.
+type pendingFailure struct {
+	mv     modelVersion
+	truck  string
+	detail string
+	msg    paho.Message
+}
+
+// maxPendingFailures bounds the failure events held in memory while the
+// state file cannot be written; the ones past it are left unacknowledged,
+// and the broker sends them again after the next reconnect.
+const maxPendingFailures = 10000
 
 // truckReport is what a staged rollout needs from a truck's status.
 type truckReport struct {
@@ -145,6 +171,7 @@ func (s *session) routeTrucks(c paho.Client) {
 }
 
 func (s *session) onStatus(m paho.Message) {
+	defer m.Ack() // the session acks by hand; a status needs no more than its handling
 	truck, ok := topics.ParseTruckStatus(m.Topic())
 	if !ok {
 		return
@@ -166,7 +193,16 @@ func (s *session) onStatus(m paho.Message) {
 	}
 }
 
+// onEvent records a truck's failure event. Every other event is
+// acknowledged at once; a failure only once it is in the state file (see
+// pending), unless it is there already.
 func (s *session) onEvent(m paho.Message) {
+	ack := true
+	defer func() {
+		if ack {
+			m.Ack()
+		}
+	}()
 	truck, ok := topics.ParseTruckEvents(m.Topic())
 	if !ok {
 		return
@@ -188,6 +224,63 @@ func (s *session) onEvent(m paho.Message) {
 		s.failures[k] = map[string]string{}
 	}
 	s.failures[k][truck] = ev.Detail
+	if s.persisted[k][truck] {
+		return
+	}
+	ack = false
+	if len(s.pending) >= maxPendingFailures {
+		return
+	}
+	s.pending = append(s.pending, pendingFailure{mv: k, truck: truck, detail: ev.Detail, msg: m})
+	if s.onFailure != nil {
+		s.onFailure()
+	}
+}
+
+// pendingFailures returns the failure events waiting to be persisted.
+func (s *session) pendingFailures() []pendingFailure {
+	s.stMu.Lock()
+	defer s.stMu.Unlock()
+	return slices.Clone(s.pending)
+}
+
+// failuresPersisted records that the first n pending failures are handled
+// (in the state file, or of no rollout there) and what the file now holds,
+// then acknowledges their events.
+func (s *session) failuresPersisted(n int, held map[modelVersion]map[string]bool) {
+	s.stMu.Lock()
+	done := s.pending[:n:n]
+	s.pending = slices.Clone(s.pending[n:])
+	s.persisted = held
+	s.stMu.Unlock()
+	// Off the caller's goroutine: an ack waits for paho's writer, which
+	// waits for the network.
+	go func() {
+		for _, f := range done {
+			f.msg.Ack()
+		}
+	}()
+}
+
+// forgetSettled drops the failures heard for versions no rollout can
+// involve any more: those at or below the announced stable version, and
+// those below the version of the model's rollout. A canary is always newer
+// than both, so this bounds the memory without changing a decision. It also
+// takes st as what the state file holds (see persisted).
+func (s *session) forgetSettled(st *State) {
+	held := heldFailures(st)
+	s.stMu.Lock()
+	defer s.stMu.Unlock()
+	s.persisted = held
+	for k := range s.failures {
+		ms := st.Models[k.model]
+		switch {
+		case ms == nil:
+		case ms.Announced != nil && k.version <= ms.Announced.Version,
+			ms.Rollout != nil && k.version < ms.Rollout.Version:
+			delete(s.failures, k)
+		}
+	}
 }
 
 // CanaryHealth implements [HealthView] from the trucks' reports.
@@ -232,6 +325,7 @@ func (s *session) watchRetained(c paho.Client) {
 	s.retained, s.watchSince = map[string]int64{}, time.Time{}
 	s.retMu.Unlock()
 	tok := c.Subscribe(topics.AllModelReleases(), topics.ReleaseQoS, func(_ paho.Client, m paho.Message) {
+		defer m.Ack()
 		model, ok := topics.ParseModelRelease(m.Topic())
 		if !ok {
 			return
@@ -267,8 +361,8 @@ func (s *session) retainedSerial(model string) (serial int64, settled bool) {
 	return s.retained[model], true
 }
 
-func newSession(cfg *Config, log *slog.Logger, m *metrics, onUp func()) *session {
-	return &session{cfg: cfg, log: log, metrics: m, onUp: onUp, discard: make(chan paho.Client, 1)}
+func newSession(cfg *Config, log *slog.Logger, m *metrics, onUp, onFailure func()) *session {
+	return &session{cfg: cfg, log: log, metrics: m, onUp: onUp, onFailure: onFailure, discard: make(chan paho.Client, 1)}
 }
 
 // waitingForFirstConnect reports whether the session has never been
@@ -303,8 +397,11 @@ func (s *session) run(ctx context.Context) {
 func (s *session) dial(ctx context.Context) paho.Client {
 	wait, lastErr := connectRetryInterval, ""
 	for {
+		// Acks by hand: a failure event is acknowledged only once it is
+		// in the state file (see pending).
 		c := paho.NewClient(mqttOptions(s.cfg, s.cfg.ClientID).
 			SetCleanSession(false).SetStore(mqttstore.New()).SetAutoReconnect(true).SetConnectRetry(false).
+			SetAutoAckDisabled(true).
 			SetMaxReconnectInterval(maxReconnectInterval).
 			SetOnConnectHandler(func(c paho.Client) {
 				s.log.Info("connected to broker", "broker", s.cfg.Broker, "client_id", s.cfg.ClientID)
@@ -379,15 +476,22 @@ func (s *session) Send(ctx context.Context, topic string, payload []byte) error 
 }
 
 // connect makes one connection attempt, bounded by the client's connect
-// timeout. If ctx ends first it still waits for the attempt to finish, so
-// no attempt outlives the caller, and then returns ctx's error. A refusal
-// that retrying cannot fix wraps [ErrBrokerRefused].
+// timeout. If ctx ends first it returns ctx's error at once, without
+// waiting for the attempt (a broker that accepts and never answers would
+// hold a Close for the whole connect timeout); the attempt is then
+// disconnected in the background as soon as it ends, so a late success
+// never lingers as a second client with the same id. A refusal that
+// retrying cannot fix wraps [ErrBrokerRefused].
 func connect(ctx context.Context, c paho.Client) error {
 	tok := c.Connect()
 	select {
 	case <-tok.Done():
 	case <-ctx.Done():
-		<-tok.Done()
+		go func() {
+			<-tok.Done()
+			c.Disconnect(0)
+		}()
+		return ctx.Err()
 	}
 	err := tok.Error()
 	if err == nil && ctx.Err() != nil {

@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -19,6 +21,11 @@ import (
 var (
 	ErrAlreadyRunning = errors.New("publisher: Run called twice")
 	ErrClosed         = errors.New("publisher: closed")
+	// ErrCloseTimeout is wrapped by the error of a Close, or of a Run
+	// stopped by its context, that gave up after Config.CloseTimeout on
+	// something that did not stop; the error names it. It goes on in the
+	// background.
+	ErrCloseTimeout = errors.New("publisher: close timed out")
 )
 
 // Publisher is the publisher service: it polls a registry, announces each
@@ -40,14 +47,24 @@ type Publisher struct {
 	mu       sync.Mutex
 	started  bool
 	isClosed bool
+	closeBy  time.Time     // set by Close: when it returns at the latest
 	closed   chan struct{} // closed by Close
 	runDone  chan struct{} // closed when Run returns
+	stopErr  error         // what Run's shutdown left behind; read after runDone
 
-	// reported holds, per model ("" for the registry), the last problem
-	// logged, so a problem that lasts is logged once and not every poll.
-	// Only Run's goroutine touches it.
+	// doing says what the poll loop is busy with, for the error of a
+	// shutdown that has to leave it behind.
+	doing atomic.Pointer[string]
+
+	// reported holds, per model ("" for the registry, failuresKey for the
+	// canary failures), the last problem logged, so a problem that lasts is
+	// logged once and not every poll. Only the poll loop touches it.
 	reported map[string]string
 }
+
+// failuresKey is the reported key of the canary failures' persistence; it
+// is not a valid model id.
+const failuresKey = "#failures"
 
 // New validates cfg, reads the signing key and the state file, opens the
 // registry and binds the artifact server, so that configuration mistakes
@@ -89,7 +106,7 @@ func New(cfg Config) (*Publisher, error) {
 	if cfg.Distributor != nil {
 		dist = cfg.Distributor
 	}
-	p.sess = newSession(&p.cfg, p.log, p.metrics, p.poke)
+	p.sess = newSession(&p.cfg, p.log, p.metrics, p.poke, p.poke)
 	p.ann = &Announcer{Key: key, Distributor: dist, State: state, Sender: p.sess, TTL: cfg.ReleaseTTL,
 		Logger: p.log, OnAnnounce: cfg.OnAnnounce, metrics: p.metrics}
 	return p, nil
@@ -109,9 +126,11 @@ func (p *Publisher) StateFile() string { return p.state.Path() }
 
 // Run connects to the broker (retrying in the background), serves
 // artifacts and polls the registry until ctx is cancelled or Close is
-// called; it then stops everything it started and returns nil. It returns
-// an error if the artifact server fails, and may be called once.
-func (p *Publisher) Run(ctx context.Context) error {
+// called; it then stops everything it started, within Config.CloseTimeout,
+// and returns nil. It returns an error if the artifact server fails, or one
+// wrapping [ErrCloseTimeout] that names what did not stop in time. It may
+// be called once.
+func (p *Publisher) Run(ctx context.Context) (err error) {
 	p.mu.Lock()
 	switch {
 	case p.isClosed:
@@ -126,25 +145,53 @@ func (p *Publisher) Run(ctx context.Context) error {
 	defer close(p.runDone)
 
 	ctx, cancel := context.WithCancel(ctx)
-	var wg sync.WaitGroup
-	wg.Go(func() {
+	defer cancel()
+	go func() {
 		select {
 		case <-p.closed:
 			cancel()
 		case <-ctx.Done():
 		}
-	})
+	}()
+	// The session outlives the poll loop by a moment: the failures
+	// persisted last are acknowledged over it.
+	sessCtx, stopSess := context.WithCancel(context.Background())
+	defer stopSess()
 	serveErr := make(chan error, 1)
-	wg.Go(func() { serveErr <- p.arts.Serve() })
-	wg.Go(func() { p.sess.run(ctx) })
-	defer func() {
-		cancel()
-		p.shutdownArtifacts()
-		wg.Wait()
+	artsDone := make(chan struct{})
+	go func() {
+		defer close(artsDone)
+		serveErr <- p.arts.Serve()
+	}()
+	sessDone := make(chan struct{})
+	go func() {
+		defer close(sessDone)
+		p.sess.run(sessCtx)
+	}()
+	// The poll loop has a goroutine of its own so that the shutdown can
+	// leave it behind if it is stuck (a registry call that ignores ctx).
+	loopDone := make(chan struct{})
+	go func() {
+		defer close(loopDone)
+		p.loop(ctx)
 	}()
 
 	p.log.Info("publisher started", "registry", p.reg.Name(), "broker", p.cfg.Broker,
 		"artifacts", p.arts.BaseURL(), "listen", p.arts.Addr(), "poll", p.cfg.PollInterval, "state", p.state.Path())
+	select {
+	case <-ctx.Done():
+		p.log.Info("publisher stopping")
+	case err = <-serveErr:
+		cancel()
+	}
+	stopErr := p.shutdown(loopDone, stopSess, sessDone, artsDone)
+	p.stopErr = stopErr // read by Close once runDone is closed
+	return errors.Join(err, stopErr)
+}
+
+// loop polls until ctx is done.
+func (p *Publisher) loop(ctx context.Context) {
+	defer p.setDoing("")
 	tick := time.NewTicker(p.cfg.PollInterval)
 	defer tick.Stop()
 	// A registry that hears about changes (the SageMaker backend's event
@@ -155,12 +202,10 @@ func (p *Publisher) Run(ctx context.Context) error {
 	}
 	for {
 		p.poll(ctx)
+		p.setDoing("")
 		select {
 		case <-ctx.Done():
-			p.log.Info("publisher stopping")
-			return nil
-		case err := <-serveErr:
-			return err
+			return
 		case <-tick.C:
 		case <-p.wake:
 		case <-notify:
@@ -168,9 +213,113 @@ func (p *Publisher) Run(ctx context.Context) error {
 	}
 }
 
+// How a shutdown shares out its CloseTimeout (fractions of it): the poll
+// loop has until half of it to return, persisting the last canary failures
+// until five eighths, the broker connection until seven eighths; the
+// artifact server lets downloads in flight run until three quarters, then
+// cuts them off (trucks resume them).
+const (
+	stopLoopPart     = 1.0 / 2
+	stopFailuresPart = 5.0 / 8
+	stopArtsPart     = 3.0 / 4
+	stopSessPart     = 7.0 / 8
+)
+
+// shutdown stops what Run started, giving up on each part at its share of
+// the CloseTimeout, and returns an error wrapping ErrCloseTimeout that names
+// the parts it gave up on, or nil.
+func (p *Publisher) shutdown(loopDone <-chan struct{}, stopSess func(), sessDone, artsDone <-chan struct{}) error {
+	start := time.Now()
+	p.mu.Lock()
+	end := p.closeBy
+	p.mu.Unlock()
+	if end.IsZero() {
+		end = start.Add(p.cfg.CloseTimeout)
+	} else {
+		// Close returns at closeBy; leave it a moment to read the result.
+		end = end.Add(-p.cfg.CloseTimeout / 16)
+	}
+	budget := end.Sub(start)
+	at := func(part float64) time.Time { return start.Add(time.Duration(float64(budget) * part)) }
+	var left []string
+
+	artsStopped := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithDeadline(context.Background(), at(stopArtsPart))
+		defer cancel()
+		artsStopped <- p.arts.Shutdown(ctx)
+	}()
+
+	if waitUntil(loopDone, at(stopLoopPart)) {
+		// The loop is done: persist the failures heard last while the
+		// session is still up to acknowledge them.
+		persisted := make(chan error, 1)
+		go func() {
+			ctx, cancel := context.WithDeadline(context.Background(), at(stopFailuresPart))
+			defer cancel()
+			persisted <- p.persistFailures(ctx)
+		}()
+		select {
+		case err := <-persisted:
+			if err != nil {
+				p.log.Warn("cannot record the last canary failures; the broker sends their events again after a restart", "err", err)
+			}
+		case <-time.After(time.Until(at(stopFailuresPart))):
+			left = append(left, "recording the last canary failures in the state file")
+		}
+	} else {
+		left = append(left, "the poll loop, "+p.getDoing())
+	}
+
+	stopSess()
+	if !waitUntil(sessDone, at(stopSessPart)) {
+		left = append(left, fmt.Sprintf("the broker connection to %s (its disconnect did not finish)", p.cfg.Broker))
+	}
+	select {
+	case err := <-artsStopped:
+		if err != nil {
+			p.log.Warn("artifact server stopped; downloads in flight were cut off", "err", err)
+		}
+		if !waitUntil(artsDone, end) {
+			left = append(left, "the artifact server on "+p.arts.Addr())
+		}
+	case <-time.After(time.Until(end)):
+		left = append(left, "the artifact server on "+p.arts.Addr())
+	}
+	if len(left) == 0 {
+		return nil
+	}
+	err := fmt.Errorf("%w after %s; abandoned %s", ErrCloseTimeout, p.cfg.CloseTimeout, strings.Join(left, "; "))
+	p.log.Error("publisher did not stop in time", "err", err)
+	return err
+}
+
+// waitUntil reports whether done is closed before t.
+func waitUntil(done <-chan struct{}, t time.Time) bool {
+	timer := time.NewTimer(time.Until(t))
+	defer timer.Stop()
+	select {
+	case <-done:
+		return true
+	case <-timer.C:
+		return false
+	}
+}
+
+func (p *Publisher) setDoing(what string) { p.doing.Store(&what) }
+
+func (p *Publisher) getDoing() string {
+	if d := p.doing.Load(); d != nil && *d != "" {
+		return *d
+	}
+	return "between polls"
+}
+
 // Close stops a running Run and waits for it to return, or, if Run never
-// ran, releases what New opened. It is idempotent and safe for concurrent
-// use; calls after the first return at once.
+// ran, releases what New opened. It returns within Config.CloseTimeout, with
+// an error wrapping [ErrCloseTimeout] that names what it gave up on if
+// something did not stop. It is idempotent and safe for concurrent use;
+// calls after the first return nil at once.
 func (p *Publisher) Close() error {
 	p.mu.Lock()
 	if p.isClosed {
@@ -178,23 +327,93 @@ func (p *Publisher) Close() error {
 		return nil
 	}
 	p.isClosed = true
+	p.closeBy = time.Now().Add(p.cfg.CloseTimeout)
 	close(p.closed)
-	started, done := p.started, p.runDone
+	started, done, closeBy := p.started, p.runDone, p.closeBy
 	p.mu.Unlock()
 	if started {
-		<-done
-		return nil
+		select {
+		case <-done:
+			return nil // Run had stopped already, and said how
+		default:
+		}
+		if !waitUntil(done, closeBy) {
+			err := fmt.Errorf("%w after %s: Run did not return", ErrCloseTimeout, p.cfg.CloseTimeout)
+			p.log.Error("publisher did not stop in time", "err", err)
+			return err
+		}
+		return p.stopErr
 	}
-	p.shutdownArtifacts()
+	ctx, cancel := context.WithDeadline(context.Background(), closeBy)
+	defer cancel()
+	if err := p.arts.Shutdown(ctx); err != nil {
+		return fmt.Errorf("close artifact server: %w", err)
+	}
 	return nil
 }
 
-func (p *Publisher) shutdownArtifacts() {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := p.arts.Shutdown(ctx); err != nil {
-		p.log.Warn("artifact server shutdown", "err", err)
+// persistFailures writes the failure events heard since the last call
+// into the state file, under its lock, and then has them acknowledged to
+// the broker. A failure of a version that is not the model's rollout in the
+// file is not kept (it cannot halt anything) but acknowledged all the same.
+func (p *Publisher) persistFailures(ctx context.Context) error {
+	batch := p.sess.pendingFailures()
+	if len(batch) == 0 {
+		return nil
 	}
+	p.setDoing("recording canary failures in the state file")
+	unlock, err := p.state.lock(ctx)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	st, err := p.state.Load()
+	if err != nil {
+		return err
+	}
+	changed := false
+	for _, f := range batch {
+		ms := st.Models[f.mv.model]
+		if ms == nil || ms.Rollout == nil || ms.Rollout.Version != f.mv.version {
+			continue
+		}
+		ro := ms.Rollout
+		if _, ok := ro.Failures[f.truck]; ok {
+			continue
+		}
+		if len(ro.Failures) >= maxRolloutFailures {
+			p.log.Warn("too many failed canary trucks to record another", "model", f.mv.model, "version", f.mv.version, "truck", f.truck, "limit", maxRolloutFailures)
+			continue
+		}
+		if ro.Failures == nil {
+			ro.Failures = map[string]string{}
+		}
+		ro.Failures[f.truck] = clipDetail(f.detail)
+		changed = true
+		p.log.Info("recorded a canary failure", "model", f.mv.model, "version", f.mv.version, "truck", f.truck, "failed_trucks", len(ro.Failures))
+	}
+	if changed {
+		if err := p.state.save(st); err != nil {
+			return err
+		}
+	}
+	p.sess.failuresPersisted(len(batch), heldFailures(st))
+	return nil
+}
+
+// heldFailures lists the failed trucks st holds, per rollout.
+func heldFailures(st *State) map[modelVersion]map[string]bool {
+	held := map[modelVersion]map[string]bool{}
+	for m, ms := range st.Models {
+		if ro := ms.Rollout; ro != nil && len(ro.Failures) > 0 {
+			trucks := make(map[string]bool, len(ro.Failures))
+			for t := range ro.Failures {
+				trucks[t] = true
+			}
+			held[modelVersion{m, ro.Version}] = trucks
+		}
+	}
+	return held
 }
 
 // poke asks Run to poll now; it never blocks.
@@ -211,6 +430,16 @@ func (p *Publisher) poke() {
 // logged and retried on the next poll; nothing is recorded until the broker
 // acknowledged it.
 func (p *Publisher) poll(ctx context.Context) {
+	if err := p.persistFailures(ctx); err != nil {
+		if ctx.Err() != nil {
+			return
+		}
+		p.metrics.failed(stageState)
+		p.report(failuresKey, "cannot record canary failures in the state file; retrying on the next poll", "err", err)
+	} else {
+		p.clear(failuresKey)
+	}
+	p.setDoing("reading the registry " + p.reg.Name())
 	vs, err := p.reg.Versions(ctx)
 	if err != nil {
 		if ctx.Err() == nil {
@@ -219,6 +448,7 @@ func (p *Publisher) poll(ctx context.Context) {
 		}
 		return
 	}
+	p.setDoing("reading the state file " + p.state.Path())
 	st, err := p.state.Load()
 	if err != nil {
 		p.metrics.failed(stageState)
@@ -226,6 +456,7 @@ func (p *Publisher) poll(ctx context.Context) {
 		return
 	}
 	p.clear("")
+	p.sess.forgetSettled(st)
 	best, seen := targets(vs)
 	models := make([]string, 0, len(seen)+len(st.Models))
 	for m := range seen {
@@ -265,6 +496,7 @@ func (p *Publisher) poll(ctx context.Context) {
 			// (it restarted without persistence): trucks that connect now
 			// would get nothing. Announce it again, under a new serial.
 			p.log.Warn("the broker lost the retained release; announcing it again", "model", m, "version", pl.Stable.Version, "serial", last.Serial)
+			p.setDoing(fmt.Sprintf("announcing %s version %d again", m, pl.Stable.Version))
 			if _, err := p.ann.AnnouncePlan(ctx, pl, Always); err != nil && ctx.Err() == nil {
 				p.report(m, "re-announcement failed; retrying on the next poll", "model", m, "err", err)
 			}
@@ -278,6 +510,7 @@ func (p *Publisher) poll(ctx context.Context) {
 			p.note(m, slog.LevelInfo, "waiting for the first broker connection before announcing", "model", m, "version", v.Version)
 			continue
 		}
+		p.setDoing(fmt.Sprintf("announcing %s version %d", m, v.Version))
 		if _, err := p.ann.AnnouncePlan(ctx, pl, IfDue); err != nil {
 			if ctx.Err() != nil {
 				return

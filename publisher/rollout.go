@@ -3,9 +3,11 @@ package publisher
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/linkedge/linkedge/internal/topics"
 )
@@ -90,6 +92,9 @@ func (c *RolloutConfig) validate() error {
 	if c.HaltAfter < 0 {
 		problems = append(problems, fmt.Sprintf("rollout.halt_after is %d; want 1 or more", c.HaltAfter))
 	}
+	if c.HaltAfter > maxRolloutFailures {
+		problems = append(problems, fmt.Sprintf("rollout.halt_after is %d; at most %d, the failed trucks the state file keeps per rollout", c.HaltAfter, maxRolloutFailures))
+	}
 	if len(problems) > 0 {
 		return errors.New(strings.Join(problems, "; "))
 	}
@@ -107,7 +112,26 @@ type Rollout struct {
 	// HaltedAt and HaltReason are set once canary trucks failed it.
 	HaltedAt   time.Time `json:"halted_at,omitzero"`
 	HaltReason string    `json:"halt_reason,omitempty"`
+	// Failures are the trucks whose update_failed or update_rolled_back
+	// event reported that this version failed, each with the error it gave
+	// (clipped to maxFailureDetail bytes). The events are heard once (the
+	// broker forgets them once acknowledged), so they are kept here for a
+	// restarted publisher to go on counting them towards HaltAfter. A
+	// truck counts once, whatever number of events it sends. At most
+	// maxRolloutFailures trucks; they go with the rollout when a newer
+	// version replaces it or it ends.
+	Failures map[string]string `json:"failures,omitempty"`
 }
+
+// Bounds of Rollout.Failures.
+const (
+	// maxRolloutFailures is the most failed trucks kept per rollout, and
+	// so the largest HaltAfter allowed: past it, a restart could not count
+	// up to the threshold.
+	maxRolloutFailures = 1000
+	// maxFailureDetail is the most bytes of a truck's error kept.
+	maxFailureDetail = 256
+)
 
 // Halted reports whether the rollout was halted.
 func (r *Rollout) Halted() bool { return r != nil && !r.HaltedAt.IsZero() }
@@ -169,7 +193,7 @@ func planFor(cfg *RolloutConfig, health HealthView, vs []Version, best Version, 
 	if ro.StartedAt.IsZero() {
 		return canary, false, "" // the first canary document is not acknowledged yet
 	}
-	h := health.CanaryHealth(best.Model, best.Version)
+	h := withPersisted(health.CanaryHealth(best.Model, best.Version), ro.Failures)
 	if len(h.Failed) >= cfg.HaltAfter {
 		trucks := make([]string, 0, len(h.Failed))
 		for t := range h.Failed {
@@ -191,6 +215,43 @@ func planFor(cfg *RolloutConfig, health HealthView, vs []Version, best Version, 
 		return canary, false, fmt.Sprintf("soak of version %d is over, waiting for %d canary truck(s) to commit it (%d have)", best.Version, cfg.MinCommitted, len(h.Committed))
 	}
 	return Plan{Stable: best}, false, ""
+}
+
+// withPersisted adds to what the trucks report now the failures persisted
+// with the rollout (heard before a restart), except those of trucks that
+// have committed the version since (a retry that made it), as the session
+// does with the failures it heard itself.
+func withPersisted(h CanaryHealth, persisted map[string]string) CanaryHealth {
+	if len(persisted) == 0 {
+		return h
+	}
+	committed := make(map[string]bool, len(h.Committed))
+	for _, t := range h.Committed {
+		committed[t] = true
+	}
+	failed := make(map[string]string, len(h.Failed)+len(persisted))
+	maps.Copy(failed, h.Failed)
+	for t, detail := range persisted {
+		if _, ok := failed[t]; !ok && !committed[t] {
+			failed[t] = detail
+		}
+	}
+	h.Failed = failed
+	return h
+}
+
+// clipDetail shortens a truck's error to maxFailureDetail bytes, on a rune
+// boundary.
+func clipDetail(s string) string {
+	if len(s) <= maxFailureDetail {
+		return s
+	}
+	const ellipsis = "…"
+	n := maxFailureDetail - len(ellipsis)
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n] + ellipsis
 }
 
 // approvedMatching finds, among the approved versions of model, the one the

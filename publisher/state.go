@@ -26,9 +26,10 @@ const maxStateSize = 16 << 20
 var ErrCorruptState = errors.New("publisher: corrupt state file")
 
 // State is the publisher's persistent memory: per model, the highest serial
-// ever signed and the last announcement the broker acknowledged. It is what
-// makes a restarted publisher announce nothing twice and never reuse a
-// serial.
+// ever signed, the last announcement the broker acknowledged and the staged
+// rollout, with the canary failures heard. It is what makes a restarted
+// publisher announce nothing twice, never reuse a serial and go on counting
+// a rollout's failures where it stopped.
 type State struct {
 	Schema string                 `json:"schema"`
 	Models map[string]*ModelState `json:"models"`
@@ -169,8 +170,28 @@ func (s *State) validate() error {
 				return fmt.Errorf("model %s: canary percent %d is not between 0 and 100", m, c.Percent)
 			}
 		}
-		if r := ms.Rollout; r != nil && (r.Version < 1 || !sha256Hex.MatchString(r.SHA256)) {
-			return fmt.Errorf("model %s: rollout of version %d with sha256 %q is not valid", m, r.Version, clip(r.SHA256))
+		if r := ms.Rollout; r != nil {
+			if r.Version < 1 || !sha256Hex.MatchString(r.SHA256) {
+				return fmt.Errorf("model %s: rollout of version %d with sha256 %q is not valid", m, r.Version, clip(r.SHA256))
+			}
+			if err := validFailures(r.Failures); err != nil {
+				return fmt.Errorf("model %s: rollout of version %d: %w", m, r.Version, err)
+			}
+		}
+	}
+	return nil
+}
+
+func validFailures(f map[string]string) error {
+	if len(f) > maxRolloutFailures {
+		return fmt.Errorf("%d failed trucks, limit %d", len(f), maxRolloutFailures)
+	}
+	for truck, detail := range f {
+		if err := topics.ValidID(truck); err != nil {
+			return fmt.Errorf("failed truck %q: %w", clip(truck), err)
+		}
+		if len(detail) > maxFailureDetail {
+			return fmt.Errorf("failed truck %s: error of %d bytes, limit %d", truck, len(detail), maxFailureDetail)
 		}
 	}
 	return nil

@@ -63,6 +63,18 @@ func (ev *events) kinds(version int64) []string {
 	return out
 }
 
+// has reports whether truck sent an event of kind whose detail contains detail.
+func (ev *events) has(truck, kind, detail string) bool {
+	ev.mu.Lock()
+	defer ev.mu.Unlock()
+	for _, e := range ev.list {
+		if e.Truck == truck && e.Kind == kind && strings.Contains(e.Detail, detail) {
+			return true
+		}
+	}
+	return false
+}
+
 // noFailure fails the test if any event reported version as failed or
 // rolled back: the publisher would count that against a healthy rollout.
 func (ev *events) noFailure(t *testing.T, version int64) {
