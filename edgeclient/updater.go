@@ -58,6 +58,12 @@ func (a *Agent) updater(ctx context.Context) {
 			if errors.Is(err, update.ErrInterrupted) || errors.Is(err, update.ErrDeferred) {
 				break // the next release, reconnect or start resumes it
 			}
+			if wait := time.Until(rec.RetryAt); err != nil && wait > 0 {
+				// From the record in memory: if the disk refused it (full),
+				// update.json does not say so and NextTry would not wait.
+				retry.Reset(wait)
+				break
+			}
 			// Committed, or failed: the next round finds nothing to do, a
 			// newer target, or the time of the retry.
 		}
