@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -92,7 +93,11 @@ func (l *listener) Address() string {
 // Init implements listeners.Listener; mochi calls it from AddListener, so
 // the port is bound before Serve.
 func (l *listener) Init(*slog.Logger) error {
-	ln, err := net.Listen("tcp", l.addr)
+	// No TCP keepalive probes on accepted connections (Go's default is one
+	// every 15 s): a truck pays for each on its cellular link, and the MQTT
+	// keep-alive, which mochi enforces at 1.5× the client's, already finds
+	// a dead link.
+	ln, err := (&net.ListenConfig{KeepAlive: -1}).Listen(context.Background(), "tcp", l.addr)
 	if err != nil {
 		return err
 	}

@@ -20,6 +20,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/url"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -85,6 +86,11 @@ type Agent struct {
 	running       string
 	cancelRunning context.CancelFunc
 
+	dialer      fleetDialer
+	link        linkCounters
+	connected   chan struct{} // a fleet connection came up
+	statusDirty chan struct{} // the status changed
+
 	wake      chan struct{}
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup
@@ -108,13 +114,28 @@ func New(cfg Config) (*Agent, error) {
 		slot: &inference.Slot{}, reg: prometheus.NewRegistry(),
 		verifier: &release.Verifier{Keys: cfg.Keys, MaxSkew: cfg.MaxClockSkew},
 		wake:     make(chan struct{}, 1), offline: make(chan struct{}),
+		connected: make(chan struct{}, 1), statusDirty: make(chan struct{}, 1),
 	}
 	close(a.offline) // offline until the first connect
 	a.srv = server.New(server.Config{Addr: cfg.HTTP, Logger: a.log}, a.slot, a.reg)
 	a.registerForwardMetrics()
+	a.registerLinkMetrics()
 	a.rts = &runtimes{inprocess: inprocess.New(a.slot, inference.Options{IntraOpThreads: cfg.Inference.Threads}, cfg.Inference.Batch, a.srv.ObserveBatch)}
 	a.tls, _ = cfg.Fleet.TLS.Build() // checked by Validate
 	dlTLS := a.tls
+	if u, err := url.Parse(cfg.Fleet.Broker); err == nil && (u.Scheme == "ssl" || u.Scheme == "tls" || u.Scheme == "mqtts" || u.Scheme == "tcps" || u.Scheme == "wss") {
+		if a.tls == nil {
+			a.tls = &tls.Config{MinVersion: tls.VersionTLS12}
+		}
+		// A reconnect resumes the TLS session from a ticket instead of a
+		// full handshake: no certificates on the wire either way.
+		a.tls.ClientSessionCache = tls.NewLRUClientSessionCache(4)
+		if !*cfg.Link.PostQuantum {
+			// X25519 alone: the hybrid ML-KEM share would add about 2.3 KB
+			// to every full handshake (link.post_quantum turns it on).
+			a.tls.CurvePreferences = []tls.CurveID{tls.X25519, tls.CurveP256}
+		}
+	}
 	if dlTLS != nil && dlTLS.ServerName != "" {
 		// server_name is the broker's; artifacts come from other hosts
 		// (S3, a CDN), each checked against its own name.
@@ -206,10 +227,15 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 		return err
 	}
 	a.fleet = paho.NewClient(a.fleetOptions())
+	// Routes, not only subscriptions: on a session the broker kept, the
+	// agent does not subscribe again, and messages still arrive.
+	for topic := range a.fleetSubscriptions() {
+		a.fleet.AddRoute(topic, a.onFleetMessage)
+	}
 	a.fleet.Connect() // retries in the background; online/offline handlers drive the rest
 	a.wg.Add(3)
 	go a.updater(runCtx)
-	go a.heartbeat(runCtx)
+	go a.statusLoop(runCtx)
 	go a.holdWatcher(runCtx)
 	if a.outbox != nil {
 		a.wg.Add(1)
@@ -307,7 +333,7 @@ func (a *Agent) close() {
 			a.mu.Lock()
 			a.st.Online = false
 			a.mu.Unlock()
-			a.publishStatus()
+			a.sendStatus() // the will goes only on a lost link, not on a clean disconnect
 		}
 		a.fleet.Disconnect(250)
 	}

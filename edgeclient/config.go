@@ -51,9 +51,16 @@ type Config struct {
 	// Probation is how long a new version serves before it is committed;
 	// a failed request or health check in that time rolls back. Default 10s.
 	Probation time.Duration `yaml:"probation"`
-	// StatusInterval is how often the truck reports status while online,
-	// even when nothing changed, so "last seen" stays honest. Default 30s.
+	// StatusInterval is the heartbeat: how often the truck republishes its
+	// status while online when nothing changed (its prediction counters
+	// ride along). Changes are published when they happen, phases that
+	// follow each other within a second as one. Default: the link
+	// profile's (24h on cellular). Whether a truck is online is the
+	// broker's to say (its last will), not the heartbeat's.
 	StatusInterval time.Duration `yaml:"status_interval"`
+	// Link chooses defaults for the link the truck's data travels on; see
+	// LinkConfig.
+	Link LinkConfig `yaml:"link"`
 	// MaxClockSkew tolerated when checking a release's validity. Default 5m.
 	MaxClockSkew time.Duration `yaml:"max_clock_skew"`
 	// RetryMin and RetryMax bound the jittered exponential backoff between
@@ -84,7 +91,13 @@ type FleetConfig struct {
 	Broker   string `yaml:"broker"`
 	Username string `yaml:"username"`
 	Password string `yaml:"password"`
-	// KeepAlive default 30s; a dead cellular link is noticed within ~1.5×.
+	// KeepAlive is the MQTT keep-alive. Default: the link profile's (10m
+	// on cellular). The broker declares the truck offline (its last will)
+	// within 1.5× this of the link dying, and the truck notices a dead link
+	// within about this long when it has nothing to send; each keep-alive
+	// costs a PINGREQ and a PINGRESP on the link. TCP keepalive probes are
+	// off on this connection: they would cost more than the MQTT ones and
+	// find nothing they do not.
 	KeepAlive time.Duration `yaml:"keep_alive"`
 	// MaxReconnectInterval bounds the reconnect backoff. Default 30s.
 	MaxReconnectInterval time.Duration `yaml:"max_reconnect_interval"`
@@ -98,6 +111,43 @@ type FleetConfig struct {
 	TLS tlsconfig.Client `yaml:"tls"`
 }
 
+// LinkConfig names the kind of link the truck is on. The profile sets the
+// defaults of the settings that cost bytes on it; a setting given
+// explicitly (fleet.keep_alive, status_interval, forward.batch_delay,
+// link.post_quantum) wins.
+type LinkConfig struct {
+	// Profile is cellular (default), wifi or satellite: see Profiles.
+	Profile string `yaml:"profile"`
+	// PostQuantum offers the hybrid post-quantum key exchange
+	// (X25519MLKEM768) on TLS connections to the fleet broker. It adds
+	// about 1.2 KB to the ClientHello and 1.1 KB to the ServerHello of
+	// every full handshake. Default: the profile's (off on cellular and
+	// satellite, on on wifi).
+	PostQuantum *bool `yaml:"post_quantum"`
+}
+
+// Profile is the set of defaults one kind of link gets.
+type Profile struct {
+	KeepAlive      time.Duration
+	StatusInterval time.Duration
+	// BatchDelay is how long forwarded predictions may wait to share one
+	// message.
+	BatchDelay  time.Duration
+	PostQuantum bool
+}
+
+// Profiles are the link profiles. docs/agent.md gives each one's measured
+// monthly cost (linkedge bench link).
+var Profiles = map[string]Profile{
+	// Billed per byte: pay little to stay connected, accept that the fleet
+	// hears of a dead truck within 15 minutes.
+	"cellular": {KeepAlive: 10 * time.Minute, StatusInterval: 24 * time.Hour, BatchDelay: 5 * time.Second},
+	// Paid for by the depot: notice things within a minute or two.
+	"wifi": {KeepAlive: time.Minute, StatusInterval: 5 * time.Minute, BatchDelay: time.Second, PostQuantum: true},
+	// Expensive and slow: the longest keep-alive AWS IoT Core accepts.
+	"satellite": {KeepAlive: 20 * time.Minute, StatusInterval: 24 * time.Hour, BatchDelay: time.Minute},
+}
+
 // ForwardConfig chooses the predictions forwarded to
 // linkedge/v1/trucks/{truck}/predictions/{model}.
 type ForwardConfig struct {
@@ -109,6 +159,12 @@ type ForwardConfig struct {
 	// MaxQueued bounds the queue kept while the link is down; when it is
 	// full the oldest prediction is dropped. Default 10000.
 	MaxQueued int `yaml:"max_queued"`
+	// MaxBatch is how many predictions one message to the fleet carries
+	// at most. Default 100; 1 sends each alone.
+	MaxBatch int `yaml:"max_batch"`
+	// BatchDelay is how long a prediction may wait for others to share its
+	// message. Default: the link profile's (5s on cellular).
+	BatchDelay time.Duration `yaml:"batch_delay"`
 }
 
 // alerts reports whether alerts are forwarded.
@@ -173,8 +229,21 @@ func (c *Config) setDefaults() {
 	if c.Probation <= 0 {
 		c.Probation = 10 * time.Second
 	}
+	if c.Link.Profile == "" {
+		c.Link.Profile = "cellular"
+	}
+	prof := Profiles[c.Link.Profile] // an unknown one is refused by Validate
 	if c.StatusInterval <= 0 {
-		c.StatusInterval = 30 * time.Second
+		c.StatusInterval = prof.StatusInterval
+	}
+	if c.Link.PostQuantum == nil {
+		c.Link.PostQuantum = &prof.PostQuantum
+	}
+	if c.Forward.BatchDelay <= 0 {
+		c.Forward.BatchDelay = prof.BatchDelay
+	}
+	if c.Forward.MaxBatch <= 0 {
+		c.Forward.MaxBatch = 100
 	}
 	if c.MaxClockSkew <= 0 {
 		c.MaxClockSkew = 5 * time.Minute
@@ -192,7 +261,7 @@ func (c *Config) setDefaults() {
 		c.ShutdownTimeout = 15 * time.Second
 	}
 	if c.Fleet.KeepAlive <= 0 {
-		c.Fleet.KeepAlive = 30 * time.Second
+		c.Fleet.KeepAlive = prof.KeepAlive
 	}
 	if c.Fleet.MaxReconnectInterval <= 0 {
 		c.Fleet.MaxReconnectInterval = 30 * time.Second
@@ -218,6 +287,12 @@ func (c *Config) Validate() error {
 		if err := topics.ValidID(g); err != nil {
 			errs = append(errs, fmt.Errorf("groups: %w", err))
 		}
+	}
+	if _, ok := Profiles[c.Link.Profile]; !ok && c.Link.Profile != "" {
+		errs = append(errs, fmt.Errorf("link.profile %q: want cellular, wifi or satellite", c.Link.Profile))
+	}
+	if c.Fleet.KeepAlive > 20*time.Minute {
+		errs = append(errs, fmt.Errorf("fleet.keep_alive %s: at most 20m (brokers such as AWS IoT Core refuse more)", c.Fleet.KeepAlive))
 	}
 	if _, err := hold.New(c.Hold); err != nil {
 		errs = append(errs, fmt.Errorf("hold: %w", err))

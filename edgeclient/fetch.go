@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"log/slog"
-	"net/http"
 	"net/url"
 
 	"github.com/linkedge/linkedge/edgeclient/update"
@@ -15,15 +14,15 @@ import (
 // It retries transient failures for as long as ctx lives; the agent ends ctx
 // when the truck goes offline, and the partial file waits for the next link.
 func fetchArtifact(log *slog.Logger, proxy string, tlsCfg *tls.Config) update.FetchFunc {
-	var client *http.Client
-	if proxy != "" || tlsCfg != nil {
-		var u *url.URL
-		if proxy != "" {
-			u, _ = url.Parse(proxy) // checked by Config.Validate
-		}
-		client = download.NewClient(u, tlsCfg)
+	var u *url.URL
+	if proxy != "" {
+		u, _ = url.Parse(proxy) // checked by Config.Validate
 	}
+	client := download.NewClient(u, tlsCfg)
 	return func(ctx context.Context, t update.Target, dst string, progress func(done, total int64)) error {
+		// An idle connection kept for reuse costs keepalive traffic and a
+		// server's FIN later; the next download is hours or weeks away.
+		defer client.CloseIdleConnections()
 		return download.Fetch(ctx, t.Artifact.URL, dst, t.Artifact.Size, t.Artifact.SHA256,
 			download.Options{Client: client, Progress: progress, Logger: log.With("part", "download", "version", t.Version)})
 	}

@@ -1,8 +1,11 @@
 package edgeclient
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
+	"maps"
+	"slices"
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
@@ -20,10 +23,12 @@ import (
 // marks the truck offline. The will cannot change once connected, so it
 // carries no version: readers keep the last version the truck reported.
 func (a *Agent) fleetOptions() *paho.ClientOptions {
-	will, _ := json.Marshal(status.Status{Schema: status.Schema, Truck: a.cfg.Truck, Model: a.cfg.Model, Online: false, Phase: "offline"})
 	o := paho.NewClientOptions()
 	if a.tls != nil {
 		o.SetTLSConfig(a.tls)
+	}
+	if dialsItself(a.cfg.Fleet.Broker) {
+		o.SetCustomOpenConnectionFn(a.dialer.open)
 	}
 	return o.
 		AddBroker(a.cfg.Fleet.Broker).
@@ -37,7 +42,7 @@ func (a *Agent) fleetOptions() *paho.ClientOptions {
 		SetAutoReconnect(true).SetConnectRetry(true).
 		SetConnectRetryInterval(time.Second).
 		SetMaxReconnectInterval(a.cfg.Fleet.MaxReconnectInterval).
-		SetBinaryWill(topics.TruckStatus(a.cfg.Truck), will, topics.StatusQoS, topics.StatusRetain).
+		SetBinaryWill(topics.TruckStatus(a.cfg.Truck), a.will(), topics.StatusQoS, topics.StatusRetain).
 		SetOrderMatters(true).
 		SetOnConnectHandler(a.onConnect).
 		SetConnectionLostHandler(func(_ paho.Client, err error) { a.setOnline(false, err) }).
@@ -49,22 +54,79 @@ func (a *Agent) fleetOptions() *paho.ClientOptions {
 		SetReconnectingHandler(func(paho.Client, *paho.ClientOptions) { a.setOnline(false, errors.New("reconnecting")) })
 }
 
-func (a *Agent) onConnect(c paho.Client) {
-	a.setOnline(true, nil)
-	subs := map[string]byte{
+// will is the last will: as small as a status can be, since every CONNECT
+// carries it. Readers keep the last version the truck reported.
+func (a *Agent) will() []byte {
+	data, _ := json.Marshal(struct {
+		Schema string `json:"schema"`
+		Truck  string `json:"truck"`
+		Model  string `json:"model"`
+		Online bool   `json:"online"`
+		Phase  string `json:"phase"`
+	}{status.Schema, a.cfg.Truck, a.cfg.Model, false, "offline"})
+	return data
+}
+
+// fleetSubscriptions are the agent's subscriptions on the fleet broker.
+func (a *Agent) fleetSubscriptions() map[string]byte {
+	return map[string]byte{
 		topics.ModelRelease(a.cfg.Model): topics.ReleaseQoS,
 		topics.TruckDesired(a.cfg.Truck): topics.DesiredQoS,
 	}
-	t := c.SubscribeMultiple(subs, a.onFleetMessage)
-	go func() {
-		if t.WaitTimeout(30*time.Second) && t.Error() != nil {
-			a.log.Error("subscribe to releases failed", "err", t.Error())
-		}
-	}()
-	a.publishStatus()
+}
+
+func (a *Agent) onConnect(c paho.Client) {
+	a.setOnline(true, nil)
+	a.subscribe(c)
+	select {
+	case a.connected <- struct{}{}:
+	default:
+	}
 	if a.booted.CompareAndSwap(false, true) {
 		a.publishEvent(status.Event{Kind: status.EventBooted, Version: a.Status().Version, Detail: "agent started"})
 	}
+}
+
+// subscribe subscribes to the releases unless the broker kept the session
+// that holds the subscriptions already: re-subscribing would make it send
+// every retained release again, on every reconnect. Whether it kept the
+// session is the CONNACK's session-present flag; that the subscriptions
+// were made on that session is in fleet.json, so it holds across agent
+// restarts too.
+func (a *Agent) subscribe(c paho.Client) {
+	want := slices.Sorted(maps.Keys(a.fleetSubscriptions()))
+	a.mu.Lock()
+	done := slices.Equal(a.fleetState.Subscribed, want)
+	a.mu.Unlock()
+	if done && a.dialer.sessionPresent.Load() {
+		a.log.Debug("fleet session kept by the broker; not subscribing again")
+		return
+	}
+	a.link.subscribes.Add(1)
+	t := c.SubscribeMultiple(a.fleetSubscriptions(), a.onFleetMessage)
+	go func() {
+		if !t.WaitTimeout(30 * time.Second) {
+			a.log.Error("subscribe to releases: no answer from the broker in 30s")
+			return
+		}
+		if t.Error() != nil {
+			a.log.Error("subscribe to releases failed", "err", t.Error())
+			return
+		}
+		for topic, code := range t.(*paho.SubscribeToken).Result() {
+			if code >= 0x80 {
+				a.log.Error("the broker refused a subscription", "topic", topic, "code", code)
+				return
+			}
+		}
+		a.mu.Lock()
+		a.fleetState.Subscribed = want
+		fs := a.fleetState
+		a.mu.Unlock()
+		if err := a.store.SetFleet(fs); err != nil {
+			a.log.Warn("cannot record the subscriptions; the next connect subscribes again", "err", err)
+		}
+	}()
 }
 
 func (a *Agent) setOnline(on bool, cause error) {
@@ -95,6 +157,7 @@ func (a *Agent) setOnline(on bool, cause error) {
 // after its signature verifies against a pinned key; anything refused is
 // logged, reported in the status and as an event, and changes nothing.
 func (a *Agent) onFleetMessage(_ paho.Client, m paho.Message) {
+	a.link.documents.Add(1)
 	pin := m.Topic() == topics.TruckDesired(a.cfg.Truck)
 	if pin && len(m.Payload()) == 0 {
 		a.mu.Lock()
@@ -156,6 +219,7 @@ func (a *Agent) onFleetMessage(_ paho.Client, m paho.Message) {
 	// reconnect or after a restart: nothing new, but after a restart it is
 	// how the agent learns its targets again.
 	a.mu.Lock()
+	fs.Subscribed = a.fleetState.Subscribed // recorded meanwhile by subscribe
 	a.fleetState = fs
 	if pin {
 		a.pinRel, a.pinDoc = r, m.Payload()
@@ -179,17 +243,79 @@ func (a *Agent) refuse(serial int64, err error) {
 	a.publishStatus()
 }
 
-// publishStatus sends the retained status when the fleet link is up. While
-// offline there is nothing to send it to; the first status after a
-// reconnect replaces the will.
+// publishStatus asks for the retained status to go out; statusLoop sends
+// it, coalescing what changes within a second into one message.
 func (a *Agent) publishStatus() {
+	select {
+	case a.statusDirty <- struct{}{}:
+	default:
+	}
+}
+
+// sendStatus sends the retained status now, when the fleet link is up, and
+// reports whether it went out. While offline there is nothing to send it
+// to; the first status after a reconnect replaces the will.
+func (a *Agent) sendStatus() bool {
 	if a.fleet == nil || !a.fleet.IsConnectionOpen() {
-		return
+		return false
 	}
 	st := a.Status()
 	st.LastSeen = time.Now().UTC()
 	data, _ := json.Marshal(st)
 	a.fleet.Publish(topics.TruckStatus(a.cfg.Truck), topics.StatusQoS, topics.StatusRetain, data)
+	a.link.statuses.Add(1)
+	return true
+}
+
+// statusKey is what makes a status worth sending: everything but the
+// time and the prediction counters, which change with every reading and
+// ride along with the next change or heartbeat.
+func statusKey(st status.Status) status.Status {
+	st.LastSeen, st.Predictions, st.Alerts = time.Time{}, 0, 0
+	return st
+}
+
+// statusLoop sends the status when it changed (at most once a second: the
+// phases of an update that follow each other within a second go out as
+// one), and every StatusInterval whatever happened (the heartbeat), and
+// never when nothing changed in between. A reconnect sends it at once, to
+// replace the will.
+func (a *Agent) statusLoop(ctx context.Context) {
+	defer a.wg.Done()
+	const gap = time.Second
+	heartbeat := time.NewTicker(a.cfg.StatusInterval)
+	defer heartbeat.Stop()
+	var last status.Status
+	var lastAt time.Time
+	sent := false
+	send := func(force bool) {
+		key := statusKey(a.Status())
+		if !force && sent && key == last {
+			return
+		}
+		if a.sendStatus() {
+			last, lastAt, sent = key, time.Now(), true
+		}
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-a.connected:
+			send(true)
+		case <-heartbeat.C:
+			send(true)
+		case <-a.statusDirty:
+			if wait := gap - time.Since(lastAt); wait > 0 {
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(wait):
+				}
+			}
+			send(false)
+		}
+	}
 }
 
 func (a *Agent) publishEvent(e status.Event) {

@@ -185,19 +185,3 @@ func (a *Agent) finished(t update.Target, rec update.Record, err error) {
 	}
 	a.publishStatus()
 }
-
-// heartbeat reports status every StatusInterval while online, so that
-// last_seen tells the truth about an idle truck.
-func (a *Agent) heartbeat(ctx context.Context) {
-	defer a.wg.Done()
-	t := time.NewTicker(a.cfg.StatusInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			a.publishStatus()
-		}
-	}
-}

@@ -369,6 +369,10 @@ type Fleet struct {
 	LastSerial int64 `json:"last_serial"`
 	// LastPinSerial is the same for this truck's pins, a separate stream.
 	LastPinSerial int64 `json:"last_pin_serial,omitempty"`
+	// Subscribed are the topic filters the broker acknowledged on the
+	// truck's persistent session; while the broker keeps that session, the
+	// agent does not subscribe again.
+	Subscribed []string `json:"subscribed,omitempty"`
 }
 
 // Fleet returns the remembered fleet state.

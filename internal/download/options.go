@@ -100,7 +100,9 @@ func NewClient(proxy *url.URL, tlsCfg *tls.Config) *http.Client {
 	if tlsCfg != nil {
 		t.TLSClientConfig = tlsCfg.Clone()
 	}
-	t.DialContext = (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext
+	// No TCP keepalive probes: a download moves bytes or trips the stall
+	// timeout, and probes on a metered link are paid for.
+	t.DialContext = (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: -1}).DialContext
 	t.TLSHandshakeTimeout = 10 * time.Second
 	t.ResponseHeaderTimeout = 30 * time.Second
 	// An HTTP/2 connection that went silent would otherwise be reused by

@@ -1,0 +1,137 @@
+package fleetsim
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/linkedge/linkedge/inference/apsmodels"
+	"github.com/linkedge/linkedge/internal/status"
+	"github.com/linkedge/linkedge/internal/topics"
+)
+
+func counterValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			return mf.GetMetric()[0].GetCounter().GetValue()
+		}
+	}
+	t.Fatalf("no metric %s", name)
+	return 0
+}
+
+// A reconnect, and an agent restart, to a session the broker kept neither
+// subscribes again nor has the retained release sent again; a release
+// published meanwhile still arrives.
+func TestReconnectKeepsSession(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	f, err := Start(ctx, Options{Dir: t.TempDir(), Trucks: 1, Probation: 300 * time.Millisecond, HTTPClients: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	tr := f.Trucks[0]
+	approveBundle(ctx, t, f, apsmodels.V1())
+	if err := WaitVersion(ctx, 1, tr); err != nil {
+		t.Fatal(err)
+	}
+	const docs, subs = "linkedge_agent_fleet_documents_received_total", "linkedge_agent_fleet_subscribes_total"
+	reg := tr.Agent.Registry()
+	d0, s0 := counterValue(t, reg, docs), counterValue(t, reg, subs)
+	if s0 != 1 {
+		t.Fatalf("%v subscribes on the first connect, want 1", s0)
+	}
+	online := func(want bool) {
+		t.Helper()
+		if err := WaitFor(ctx, fmt.Sprintf("online=%v", want), func() bool { return tr.agent().Status().Online == want }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tr.Link.Cut()
+	online(false)
+	tr.Link.Restore()
+	online(true)
+	time.Sleep(500 * time.Millisecond) // a retained copy would arrive by now
+	if d, s := counterValue(t, reg, docs), counterValue(t, reg, subs); d != d0 || s != s0 {
+		t.Fatalf("after a reconnect: %v documents (was %v), %v subscribes (was %v); want no change", d, d0, s, s0)
+	}
+
+	if err := tr.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	online(true)
+	time.Sleep(500 * time.Millisecond)
+	reg = tr.agent().Registry()
+	if d, s := counterValue(t, reg, docs), counterValue(t, reg, subs); d != 0 || s != 0 {
+		t.Fatalf("after a restart: %v documents, %v subscribes; want none (the session and the documents on disk suffice)", d, s)
+	}
+	approveBundle(ctx, t, f, apsmodels.V2())
+	if err := WaitVersion(ctx, 2, tr); err != nil {
+		t.Fatalf("a release on the kept session: %v", err)
+	}
+}
+
+// An update's phases go out as a handful of status messages, not one per
+// phase, and "committed" once.
+func TestUpdateStatusesCoalesced(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	f, err := Start(ctx, Options{Dir: t.TempDir(), Trucks: 1, Probation: 300 * time.Millisecond, HTTPClients: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	tr := f.Trucks[0]
+	approveBundle(ctx, t, f, apsmodels.V1())
+	if err := WaitVersion(ctx, 1, tr); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var phases []string
+	c := paho.NewClient(paho.NewClientOptions().AddBroker(f.BrokerURL).SetClientID("status-watch"))
+	if tok := c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	defer c.Disconnect(100)
+	tok := c.Subscribe(topics.TruckStatus(tr.ID), 1, func(_ paho.Client, m paho.Message) {
+		var st status.Status
+		// The update's statuses; fleetsim's 5 s heartbeat may add others.
+		if json.Unmarshal(m.Payload(), &st) == nil && !m.Retained() && st.Desired == 2 {
+			mu.Lock()
+			phases = append(phases, st.Phase)
+			mu.Unlock()
+		}
+	})
+	if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	approveBundle(ctx, t, f, apsmodels.V2())
+	if err := WaitVersion(ctx, 2, tr); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1500 * time.Millisecond)
+	mu.Lock()
+	defer mu.Unlock()
+	committed := 0
+	for _, p := range phases {
+		if p == "committed" {
+			committed++
+		}
+	}
+	if len(phases) > 4 || committed != 1 || phases[len(phases)-1] != "committed" {
+		t.Fatalf("status messages during the update: %v; want at most 4, ending with one committed", phases)
+	}
+	t.Logf("status messages during the update: %v", phases)
+}
