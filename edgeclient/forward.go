@@ -1,6 +1,7 @@
 package edgeclient
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"time"
@@ -58,9 +59,10 @@ func (a *Agent) forward(p server.PredictionMessage) {
 	}
 }
 
-// forwarder sends the queued predictions in order, each at QoS 1, and
-// removes one from the queue only once the broker acknowledged it on the
-// connection it was sent on. While the link is down it waits; the queue on
+// forwarder sends the queued predictions in order, in batches of up to
+// Forward.MaxBatch that wait at most Forward.BatchDelay to fill, each at
+// QoS 1, and removes a batch from the queue only once the broker
+// acknowledged it on the connection it was sent on. While the link is down it waits; the queue on
 // disk keeps what comes meanwhile.
 //
 // A completed paho token is not, by itself, such an acknowledgement. With
@@ -79,13 +81,9 @@ func (a *Agent) forward(p server.PredictionMessage) {
 // next connection, beside paho's own resend: the cloud may see it twice
 // (at least once, keyed by its id), never zero times.
 //
-// The marker is closed by the connection-lost handler, which paho starts in
-// a goroutine next to the one that reconnects; a token is completed by
-// resume only after that reconnect dialled and had its CONNACK. paho does
-// not promise the handler runs first, but one that takes a lock and closes
-// a channel has, in practice, long run by then. A hook that paho calls in
-// line before each attempt (SetReconnectingHandler) would make it a
-// guarantee; it belongs in fleetOptions.
+// The marker is closed by the reconnecting handler, which paho calls in
+// line before each reconnect attempt (fleetOptions), so before resume can
+// complete an old token.
 func (a *Agent) forwarder(ctx context.Context) {
 	defer a.wg.Done()
 	topic := topics.TruckPredictions(a.cfg.Truck, a.cfg.Model)
@@ -100,8 +98,7 @@ func (a *Agent) forwarder(ctx context.Context) {
 	}
 	retry := time.Second
 	for ctx.Err() == nil {
-		msg, head, ok := a.outbox.Peek()
-		if !ok {
+		if a.outbox.Len() == 0 {
 			if !wait(time.Minute) {
 				return
 			}
@@ -120,7 +117,17 @@ func (a *Agent) forwarder(ctx context.Context) {
 			}
 			continue
 		}
-		tok := a.fleet.Publish(topic, topics.PredictionsQoS, topics.PredictionsRetain, msg)
+		// Let a batch fill, for at most BatchDelay: one message of many
+		// predictions costs one MQTT header, one PUBACK and a few TCP
+		// segments instead of one of each per prediction.
+		deadline := time.Now().Add(a.cfg.Forward.BatchDelay)
+		for a.outbox.Len() < a.cfg.Forward.MaxBatch && time.Until(deadline) > 0 {
+			if !wait(time.Until(deadline)) {
+				return
+			}
+		}
+		batch, head := a.outbox.PeekN(a.cfg.Forward.MaxBatch)
+		tok := a.fleet.Publish(topic, topics.PredictionsQoS, topics.PredictionsRetain, joinBatch(batch))
 		acked, dropped := false, false
 		select {
 		case <-ctx.Done():
@@ -150,11 +157,17 @@ func (a *Agent) forwarder(ctx context.Context) {
 			continue
 		}
 		retry = time.Second
-		a.fwd.sent.Inc()
-		if err := a.outbox.Ack(head); err != nil {
+		a.fwd.sent.Add(float64(len(batch)))
+		if err := a.outbox.AckN(head, len(batch)); err != nil {
 			a.log.Warn("forward queue", "err", err)
 		}
 	}
+}
+
+// joinBatch makes the message of a batch: a JSON array of the predictions,
+// each as the local bus carried it.
+func joinBatch(batch [][]byte) []byte {
+	return append(append([]byte{'['}, bytes.Join(batch, []byte{','})...), ']')
 }
 
 // isClosed reports whether ch is closed; ch is only ever closed, never sent

@@ -211,6 +211,34 @@ func (q *Queue) Ack(h Head) error {
 	return q.advance(1)
 }
 
+// PeekN returns up to n of the oldest messages without removing them, and
+// the name of the first, for AckN.
+func (q *Queue) PeekN(n int) ([][]byte, Head) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	n = min(max(n, 1), len(q.pending))
+	return append([][]byte(nil), q.pending[:n]...), Head(q.head)
+}
+
+// AckN removes the k messages from the one h names on: the broker has them.
+// Those a full queue dropped meanwhile are gone already, and a message
+// queued after them was never sent and stays.
+func (q *Queue) AckN(h Head, k int) error {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.closed {
+		return ErrClosed
+	}
+	end := uint64(h) + uint64(k)
+	if uint64(h) > q.head || end <= q.head {
+		return nil // not this batch, or every one of it was dropped
+	}
+	n := min(int(end-q.head), len(q.pending))
+	q.pending = q.pending[n:]
+	q.head += uint64(n)
+	return q.advance(int64(n))
+}
+
 // advance records n more delivered (or dropped) lines, and compacts the log
 // when that pays off. q.mu is held.
 func (q *Queue) advance(n int64) error {

@@ -191,3 +191,33 @@ func BenchmarkPush(b *testing.B) {
 		}
 	}
 }
+
+func TestPeekNAckN(t *testing.T) {
+	q, err := Open(t.TempDir(), 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { q.Close() })
+	for _, m := range []string{"a", "b", "c"} {
+		q.Push([]byte(m))
+	}
+	batch, h := q.PeekN(10)
+	if len(batch) != 3 || string(batch[0]) != "a" {
+		t.Fatalf("PeekN: %q", batch)
+	}
+	// While the batch is on its way, the full queue drops "a" and "b".
+	q.Push([]byte("d"))
+	q.Push([]byte("e"))
+	q.Push([]byte("f"))
+	if err := q.AckN(h, len(batch)); err != nil {
+		t.Fatal(err)
+	}
+	rest, _ := q.PeekN(10)
+	if got := fmt.Sprintf("%s", rest); got != "[d e f]" {
+		t.Fatalf("after the ack: %s, want the three never sent", got)
+	}
+	// An ack of a batch long gone changes nothing.
+	if err := q.AckN(h, len(batch)); err != nil || q.Len() != 3 {
+		t.Fatalf("stale ack: %v, %d left", err, q.Len())
+	}
+}

@@ -71,6 +71,22 @@ type PredictionMessage struct {
 	Time         string  `json:"time"`
 }
 
+// MaxForwardedBatch bounds the size of a forwarded batch a reader accepts.
+const MaxForwardedBatch = 1 << 20
+
+// DecodeForwarded reads a message of linkedge/v1/trucks/{truck}/predictions/
+// {model}: a JSON array of predictions, as the agent batches them.
+func DecodeForwarded(data []byte) ([]PredictionMessage, error) {
+	if len(data) > MaxForwardedBatch {
+		return nil, fmt.Errorf("forwarded batch of %d bytes is over %d", len(data), MaxForwardedBatch)
+	}
+	var batch []PredictionMessage
+	if err := json.Unmarshal(data, &batch); err != nil {
+		return nil, fmt.Errorf("forwarded batch: want a JSON array of predictions: %w", err)
+	}
+	return batch, nil
+}
+
 // MQTTBridge is a running MQTT front end. Close stops it.
 type MQTTBridge struct {
 	cfg    MQTTConfig

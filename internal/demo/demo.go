@@ -24,6 +24,7 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/linkedge/linkedge/inference/apsmodels"
+	"github.com/linkedge/linkedge/inference/server"
 	"github.com/linkedge/linkedge/internal/fleetsim"
 	"github.com/linkedge/linkedge/internal/release"
 	"github.com/linkedge/linkedge/internal/status"
@@ -299,8 +300,12 @@ func watch(brokerURL string, st *story) (stop func(), cloud *cloudAlerts, err er
 	}
 	onAlert := func(_ paho.Client, m paho.Message) {
 		if truck, _, ok := topics.ParseTruckPredictions(m.Topic()); ok {
+			batch, err := server.DecodeForwarded(m.Payload())
+			if err != nil {
+				return
+			}
 			cloud.mu.Lock()
-			cloud.n[truck]++
+			cloud.n[truck] += len(batch)
 			cloud.mu.Unlock()
 		}
 	}

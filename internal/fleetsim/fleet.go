@@ -289,6 +289,7 @@ func (f *Fleet) startTruck(ctx context.Context, id string) (*Truck, error) {
 		HTTP: "127.0.0.1:0", LocalBroker: edgeclient.LocalBrokerConfig{Listen: "127.0.0.1:0"},
 		Probation: f.opts.Probation, StatusInterval: 5 * time.Second, Logger: f.opts.Logger.With("part", id),
 		RetryMin: 200 * time.Millisecond, RetryMax: 2 * time.Second, ShutdownTimeout: 10 * time.Second,
+		Forward: edgeclient.ForwardConfig{BatchDelay: 200 * time.Millisecond},
 	}}
 	if err := t.startAgent(ctx); err != nil {
 		link.Close()

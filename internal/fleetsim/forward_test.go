@@ -53,11 +53,13 @@ func TestAlertsStoreAndForward(t *testing.T) {
 	}
 	defer cloud.Disconnect(0)
 	if tok := cloud.Subscribe(topics.TruckPredictions(tr.ID, "aps-failure"), 1, func(_ paho.Client, m paho.Message) {
-		var p server.PredictionMessage
-		if json.Unmarshal(m.Payload(), &p) == nil && strings.HasPrefix(p.ID, "fwd-") {
-			mu.Lock()
-			got = append(got, p)
-			mu.Unlock()
+		batch, _ := server.DecodeForwarded(m.Payload())
+		for _, p := range batch {
+			if strings.HasPrefix(p.ID, "fwd-") {
+				mu.Lock()
+				got = append(got, p)
+				mu.Unlock()
+			}
 		}
 	}); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
 		t.Fatal(tok.Error())
@@ -174,11 +176,13 @@ func TestForwardWaitsForItsOwnAck(t *testing.T) {
 	}
 	defer cloud.Disconnect(0)
 	if tok := cloud.Subscribe(topic, 1, func(_ paho.Client, m paho.Message) {
-		var p server.PredictionMessage
-		if json.Unmarshal(m.Payload(), &p) == nil && p.ID == "held-1" {
-			mu.Lock()
-			got++
-			mu.Unlock()
+		batch, _ := server.DecodeForwarded(m.Payload())
+		for _, p := range batch {
+			if p.ID == "held-1" {
+				mu.Lock()
+				got++
+				mu.Unlock()
+			}
 		}
 	}); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
 		t.Fatal(tok.Error())
@@ -248,8 +252,8 @@ func (h *unackedPublishes) ID() string { return "test-unacked-publishes" }
 func (h *unackedPublishes) Provides(b byte) bool { return b == mqtt.OnPublish }
 
 func (h *unackedPublishes) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
-	var p server.PredictionMessage
-	if !h.on.Load() || pk.TopicName != h.topic || json.Unmarshal(pk.Payload, &p) != nil || p.ID != h.id {
+	batch, err := server.DecodeForwarded(pk.Payload)
+	if !h.on.Load() || pk.TopicName != h.topic || err != nil || !slices.ContainsFunc(batch, func(p server.PredictionMessage) bool { return p.ID == h.id }) {
 		return pk, nil
 	}
 	if pk.FixedHeader.Dup {

@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/linkedge/linkedge/inference/apsmodels"
+	"github.com/linkedge/linkedge/inference/server"
 	"github.com/linkedge/linkedge/internal/status"
 	"github.com/linkedge/linkedge/internal/topics"
 )
@@ -134,4 +135,69 @@ func TestUpdateStatusesCoalesced(t *testing.T) {
 		t.Fatalf("status messages during the update: %v; want at most 4, ending with one committed", phases)
 	}
 	t.Logf("status messages during the update: %v", phases)
+}
+
+// Alerts raised together travel together: 40 alerts in a burst reach the
+// cloud, each once, in a handful of messages.
+func TestForwardBatches(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	f, err := Start(ctx, Options{Dir: t.TempDir(), Trucks: 1, Probation: 300 * time.Millisecond, HTTPClients: -1, SensorInterval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	tr := f.Trucks[0]
+	approveBundle(ctx, t, f, apsmodels.V1())
+	if err := WaitVersion(ctx, 1, tr); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	messages, ids := 0, map[string]int{}
+	cloud := paho.NewClient(paho.NewClientOptions().AddBroker(f.BrokerURL).SetClientID("batch-watch"))
+	if tok := cloud.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	defer cloud.Disconnect(100)
+	if tok := cloud.Subscribe(topics.TruckPredictions(tr.ID, "aps-failure"), 1, func(_ paho.Client, m paho.Message) {
+		batch, err := server.DecodeForwarded(m.Payload())
+		if err != nil {
+			t.Errorf("forwarded message: %v", err)
+			return
+		}
+		mu.Lock()
+		messages++
+		for _, p := range batch {
+			ids[p.ID]++
+		}
+		mu.Unlock()
+	}); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	pos, _ := goldenRows(t, apsmodels.V1())
+	local := paho.NewClient(paho.NewClientOptions().AddBroker("tcp://" + tr.Agent.LocalBrokerAddr()).SetClientID("burst-sensor"))
+	if tok := local.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	defer local.Disconnect(100)
+	const n = 40
+	for i := range n {
+		b, _ := json.Marshal(map[string]any{"id": fmt.Sprintf("burst-%02d", i), "features": pos})
+		local.Publish(topics.LocalReadings("aps-failure"), 0, false, b)
+	}
+	if err := WaitFor(ctx, "40 alerts in the cloud", func() bool { mu.Lock(); defer mu.Unlock(); return len(ids) == n }); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	mu.Lock()
+	defer mu.Unlock()
+	for id, k := range ids {
+		if k != 1 {
+			t.Errorf("%s arrived %d times", id, k)
+		}
+	}
+	if messages > 5 {
+		t.Fatalf("%d alerts took %d messages; want them batched", n, messages)
+	}
+	t.Logf("%d alerts in %d messages", n, messages)
 }
