@@ -131,8 +131,10 @@ func readFileLimited(p string, limit int64) ([]byte, error) {
 // checks a member's CRC-32 and length only in the trailer after its last
 // compressed byte, so a reader that stopped at the end of the tar would let
 // a flipped bit in the rest of the compressed data, or in the trailer, pass
-// unnoticed. Bytes after the last gzip member are refused as well (bundles
-// from Write have none), as are reserved bits in the gzip header. The
+// unnoticed. Reserved bits in the gzip header are refused. Bytes after the
+// last gzip member that do not start another member are ignored, as
+// gzip(1) does: some tools pad files, and the release's sha256 covers them
+// anyway. The
 // header's MTIME, XFL, OS and FTEXT fields are informational and covered by
 // no check; a change to them changes nothing that Read returns.
 func Read(r io.Reader, lim Limits) (*Bundle, error) {
@@ -148,9 +150,9 @@ func Read(r io.Reader, lim Limits) (*Bundle, error) {
 		return nil, fmt.Errorf("%w: not a gzip stream: %w", ErrInvalid, err)
 	}
 	defer zr.Close()
-	// zr stays in multistream mode: after a member's trailer it reads the
-	// next header, so anything but EOF or another member is an error.
-	tr := tar.NewReader(zr)
+	zr.Multistream(false)
+	ms := &members{br: br, zr: zr}
+	tr := tar.NewReader(ms)
 	var model, meta []byte
 	for {
 		h, err := tr.Next()
@@ -189,7 +191,7 @@ func Read(r io.Reader, lim Limits) (*Bundle, error) {
 	// The tar ends at its end-of-archive blocks; what follows (padding to a
 	// tar record, further gzip members) is read and dropped, in constant
 	// memory, for the trailers' checks to run.
-	if _, err := io.Copy(io.Discard, zr); err != nil {
+	if _, err := io.Copy(io.Discard, ms); err != nil {
 		return nil, corrupt("reading past the end of the tar", err)
 	}
 	if model == nil {
@@ -203,6 +205,37 @@ func Read(r io.Reader, lim Limits) (*Bundle, error) {
 		return nil, err
 	}
 	return &Bundle{Meta: m, ONNX: model}, nil
+}
+
+// members reads the gzip members of br one after the other, each checked
+// against its own trailer, and stops at the first byte after a member that
+// does not start another one.
+type members struct {
+	br *bufio.Reader
+	zr *gzip.Reader
+}
+
+func (m *members) Read(p []byte) (int, error) {
+	for {
+		n, err := m.zr.Read(p)
+		if err != io.EOF {
+			return n, err
+		}
+		// The member ended and its CRC-32 and length matched.
+		if next, _ := m.br.Peek(3); !bytes.Equal(next, []byte{0x1f, 0x8b, 8}) {
+			return n, io.EOF
+		}
+		if hdr, _ := m.br.Peek(4); len(hdr) == 4 && hdr[3]&gzipReservedFlags != 0 {
+			return n, corrupt("gzip header", fmt.Errorf("reserved flags %#x are set", hdr[3]&gzipReservedFlags))
+		}
+		if err := m.zr.Reset(m.br); err != nil {
+			return n, err
+		}
+		m.zr.Multistream(false)
+		if n > 0 {
+			return n, nil
+		}
+	}
 }
 
 // gzipReservedFlags are the FLG bits RFC 1952 reserves; a decoder must
