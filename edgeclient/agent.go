@@ -404,6 +404,9 @@ func (a *Agent) Status() status.Status {
 	defer a.mu.Unlock()
 	s := a.st
 	s.Predictions, s.Alerts = a.predictions.Load(), a.alerts.Load()
+	if c := a.rts.Serving(); c != nil {
+		s.SHA256 = c.Spec().SHA256
+	}
 	return s
 }
 

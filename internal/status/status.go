@@ -24,6 +24,8 @@ type Status struct {
 	Model  string `json:"model"`
 	// Version serving now (0: none yet).
 	Version int64 `json:"version"`
+	// SHA256 of the bundle serving now, as its signed release names it.
+	SHA256 string `json:"sha256,omitempty"`
 	// Desired is the version the latest accepted release asks for.
 	Desired int64 `json:"desired_version"`
 	// Serial of the latest accepted release document.
