@@ -97,6 +97,23 @@ func approveBundle(ctx context.Context, t *testing.T, f *Fleet, data []byte) {
 	}
 }
 
+// oneTruckOnV1 starts a fleet of one truck with opts (Trucks is set to 1)
+// and waits until it serves v1. The fleet closes with the test.
+func oneTruckOnV1(ctx context.Context, t *testing.T, opts Options) (*Fleet, *Truck) {
+	t.Helper()
+	opts.Trucks = 1
+	f, err := Start(ctx, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	approveBundle(ctx, t, f, apsmodels.V1())
+	if err := WaitVersion(ctx, 1, f.Trucks[0]); err != nil {
+		t.Fatal(err)
+	}
+	return f, f.Trucks[0]
+}
+
 // TestBadArtifactResponsesDoNotBlacklist (C): a 404, a captive portal's
 // HTML page and a flipped byte on the artifact link, one after the other,
 // are retried; the truck commits the version once the link behaves, reports
@@ -105,17 +122,8 @@ func TestBadArtifactResponsesDoNotBlacklist(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	dir := t.TempDir()
-	f, err := Start(ctx, Options{Dir: dir, Trucks: 1, Probation: 300 * time.Millisecond, HTTPClients: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	tr := f.Trucks[0]
+	f, tr := oneTruckOnV1(ctx, t, Options{Dir: dir, Probation: 300 * time.Millisecond, HTTPClients: 1})
 	ev := watchEvents(t, f.BrokerURL)
-	approveBundle(ctx, t, f, apsmodels.V1())
-	if err := WaitVersion(ctx, 1, tr); err != nil {
-		t.Fatal(err)
-	}
 
 	var n atomic.Int32
 	f.SetArtifactFault(func(w http.ResponseWriter, r *http.Request) bool {
@@ -159,17 +167,8 @@ func TestBadArtifactResponsesDoNotBlacklist(t *testing.T) {
 func TestLinkDropsDuringProbation(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	f, err := Start(ctx, Options{Dir: t.TempDir(), Trucks: 1, Probation: 3 * time.Second, HTTPClients: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	tr := f.Trucks[0]
+	f, tr := oneTruckOnV1(ctx, t, Options{Dir: t.TempDir(), Probation: 3 * time.Second, HTTPClients: 1})
 	ev := watchEvents(t, f.BrokerURL)
-	approveBundle(ctx, t, f, apsmodels.V1())
-	if err := WaitVersion(ctx, 1, tr); err != nil {
-		t.Fatal(err)
-	}
 	approveBundle(ctx, t, f, apsmodels.V2())
 	if err := WaitFor(ctx, "v2 on probation", func() bool {
 		st := tr.Agent.Status()
@@ -198,17 +197,8 @@ func TestRestartsDuringUpdate(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	dir := t.TempDir()
-	f, err := Start(ctx, Options{Dir: dir, Trucks: 1, Probation: 4 * time.Second, HTTPClients: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	tr := f.Trucks[0]
+	f, tr := oneTruckOnV1(ctx, t, Options{Dir: dir, Probation: 4 * time.Second, HTTPClients: 1})
 	ev := watchEvents(t, f.BrokerURL)
-	approveBundle(ctx, t, f, apsmodels.V1())
-	if err := WaitVersion(ctx, 1, tr); err != nil {
-		t.Fatal(err)
-	}
 	tr.Link.SetRate(8 << 10) // v2 takes a few seconds to download
 	approveBundle(ctx, t, f, apsmodels.V2())
 	for i := range 2 {
@@ -257,16 +247,7 @@ func TestSafetyHoldEndToEnd(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	dir := t.TempDir()
-	f, err := Start(ctx, Options{Dir: dir, Trucks: 1, Probation: 300 * time.Millisecond, HTTPClients: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	tr := f.Trucks[0]
-	approveBundle(ctx, t, f, apsmodels.V1())
-	if err := WaitVersion(ctx, 1, tr); err != nil {
-		t.Fatal(err)
-	}
+	f, tr := oneTruckOnV1(ctx, t, Options{Dir: dir, Probation: 300 * time.Millisecond, HTTPClients: 1})
 
 	base := "http://" + tr.Agent.HTTPAddr()
 	req, _ := http.NewRequest("PUT", base+"/v1/hold/nav", strings.NewReader(`{"reason":"vehicle moving","ttl":"10m"}`))

@@ -38,16 +38,7 @@ func counterValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
 func TestReconnectKeepsSession(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	f, err := Start(ctx, Options{Dir: t.TempDir(), Trucks: 1, Probation: 300 * time.Millisecond, HTTPClients: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	tr := f.Trucks[0]
-	approveBundle(ctx, t, f, apsmodels.V1())
-	if err := WaitVersion(ctx, 1, tr); err != nil {
-		t.Fatal(err)
-	}
+	f, tr := oneTruckOnV1(ctx, t, Options{Dir: t.TempDir(), Probation: 300 * time.Millisecond, HTTPClients: -1})
 	const docs, subs = "linkedge_agent_fleet_documents_received_total", "linkedge_agent_fleet_subscribes_total"
 	reg := tr.Agent.Registry()
 	d0, s0 := counterValue(t, reg, docs), counterValue(t, reg, subs)
@@ -89,16 +80,7 @@ func TestReconnectKeepsSession(t *testing.T) {
 func TestUpdateStatusesCoalesced(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	f, err := Start(ctx, Options{Dir: t.TempDir(), Trucks: 1, Probation: 300 * time.Millisecond, HTTPClients: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	tr := f.Trucks[0]
-	approveBundle(ctx, t, f, apsmodels.V1())
-	if err := WaitVersion(ctx, 1, tr); err != nil {
-		t.Fatal(err)
-	}
+	f, tr := oneTruckOnV1(ctx, t, Options{Dir: t.TempDir(), Probation: 300 * time.Millisecond, HTTPClients: -1})
 	var mu sync.Mutex
 	var phases []string
 	c := paho.NewClient(paho.NewClientOptions().AddBroker(f.BrokerURL).SetClientID("status-watch"))
@@ -142,16 +124,7 @@ func TestUpdateStatusesCoalesced(t *testing.T) {
 func TestForwardBatches(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	f, err := Start(ctx, Options{Dir: t.TempDir(), Trucks: 1, Probation: 300 * time.Millisecond, HTTPClients: -1, SensorInterval: time.Hour})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	tr := f.Trucks[0]
-	approveBundle(ctx, t, f, apsmodels.V1())
-	if err := WaitVersion(ctx, 1, tr); err != nil {
-		t.Fatal(err)
-	}
+	f, tr := oneTruckOnV1(ctx, t, Options{Dir: t.TempDir(), Probation: 300 * time.Millisecond, HTTPClients: -1, SensorInterval: time.Hour})
 	var mu sync.Mutex
 	messages, ids := 0, map[string]int{}
 	cloud := paho.NewClient(paho.NewClientOptions().AddBroker(f.BrokerURL).SetClientID("batch-watch"))
