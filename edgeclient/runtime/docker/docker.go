@@ -577,6 +577,12 @@ func (r *Runtime) Activate(ctx context.Context, c runtime.Candidate) (runtime.Ca
 		return nil, fmt.Errorf("docker: cannot activate a %T", c)
 	}
 	prev := r.sw.Activate(r.Slot, cc, cc.cl)
+	from := "nothing"
+	if prev != nil {
+		from = fmt.Sprintf("%s v%d (%s)", prev.Spec().Model, prev.Spec().Version, prev.Spec().Kind)
+	}
+	r.logger().Info("switched serving to a container", "container", short(cc.id), "image", cc.spec.Image,
+		"model", cc.spec.Model, "version", cc.spec.Version, "from", from)
 	if prev == nil {
 		return nil, nil
 	}
