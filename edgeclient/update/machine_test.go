@@ -72,8 +72,9 @@ func (r *fakeRuntime) Activate(ctx context.Context, c runtime.Candidate) (runtim
 	prev := r.serving
 	r.serving = fc
 	if n := r.failAfter[fc.spec.Version]; n > 0 {
-		// Requests start failing shortly after the switch, as they would.
-		time.AfterFunc(5*time.Millisecond, func() { fc.failures.Add(n) })
+		// Requests fail once it serves. Counted at the switch, not on a
+		// timer that a loaded machine could fire after probation ended.
+		fc.failures.Add(n)
 	}
 	if prev == nil {
 		return nil, nil

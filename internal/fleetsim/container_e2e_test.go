@@ -90,7 +90,7 @@ func TestContainerRelease(t *testing.T) {
 	publish(entries[1], release.Runtime{Kind: release.RuntimeContainer, Image: imageRef})
 	if err := WaitFor(ctx, "v2 in a container", func() bool {
 		st := tr.Agent.Status()
-		return st.Phase == "committed" && countServing(t, ctx, cli) == 1
+		return st.Phase == "committed" && countServing(t, ctx, cli, tr) == 1
 	}); err != nil {
 		t.Fatalf("%v: %+v", err, tr.Agent.Status())
 	}
@@ -105,7 +105,7 @@ func TestContainerRelease(t *testing.T) {
 		t.Fatalf("answers by version %v", v)
 	}
 	// The old container is removed right after the commit.
-	if err := WaitFor(ctx, "the container removed", func() bool { return countServing(t, ctx, cli) == 0 }); err != nil {
+	if err := WaitFor(ctx, "the container removed", func() bool { return countServing(t, ctx, cli, tr) == 0 }); err != nil {
 		t.Fatal(err)
 	}
 
@@ -122,13 +122,13 @@ func TestContainerRelease(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { orphan.Close() })
-	if n := countServing(t, ctx, cli); n != 1 {
+	if n := countServing(t, ctx, cli, tr); n != 1 {
 		t.Fatalf("%d serving containers before the restart, want the orphan", n)
 	}
 	if err := tr.Restart(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if n := countServing(t, ctx, cli); n != 0 {
+	if n := countServing(t, ctx, cli, tr); n != 0 {
 		t.Fatalf("%d containers still there after the agent restarted on an in-process model", n)
 	}
 	if err := WaitVersion(ctx, 1, tr); err != nil {
@@ -136,10 +136,12 @@ func TestContainerRelease(t *testing.T) {
 	}
 }
 
+// countServing counts the running containers of truck tr's agent (by its
+// owner label: another test process may run containers on the same engine).
 func countServing(t *testing.T, ctx context.Context, cli interface {
 	ContainerList(context.Context, container.ListOptions) ([]container.Summary, error)
-}) int {
-	list, err := cli.ContainerList(ctx, container.ListOptions{Filters: filters.NewArgs(filters.Arg("name", "linkedge-aps-failure"))})
+}, tr *Truck) int {
+	list, err := cli.ContainerList(ctx, container.ListOptions{Filters: filters.NewArgs(filters.Arg("label", docker.OwnerLabel+"="+docker.OwnerOf(tr.ID, tr.cfg.DataDir)))})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -243,12 +245,12 @@ func TestServingContainerSupervised(t *testing.T) {
 	publishRetained(t, f.BrokerURL, topics.ModelRelease("aps-failure"), doc)
 	if err := WaitFor(ctx, "v2 in a container", func() bool {
 		st := tr.Agent.Status()
-		return st.Phase == "committed" && countServing(t, ctx, cli) == 1
+		return st.Phase == "committed" && countServing(t, ctx, cli, tr) == 1
 	}); err != nil {
 		t.Fatalf("%v: %+v", err, tr.Agent.Status())
 	}
 	serving := func() string {
-		list, err := cli.ContainerList(ctx, container.ListOptions{Filters: filters.NewArgs(filters.Arg("name", "linkedge-aps-failure"))})
+		list, err := cli.ContainerList(ctx, container.ListOptions{Filters: filters.NewArgs(filters.Arg("label", docker.OwnerLabel+"="+docker.OwnerOf(tr.ID, tr.cfg.DataDir)))})
 		if err != nil || len(list) != 1 {
 			t.Fatalf("serving containers: %v %v", list, err)
 		}

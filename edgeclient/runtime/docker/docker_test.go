@@ -2,6 +2,7 @@ package docker
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"sync"
@@ -24,7 +25,7 @@ func TestContainerSwapUnderLoad(t *testing.T) {
 	defer cancel()
 	cli := containertest.Engine(ctx, t)
 	dir := t.TempDir()
-	tag := "linkedge-test-runtime:swap"
+	tag := testTag("swap")
 	containertest.ServingImage(ctx, t, cli, tag, "")
 
 	slot := &inference.Slot{}
@@ -107,7 +108,7 @@ func TestSweepRemovesOrphans(t *testing.T) {
 	defer cancel()
 	cli := containertest.Engine(ctx, t)
 	dir := t.TempDir()
-	tag := "linkedge-test-runtime:sweep"
+	tag := testTag("sweep")
 	containertest.ServingImage(ctx, t, cli, tag, "")
 	p := filepath.Join(dir, "v1.tar.gz")
 	if err := os.WriteFile(p, apsmodels.V1(), 0o644); err != nil {
@@ -149,4 +150,11 @@ func TestSweepRemovesOrphans(t *testing.T) {
 	if _, err := (&Runtime{Docker: cli}).Sweep(ctx); err == nil {
 		t.Fatal("a sweep without an owner would remove every agent's containers")
 	}
+}
+
+// testTag names a test image apart from those of another test process on the
+// same Docker Engine (two copies of the suite at once): one's clean-up must
+// not remove the other's image.
+func testTag(name string) string {
+	return fmt.Sprintf("linkedge-test-runtime:%s-%d", name, os.Getpid())
 }

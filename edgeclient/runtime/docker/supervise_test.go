@@ -75,7 +75,7 @@ func TestKilledContainerRestarts(t *testing.T) {
 	defer cancel()
 	cli := containertest.Engine(ctx, t)
 	dir := t.TempDir()
-	tag := "linkedge-test-runtime:restart"
+	tag := testTag("restart")
 	containertest.ServingImage(ctx, t, cli, tag, "")
 
 	log, logs := testLogger(t)
@@ -252,7 +252,7 @@ func TestSilentContainerIsNotAModelFailure(t *testing.T) {
 	defer cancel()
 	cli := containertest.Engine(ctx, t)
 	dir := t.TempDir()
-	silent := "linkedge-test-runtime:silent"
+	silent := testTag("silent")
 	containertest.SilentImage(ctx, t, cli, silent)
 
 	log, _ := testLogger(t)
@@ -319,7 +319,7 @@ func TestSilentContainerIsNotAModelFailure(t *testing.T) {
 
 	// The model's fault after all: the serving image loads the bundle,
 	// runs its golden samples, and exits because they differ.
-	serving := "linkedge-test-runtime:golden"
+	serving := testTag("golden")
 	containertest.ServingImage(ctx, t, cli, serving, "")
 	b, err := bundle.Read(bytes.NewReader(apsmodels.V1()), bundle.Limits{})
 	if err != nil {
