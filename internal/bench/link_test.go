@@ -40,7 +40,11 @@ func TestLinkSmoke(t *testing.T) {
 	if r.Idle.Wire.Payload[0] < int64(3*r.StatusBytes) {
 		t.Errorf("idle: %d bytes up in %s, less than three status documents of %d", r.Idle.Wire.Payload[0], r.Idle.Duration(), r.StatusBytes)
 	}
+	// The event figures have the idle rate times their window taken off,
+	// which with a heartbeat every 0.5 s is most of a short window; so the
+	// events are checked on their raw windows.
 	f := r.Estimated()
+	rc := r.Reconnects
 	switch {
 	case f.IdleMonth <= 0:
 		t.Errorf("idle month %v", f.IdleMonth)
@@ -48,10 +52,10 @@ func TestLinkSmoke(t *testing.T) {
 		t.Errorf("update: %d bytes down, less than the artifact's %d", r.Update.Wire.Payload[1], r.Artifact)
 	case f.UpdateBeyond < 1000:
 		t.Errorf("update beyond the artifact: %.0f B, want at least the release and a few status reports", f.UpdateBeyond)
-	case len(r.Reconnects) != 1 || r.Reconnects[0].Wire.Conns != 1 || f.Reconnect < 500:
-		t.Errorf("reconnect: %+v, %.0f B", r.Reconnects, f.Reconnect)
-	case f.Per1000Alerts < 1000*100:
-		t.Errorf("1,000 alerts: %.0f B, want at least 100 B each", f.Per1000Alerts)
+	case len(rc) != 1 || rc[0].Wire.Conns != 1 || rc[0].Wire.Payload[0] < 300 || rc[0].Wire.Total() < 1500:
+		t.Errorf("reconnect: %+v, want one connection carrying at least a CONNECT and a status", rc)
+	case r.Alerts.Wire.Payload[0] < int64(r.AlertCount)*150 || f.Per1000Alerts == 0:
+		t.Errorf("alerts: %d bytes up for %d alerts, want at least 150 each", r.Alerts.Wire.Payload[0], r.AlertCount)
 	}
 	if md := rep.Markdown(); !strings.Contains(md, "| plain TCP | idle |") || !strings.Contains(md, "per 30-day month") {
 		t.Errorf("Markdown lacks its rows:\n%s", md)

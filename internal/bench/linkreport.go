@@ -70,6 +70,9 @@ func (rep *LinkReport) Markdown() string {
 			"(status document %d B); measured %s. Reconnects ranged %s–%s B. The update took %.1f s from approval to commit.",
 			transportNames[r.Transport], r.StatusInterval, r.KeepAlive, r.Probation, fmtMB(r.Expected*Month.Seconds()), r.StatusBytes,
 			fmtMB(est.IdleMonth), fmtInt(est.ReconnectRange[0]), fmtInt(est.ReconnectRange[1]), r.UpdateTime.Seconds())
+		if n := float64(r.Idle.Duration()) / float64(r.StatusInterval); math.Abs(n-math.Round(n)) > 0.02 || n < 0.98 {
+			fmt.Fprintf(&b, " **The idle window (%.1f status intervals) is not a whole number of status intervals: the monthly figure may be off by a report or a probe.**", n)
+		}
 		if c, ok := r.CapturedFigures(); ok {
 			fmt.Fprintf(&b, " Captured reconnects ranged %s–%s B.", fmtInt(c.ReconnectRange[0]), fmtInt(c.ReconnectRange[1]))
 			if r.Dropped > 0 {
