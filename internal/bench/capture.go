@@ -263,6 +263,16 @@ type Captured struct {
 // Total is the bytes both ways.
 func (c Captured) Total() int64 { return c.Bytes[0] + c.Bytes[1] }
 
+// Add adds o to c.
+func (c *Captured) Add(o Captured) {
+	for d := range 2 {
+		c.Bytes[d] += o.Bytes[d]
+		c.Packets[d] += o.Packets[d]
+	}
+	c.Keepalive += o.Keepalive
+	c.Open = c.Open || o.Open
+}
+
 // Captured sums the selected packets. up holds the proxies' ports. The
 // loopback interface has a 64 KiB MTU, so a packet with more than MSS
 // bytes of payload is counted as the ceil(payload/MSS) segments a

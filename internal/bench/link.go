@@ -692,14 +692,6 @@ func (r LinkResult) IdleRate() float64 {
 	return float64(r.Idle.Wire.Total()) / r.Idle.Duration().Seconds()
 }
 
-// IdleRateCaptured is the captured idle rate; ok is false without a capture.
-func (r LinkResult) IdleRateCaptured() (float64, bool) {
-	if r.Idle.Captured == nil {
-		return 0, false
-	}
-	return float64(r.Idle.Captured.Total()) / r.Idle.Duration().Seconds(), true
-}
-
 // lessIdle is a phase's bytes less the idle traffic its window would have
 // carried anyway (the idle rate times its length).
 func lessIdle(total int64, rate float64, d time.Duration) float64 {
@@ -790,16 +782,6 @@ func varintLen(n int) int {
 		l++
 	}
 	return l
-}
-
-// Add adds o to c.
-func (c *Captured) Add(o Captured) {
-	for d := range 2 {
-		c.Bytes[d] += o.Bytes[d]
-		c.Packets[d] += o.Packets[d]
-	}
-	c.Keepalive += o.Keepalive
-	c.Open = c.Open || o.Open
 }
 
 func waitUntil(ctx context.Context, limit time.Duration, what string, cond func() bool) error {
