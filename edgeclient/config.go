@@ -216,6 +216,14 @@ func LoadConfig(path string) (Config, error) {
 	return c, nil
 }
 
+// WithDefaults returns c with every zero field that has a default set to
+// it, as New does: what an agent started with c runs with. It changes
+// nothing else (Validate is not run).
+func (c Config) WithDefaults() Config {
+	c.setDefaults()
+	return c
+}
+
 func (c *Config) setDefaults() {
 	if c.DataDir == "" {
 		c.DataDir = "/var/lib/linkedge"

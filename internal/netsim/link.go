@@ -5,13 +5,19 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
+	"time"
 )
 
 // link is one proxied connection: the accepted client side and the dialled
 // target side.
 type link struct {
+	p        *Proxy
+	id       uint64
 	client   net.Conn
 	upstream net.Conn // nil until dialled; guarded by Proxy.mu
+	// eof records, per Direction, that its sender ended in order.
+	eof [2]atomic.Bool
 	// done is closed when the link is torn down; it interrupts rate waits.
 	done      chan struct{}
 	closeOnce sync.Once
@@ -24,6 +30,11 @@ func (l *link) close() {
 		reset(l.client)
 		if l.upstream != nil {
 			reset(l.upstream)
+			kind := EventReset
+			if l.eof[Up].Load() && l.eof[Down].Load() {
+				kind = EventClose
+			}
+			l.p.emit(Event{Conn: l.id, Time: time.Now(), Kind: kind})
 		}
 	})
 }
@@ -36,7 +47,7 @@ const copyBuf = 32 << 10
 // as a half-close, so request/response protocols that shut down their
 // sending side still work; any other error tears the whole link down so
 // that the opposite direction does not hang.
-func (p *Proxy) pipe(l *link, dst, src net.Conn, lim *limiter) {
+func (p *Proxy) pipe(l *link, dst, src net.Conn, lim *limiter, dir Direction) {
 	buf := make([]byte, copyBuf)
 	for {
 		n := len(buf)
@@ -53,11 +64,14 @@ func (p *Proxy) pipe(l *link, dst, src net.Conn, lim *limiter) {
 				p.drop(l)
 				return
 			}
+			p.emit(Event{Conn: l.id, Time: time.Now(), Kind: EventData, Dir: dir, Bytes: m})
 		}
 		if errors.Is(err, io.EOF) {
 			if cw, ok := dst.(interface{ CloseWrite() error }); ok {
 				_ = cw.CloseWrite() // the peer may be gone already; then so is the point
 			}
+			l.eof[dir].Store(true)
+			p.emit(Event{Conn: l.id, Time: time.Now(), Kind: EventEOF, Dir: dir})
 			return
 		}
 		if err != nil {

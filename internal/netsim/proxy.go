@@ -5,7 +5,10 @@
 //
 // The proxy listens on 127.0.0.1 and forwards each accepted connection to
 // one target address. It is a test and demo tool: it does no
-// authentication and keeps no statistics beyond what it needs.
+// authentication. It counts the bytes, bursts and connections it passes
+// ([Proxy.Counters]) and can report each of them as it happens
+// ([Proxy.Observe]), which is how `linkedge bench link` measures what a
+// truck's link carries.
 package netsim
 
 import (
@@ -29,6 +32,10 @@ type Proxy struct {
 
 	rate     atomic.Int64 // bytes per second per direction, 0 = unlimited
 	up, down limiter      // client→target and target→client
+
+	count    counters
+	observer atomic.Pointer[func(Event)]
+	nextID   atomic.Uint64
 
 	mu     sync.Mutex
 	online bool
@@ -148,13 +155,15 @@ func (p *Proxy) acceptLoop() {
 			}
 			continue
 		}
+		id := p.nextID.Add(1)
 		p.mu.Lock()
 		if p.closed || !p.online {
 			p.mu.Unlock()
 			reset(c)
+			p.emit(Event{Conn: id, Time: time.Now(), Kind: EventRefused})
 			continue
 		}
-		l := &link{client: c, done: make(chan struct{})}
+		l := &link{p: p, id: id, client: c, done: make(chan struct{})}
 		p.links[l] = struct{}{}
 		p.wg.Add(1) // under mu, while not closed: Close's Wait cannot have started
 		p.mu.Unlock()
@@ -182,12 +191,13 @@ func (p *Proxy) serve(l *link) {
 	default:
 	}
 	l.upstream = up
+	p.emit(Event{Conn: l.id, Time: time.Now(), Kind: EventOpen})
 	p.mu.Unlock()
 
 	var wg sync.WaitGroup
 	wg.Add(2)
-	go func() { defer wg.Done(); p.pipe(l, up, l.client, &p.up) }()
-	go func() { defer wg.Done(); p.pipe(l, l.client, up, &p.down) }()
+	go func() { defer wg.Done(); p.pipe(l, up, l.client, &p.up, Up) }()
+	go func() { defer wg.Done(); p.pipe(l, l.client, up, &p.down, Down) }()
 	wg.Wait()
 }
 

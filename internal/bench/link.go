@@ -1,0 +1,812 @@
+package bench
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/linkedge/linkedge/broker"
+	"github.com/linkedge/linkedge/edgeclient"
+	"github.com/linkedge/linkedge/inference"
+	"github.com/linkedge/linkedge/inference/aps"
+	"github.com/linkedge/linkedge/inference/apsmodels"
+	"github.com/linkedge/linkedge/internal/netsim"
+	"github.com/linkedge/linkedge/internal/release"
+	"github.com/linkedge/linkedge/internal/tlsconfig"
+	"github.com/linkedge/linkedge/internal/topics"
+	"github.com/linkedge/linkedge/publisher"
+	"github.com/linkedge/linkedge/publisher/localreg"
+)
+
+// Transports the link bench can run.
+const (
+	TransportTCP  = "tcp"  // plain MQTT over TCP
+	TransportMTLS = "mtls" // MQTT over TLS with client certificates
+)
+
+// Month is the 30 days the idle cost is extrapolated to.
+const Month = 30 * 24 * time.Hour
+
+// LinkConfig configures `linkedge bench link`. Zero values take the
+// defaults; the agent, broker and publisher run with their own defaults
+// unless a field below overrides one.
+type LinkConfig struct {
+	// Idle is the measured idle window. Default 2 min.
+	Idle time.Duration
+	// Reconnects is how many link cuts are measured. Default 3.
+	Reconnects int
+	// Alerts is how many forwarded alerts are measured. Default 100.
+	Alerts int
+	// AlertGap is the pause after each alert's acknowledgement, so that
+	// alerts travel one by one as sparse alerts do. Default 100 ms.
+	AlertGap time.Duration
+	// Transports to run: TransportTCP, TransportMTLS. Default both.
+	Transports []string
+	// Tcpdump also captures the truck's side of the link on lo and reports
+	// the captured bytes next to the estimate.
+	Tcpdump bool
+	// StatusInterval, KeepAlive and Probation override the agent's
+	// status_interval, fleet.keep_alive and probation; zero keeps the
+	// agent's defaults.
+	StatusInterval, KeepAlive, Probation time.Duration
+	// PublisherPoll overrides the publisher's poll_interval (how soon it
+	// sees an approval); zero keeps its default. It changes nothing on the
+	// truck's link, only how long the update takes.
+	PublisherPoll time.Duration
+	// TruckTCPKeepAlive and CloudTCPKeepAlive are the TCP keepalive times
+	// the estimate assumes for the truck's MQTT connection and the cloud's
+	// listeners. Default 15 s each (Go's default; the agent and the broker
+	// do not set their own).
+	TruckTCPKeepAlive, CloudTCPKeepAlive time.Duration
+	// Dir holds every part's state; default a temporary folder, removed
+	// afterwards.
+	Dir string
+	// Progress receives one line per step; nil discards.
+	Progress io.Writer
+	// Logger receives the parts' logs; default discarded.
+	Logger *slog.Logger
+}
+
+func (c *LinkConfig) setDefaults() {
+	if c.Idle <= 0 {
+		c.Idle = 2 * time.Minute
+	}
+	if c.Reconnects <= 0 {
+		c.Reconnects = 3
+	}
+	if c.Alerts <= 0 {
+		c.Alerts = 100
+	}
+	if c.AlertGap <= 0 {
+		c.AlertGap = 100 * time.Millisecond
+	}
+	if len(c.Transports) == 0 {
+		c.Transports = []string{TransportTCP, TransportMTLS}
+	}
+	if c.TruckTCPKeepAlive <= 0 {
+		c.TruckTCPKeepAlive = 15 * time.Second
+	}
+	if c.CloudTCPKeepAlive <= 0 {
+		c.CloudTCPKeepAlive = 15 * time.Second
+	}
+	if c.Progress == nil {
+		c.Progress = io.Discard
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+}
+
+// downloadTCPKeepAlive is the keepalive of the agent's download client
+// (internal/download.NewClient's dialer).
+const downloadTCPKeepAlive = 30 * time.Second
+
+// benchTruck is the truck's id: 17 characters, the length of a VIN, so
+// that topics and documents have a fleet's real sizes.
+const benchTruck = "YS2R4X20005399401"
+
+// benchModel is the model the truck runs.
+const benchModel = "aps-failure"
+
+// LinkPhase is one measured stretch of the run.
+type LinkPhase struct {
+	From, To time.Time
+	// Wire is the estimate from the proxies' counts.
+	Wire Wire
+	// Captured is what tcpdump saw (with --tcpdump).
+	Captured *Captured
+}
+
+// Duration is the phase's length.
+func (p LinkPhase) Duration() time.Duration { return p.To.Sub(p.From) }
+
+// LinkResult is the run of one transport.
+type LinkResult struct {
+	Transport string
+	// Setup is the agent's effective configuration (defaults applied).
+	StatusInterval, KeepAlive, Probation time.Duration
+	// Idle: the truck online with nothing to do.
+	Idle LinkPhase
+	// Update: from the approval of v2 until the truck committed it and its
+	// link was quiet, with the whole life of the download connections.
+	Update     LinkPhase
+	UpdateTime time.Duration // approval to commit
+	Artifact   int64         // bytes of the v2 bundle
+	// Reconnects: from the link's return until the truck is connected and
+	// its link quiet.
+	Reconnects []LinkPhase
+	// Alerts: AlertCount alerts forwarded one by one.
+	Alerts     LinkPhase
+	AlertCount int
+	// StatusBytes is the size of an idle truck's status document, Expected
+	// the idle rate (bytes/s) the configured intervals predict.
+	StatusBytes int
+	Expected    float64
+	// Dropped is what the kernel dropped from the capture.
+	Dropped int
+}
+
+// LinkReport is the outcome of `linkedge bench link`.
+type LinkReport struct {
+	Config  LinkConfig
+	Results []LinkResult
+	Elapsed time.Duration
+}
+
+// RunLink runs the link bench: for each transport, a fleet broker, a
+// publisher and one truck agent whose MQTT connection and downloads pass
+// through counting proxies, through setup, an update, the idle window,
+// reconnects and forwarded alerts.
+func RunLink(ctx context.Context, cfg LinkConfig) (*LinkReport, error) {
+	cfg.setDefaults()
+	for _, t := range cfg.Transports {
+		if t != TransportTCP && t != TransportMTLS {
+			return nil, fmt.Errorf("bench link: transport %q: want %s or %s", t, TransportTCP, TransportMTLS)
+		}
+	}
+	start := time.Now()
+	root := cfg.Dir
+	if root == "" {
+		d, err := os.MkdirTemp("", "linkedge-bench-link-")
+		if err != nil {
+			return nil, err
+		}
+		defer os.RemoveAll(d)
+		root = d
+	}
+	fmt.Fprintf(cfg.Progress, "bench link: loading ONNX Runtime\n")
+	if err := inference.Init(ctx, ""); err != nil {
+		return nil, err
+	}
+	rep := &LinkReport{Config: cfg}
+	for _, t := range cfg.Transports {
+		res, err := runLinkTransport(ctx, cfg, t, filepath.Join(root, t))
+		if err != nil {
+			return nil, fmt.Errorf("bench link (%s): %w", t, err)
+		}
+		rep.Results = append(rep.Results, *res)
+	}
+	rep.Elapsed = time.Since(start)
+	return rep, nil
+}
+
+// linkRun is one transport's parts.
+type linkRun struct {
+	cfg       LinkConfig
+	transport string
+	dir       string
+	t0        time.Time
+
+	broker     *broker.Broker
+	mqttP      *netsim.Proxy
+	httpP      *netsim.Proxy
+	mqttRec    *Recorder
+	httpRec    *Recorder
+	capture    *Capture
+	pub        *publisher.Publisher
+	pubCancel  context.CancelFunc
+	pubDone    chan error
+	reg        *localreg.Registry
+	agent      *edgeclient.Agent
+	agentCfg   edgeclient.Config
+	local      paho.Client
+	localPreds atomic.Int64
+	// quietFor is how long the link must be silent for a phase to end: 1 s,
+	// or less with a status interval so short that it never is.
+	quietFor time.Duration
+}
+
+func (r *linkRun) logf(format string, args ...any) {
+	fmt.Fprintf(r.cfg.Progress, "[%s %5.1fs] %s\n", r.transport, time.Since(r.t0).Seconds(), fmt.Sprintf(format, args...))
+}
+
+func runLinkTransport(ctx context.Context, cfg LinkConfig, transport, dir string) (res *LinkResult, err error) {
+	r := &linkRun{cfg: cfg, transport: transport, dir: dir, t0: time.Now()}
+	defer func() {
+		if cerr := r.close(); cerr != nil && err == nil {
+			err = cerr
+		}
+	}()
+	if err := r.start(ctx); err != nil {
+		return nil, err
+	}
+	res = &LinkResult{Transport: transport}
+	eff := r.agentCfg.WithDefaults()
+	res.StatusInterval, res.KeepAlive, res.Probation = eff.StatusInterval, eff.Fleet.KeepAlive, eff.Probation
+	r.quietFor = min(time.Second, eff.StatusInterval/3)
+
+	// Setup, not measured: v1 installed, then the download connection it
+	// left idle is dropped (net/http would close it after 90 s; a real
+	// truck's next update comes long after that).
+	r.logf("approving v1 (setup, not measured; probation %s)", eff.Probation)
+	if err := r.install(ctx, 1); err != nil {
+		return nil, err
+	}
+	r.httpP.Cut()
+	r.httpP.Restore()
+	if err := r.quiet(ctx); err != nil {
+		return nil, err
+	}
+
+	// The update: v1 → v2.
+	r.logf("update: approving v2")
+	u0 := time.Now()
+	if err := r.install(ctx, 2); err != nil {
+		return nil, err
+	}
+	res.UpdateTime = time.Since(u0)
+	if err := r.quiet(ctx); err != nil {
+		return nil, err
+	}
+	res.Update = LinkPhase{From: u0, To: time.Now()}
+	res.Artifact = int64(len(apsmodels.V2()))
+	r.logf("update: committed %.1fs after approval", res.UpdateTime.Seconds())
+
+	// Idle, in the steady state: from just after a heartbeat, so that every
+	// silence in the window is a whole status interval (the update's last
+	// reports leave an irregular one behind them).
+	if err := r.afterHeartbeat(ctx, eff.StatusInterval); err != nil {
+		return nil, err
+	}
+	st := r.agent.Status()
+	st.LastSeen = time.Now().UTC()
+	doc, _ := json.Marshal(st)
+	res.StatusBytes = len(doc)
+	res.Expected = ExpectedIdle(len(doc), topics.TruckStatus(benchTruck), transport == TransportMTLS,
+		eff.StatusInterval, eff.Fleet.KeepAlive, cfg.TruckTCPKeepAlive, cfg.CloudTCPKeepAlive)
+	r.logf("idle: %s (status every %s, MQTT keepalive %s)", cfg.Idle, eff.StatusInterval, eff.Fleet.KeepAlive)
+	i0 := time.Now()
+	if err := r.sleep(ctx, cfg.Idle, "idle"); err != nil {
+		return nil, err
+	}
+	res.Idle = LinkPhase{From: i0, To: time.Now()}
+
+	// Reconnects.
+	for k := range cfg.Reconnects {
+		p, err := r.reconnect(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("reconnect %d: %w", k+1, err)
+		}
+		res.Reconnects = append(res.Reconnects, p)
+		r.logf("reconnect %d/%d: connected again %.1fs after the link returned", k+1, cfg.Reconnects, p.Duration().Seconds())
+	}
+
+	// Alerts.
+	if res.Alerts, err = r.alerts(ctx); err != nil {
+		return nil, err
+	}
+	res.AlertCount = cfg.Alerts
+
+	// The estimate and the capture.
+	end := time.Now()
+	var pkts []Packet
+	if r.capture != nil {
+		pkts, res.Dropped, err = r.capture.Stop()
+		r.capture = nil
+		if err != nil {
+			return nil, err
+		}
+	}
+	r.measure(res, end, pkts)
+	return res, nil
+}
+
+// start brings up the broker, the proxies, the capture, the registry, the
+// publisher and the truck.
+func (r *linkRun) start(ctx context.Context) error {
+	log := r.cfg.Logger
+	if err := os.MkdirAll(r.dir, 0o700); err != nil {
+		return err
+	}
+	// Credentials as in production: a users file with a truck and a
+	// publisher, so that CONNECT carries a username and password.
+	truckPass, pubPass := randomSecret(), randomSecret()
+	usersFile := filepath.Join(r.dir, "users.yaml")
+	var users strings.Builder
+	users.WriteString("users:\n")
+	for _, u := range []struct{ name, pass, role string }{{benchTruck, truckPass, "truck"}, {"publisher", pubPass, "publisher"}} {
+		h, err := broker.HashPassword(u.pass)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(&users, "  - username: %s\n    password_hash: %q\n    role: %s\n", u.name, h, u.role)
+	}
+	if err := os.WriteFile(usersFile, []byte(users.String()), 0o600); err != nil {
+		return err
+	}
+	bc := broker.Config{Listen: "127.0.0.1:0", HTTPListen: "", DataDir: filepath.Join(r.dir, "broker"), UsersFile: usersFile, Logger: log.With("part", "fleet-broker")}
+	scheme := "tcp://"
+	var truckTLS, pubTLS tlsconfig.Client
+	if r.transport == TransportMTLS {
+		pki, err := newFleetPKI(filepath.Join(r.dir, "tls"))
+		if err != nil {
+			return err
+		}
+		bc.TLSCert, bc.TLSKey, bc.TLSClientCA = pki.ServerCert, pki.ServerKey, pki.CA
+		scheme = "ssl://"
+		cert, key, err := pki.client(benchTruck)
+		if err != nil {
+			return err
+		}
+		truckTLS = tlsconfig.Client{CAFile: pki.CA, CertFile: cert, KeyFile: key}
+		if cert, key, err = pki.client("publisher"); err != nil {
+			return err
+		}
+		pubTLS = tlsconfig.Client{CAFile: pki.CA, CertFile: cert, KeyFile: key}
+	}
+	b, err := broker.New(bc)
+	if err != nil {
+		return err
+	}
+	if err := b.Start(ctx); err != nil {
+		return err
+	}
+	r.broker = b
+
+	artAddr, err := freeAddr()
+	if err != nil {
+		return err
+	}
+	if r.mqttP, err = netsim.New(b.Addr()); err != nil {
+		return err
+	}
+	if r.httpP, err = netsim.New(artAddr); err != nil {
+		return err
+	}
+	r.mqttRec, r.httpRec = Record(r.mqttP), Record(r.httpP)
+	if r.cfg.Tcpdump {
+		if r.capture, err = StartCapture(ctx, r.dir, portOf(r.mqttP.Addr()), portOf(r.httpP.Addr())); err != nil {
+			return err
+		}
+		r.logf("tcpdump capturing on lo, ports %d (MQTT) and %d (HTTP)", portOf(r.mqttP.Addr()), portOf(r.httpP.Addr()))
+	}
+
+	pubKey, privKey := release.GenerateKey()
+	keyFile := filepath.Join(r.dir, "publisher.key")
+	if err := release.WritePrivateKeyFile(keyFile, privKey); err != nil {
+		return err
+	}
+	if r.reg, err = localreg.Open(filepath.Join(r.dir, "registry")); err != nil {
+		return err
+	}
+	for i, data := range [][]byte{apsmodels.V1(), apsmodels.V2()} {
+		f := filepath.Join(r.dir, fmt.Sprintf("v%d.tar.gz", i+1))
+		if err := os.WriteFile(f, data, 0o600); err != nil {
+			return err
+		}
+		if _, err := r.reg.Add(ctx, f); err != nil {
+			return err
+		}
+	}
+	// The publisher reaches the broker directly; trucks download through
+	// the HTTP proxy, which the base URL in the releases names.
+	r.pub, err = publisher.New(publisher.Config{
+		Broker: scheme + b.Addr(), Username: "publisher", Password: pubPass, TLS: pubTLS,
+		RegistryDir: r.reg.Dir(), KeyFile: keyFile, ArtifactListen: artAddr, ArtifactBaseURL: "http://" + r.httpP.Addr(),
+		PollInterval: r.cfg.PublisherPoll, Logger: log.With("part", "publisher"),
+	})
+	if err != nil {
+		return err
+	}
+	pctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	r.pubCancel, r.pubDone = cancel, make(chan error, 1)
+	go func() { r.pubDone <- r.pub.Run(pctx) }()
+
+	r.agentCfg = edgeclient.Config{
+		Truck: benchTruck, Model: benchModel, DataDir: filepath.Join(r.dir, "truck"), Keys: []ed25519.PublicKey{pubKey},
+		Fleet: edgeclient.FleetConfig{Broker: scheme + r.mqttP.Addr(), Username: benchTruck, Password: truckPass,
+			KeepAlive: r.cfg.KeepAlive, TLS: truckTLS},
+		HTTP: "127.0.0.1:0", LocalBroker: edgeclient.LocalBrokerConfig{Listen: "127.0.0.1:0"},
+		Probation: r.cfg.Probation, StatusInterval: r.cfg.StatusInterval, Logger: log.With("part", "truck"),
+	}
+	if r.agent, err = edgeclient.New(r.agentCfg); err != nil {
+		return err
+	}
+	if err := r.agent.Start(ctx); err != nil {
+		return err
+	}
+	if err := waitUntil(ctx, time.Minute, "the truck to connect", func() bool { return r.agent.Status().Online }); err != nil {
+		return err
+	}
+	r.logf("broker, publisher and truck %s up (%s)", benchTruck, map[string]string{TransportTCP: "plain TCP", TransportMTLS: "mutual TLS"}[r.transport])
+
+	// The truck's own bus, for the alerts.
+	o := paho.NewClientOptions().AddBroker("tcp://" + r.agent.LocalBrokerAddr()).SetClientID("bench-sensors").
+		SetOnConnectHandler(func(c paho.Client) {
+			c.Subscribe(topics.LocalPredictions(benchModel), 0, func(paho.Client, paho.Message) { r.localPreds.Add(1) })
+		})
+	r.local = paho.NewClient(o)
+	if t := r.local.Connect(); !t.WaitTimeout(10*time.Second) || t.Error() != nil {
+		return fmt.Errorf("local bus: %v", t.Error())
+	}
+	return nil
+}
+
+// close stops every part; the errors of parts already failing are joined.
+func (r *linkRun) close() error {
+	var errs []error
+	if r.capture != nil {
+		r.capture.Stop()
+	}
+	if r.local != nil {
+		r.local.Disconnect(100)
+	}
+	if r.agent != nil {
+		errs = append(errs, r.agent.Close())
+	}
+	if r.pubCancel != nil {
+		r.pubCancel()
+		if err := <-r.pubDone; err != nil && !errors.Is(err, context.Canceled) {
+			errs = append(errs, err)
+		}
+		errs = append(errs, r.pub.Close())
+	}
+	if r.broker != nil {
+		errs = append(errs, r.broker.Close())
+	}
+	for _, p := range []*netsim.Proxy{r.mqttP, r.httpP} {
+		if p != nil {
+			errs = append(errs, p.Close())
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// install approves version and waits until the truck committed it.
+func (r *linkRun) install(ctx context.Context, version int64) error {
+	if _, err := r.reg.Approve(benchModel, version, "bench"); err != nil {
+		return err
+	}
+	limit := r.agentCfg.WithDefaults().Probation + 2*time.Minute
+	return waitUntil(ctx, limit, fmt.Sprintf("v%d committed", version), func() bool {
+		st := r.agent.Status()
+		return st.Version == version && st.Phase == "committed"
+	})
+}
+
+// quiet waits until neither proxy has passed anything for quietFor (at
+// most a minute: a link that is never quiet is a finding, not a failure).
+func (r *linkRun) quiet(ctx context.Context) error {
+	d := r.quietFor
+	deadline := time.Now().Add(time.Minute)
+	for {
+		last := r.mqttRec.Last()
+		if h := r.httpRec.Last(); h.After(last) {
+			last = h
+		}
+		if time.Since(last) >= d || time.Now().After(deadline) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// afterHeartbeat waits for the truck's next report on the MQTT connection
+// (at most a status interval and a minute) and for the quiet after it.
+func (r *linkRun) afterHeartbeat(ctx context.Context, interval time.Duration) error {
+	since := r.mqttRec.Last()
+	r.logf("waiting for a heartbeat, to start the idle window in the steady state")
+	if err := waitUntil(ctx, interval+time.Minute, "a status heartbeat", func() bool { return r.mqttRec.Last().After(since) }); err != nil {
+		return err
+	}
+	return r.quiet(ctx)
+}
+
+func (r *linkRun) sleep(ctx context.Context, d time.Duration, what string) error {
+	end := time.Now().Add(d)
+	for {
+		left := time.Until(end)
+		if left <= 0 {
+			return nil
+		}
+		step := min(left, 30*time.Second)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(step):
+		}
+		if left > step {
+			r.logf("%s: %s of %s", what, (d - time.Until(end)).Round(time.Second), d)
+		}
+	}
+}
+
+// reconnect cuts the truck's MQTT connection for a second and measures
+// its return.
+func (r *linkRun) reconnect(ctx context.Context) (LinkPhase, error) {
+	r.mqttP.Cut()
+	if err := waitUntil(ctx, 15*time.Second, "the truck to notice the cut", func() bool { return !r.agent.Status().Online }); err != nil {
+		return LinkPhase{}, err
+	}
+	if err := r.sleepCtx(ctx, time.Second); err != nil {
+		return LinkPhase{}, err
+	}
+	from := time.Now()
+	r.mqttP.Restore()
+	if err := waitUntil(ctx, 2*time.Minute, "the truck to reconnect", func() bool { return r.agent.Status().Online }); err != nil {
+		return LinkPhase{}, err
+	}
+	if err := r.quiet(ctx); err != nil {
+		return LinkPhase{}, err
+	}
+	return LinkPhase{From: from, To: time.Now()}, nil
+}
+
+func (r *linkRun) sleepCtx(ctx context.Context, d time.Duration) error {
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(d):
+		return nil
+	}
+}
+
+// alerts publishes readings of failing trucks on the truck's local bus
+// until Alerts of them were alerts and were forwarded, one at a time.
+func (r *linkRun) alerts(ctx context.Context) (LinkPhase, error) {
+	rows := alertRows()
+	n := r.cfg.Alerts
+	r.logf("alerts: %d, one every %s or so", n, r.cfg.AlertGap)
+	fwd0 := forwarded(r.agent)
+	from := time.Now()
+	count := 0
+	for i := 0; count < n; i++ {
+		if i >= 4*len(rows) && count == 0 {
+			return LinkPhase{}, errors.New("alerts: no reading of a failing truck made an alert")
+		}
+		alerts0, preds0 := r.agent.Status().Alerts, r.localPreds.Load()
+		r.local.Publish(topics.LocalReadings(benchModel), topics.LocalReadingsQoS, false, rows[i%len(rows)])
+		if err := waitUntil(ctx, 10*time.Second, "a prediction on the local bus", func() bool { return r.localPreds.Load() > preds0 }); err != nil {
+			return LinkPhase{}, err
+		}
+		if r.agent.Status().Alerts == alerts0 {
+			continue // not an alert: it stays on the truck
+		}
+		count++
+		if err := waitUntil(ctx, 30*time.Second, "the alert to be forwarded", func() bool { return forwarded(r.agent) >= fwd0+float64(count) }); err != nil {
+			return LinkPhase{}, err
+		}
+		if count%max(n/4, 1) == 0 && count < n {
+			r.logf("alerts: %d/%d forwarded", count, n)
+		}
+		if err := r.sleepCtx(ctx, r.cfg.AlertGap); err != nil {
+			return LinkPhase{}, err
+		}
+	}
+	if err := r.quiet(ctx); err != nil {
+		return LinkPhase{}, err
+	}
+	r.logf("alerts: %d/%d forwarded", count, n)
+	return LinkPhase{From: from, To: time.Now()}, nil
+}
+
+// alertRows are readings (JSON, as sensors send them) of synthetic trucks
+// whose APS is failing; the model flags most of them.
+func alertRows() [][]byte {
+	ds := aps.Generate(11, 200, 1)
+	out := make([][]byte, 0, len(ds.X))
+	for i, x := range ds.X {
+		feats := make([]*float64, len(x))
+		for j, v := range x {
+			if v == v {
+				f := float64(v)
+				feats[j] = &f
+			}
+		}
+		b, _ := json.Marshal(map[string]any{"id": strconv.Itoa(i), "features": feats})
+		out = append(out, b)
+	}
+	return out
+}
+
+// forwarded reads the agent's linkedge_agent_forwarded_total.
+func forwarded(a *edgeclient.Agent) float64 {
+	mfs, err := a.Registry().Gather()
+	if err != nil {
+		return 0
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == "linkedge_agent_forwarded_total" && len(mf.GetMetric()) > 0 {
+			return mf.GetMetric()[0].GetCounter().GetValue()
+		}
+	}
+	return 0
+}
+
+// measure fills each phase's estimate and capture. The MQTT connection
+// counts what happened within a phase; download connections count whole,
+// with the phase they were opened in.
+func (r *linkRun) measure(res *LinkResult, end time.Time, pkts []Packet) {
+	mqttModel := DefaultWireModel()
+	mqttModel.ClientKeepAlive, mqttModel.ServerKeepAlive = r.cfg.TruckTCPKeepAlive, r.cfg.CloudTCPKeepAlive
+	httpModel := mqttModel
+	httpModel.ClientKeepAlive = downloadTCPKeepAlive
+	if t, ok := http.DefaultTransport.(*http.Transport); ok {
+		httpModel.IdleClose = t.IdleConnTimeout
+	}
+	mqttLogs, httpLogs := r.mqttRec.Logs(), r.httpRec.Logs()
+	mqttPort := map[uint16]bool{uint16(portOf(r.mqttP.Addr())): true}
+	httpPort := map[uint16]bool{uint16(portOf(r.httpP.Addr())): true}
+	fill := func(p *LinkPhase) {
+		win := Selection{From: p.From, To: p.To}
+		whole := Selection{From: p.From, To: p.To, Whole: true}
+		p.Wire = mqttModel.Estimate(mqttLogs, win, end)
+		p.Wire.Add(httpModel.Estimate(httpLogs, whole, end))
+		if pkts != nil {
+			c := mqttModel.Captured(pkts, mqttPort, win)
+			c.Add(httpModel.Captured(pkts, httpPort, whole))
+			p.Captured = &c
+		}
+	}
+	fill(&res.Idle)
+	fill(&res.Update)
+	for i := range res.Reconnects {
+		fill(&res.Reconnects[i])
+	}
+	fill(&res.Alerts)
+}
+
+// IdleRate is the idle truck's bytes per second, estimated.
+func (r LinkResult) IdleRate() float64 {
+	return float64(r.Idle.Wire.Total()) / r.Idle.Duration().Seconds()
+}
+
+// lessIdle is a phase's bytes less the idle traffic its window would have
+// carried anyway (the idle rate times its length).
+func lessIdle(total int64, rate float64, d time.Duration) float64 {
+	return float64(total) - rate*d.Seconds()
+}
+
+// Figures are the headline numbers of one transport, from the estimate or
+// from the capture.
+type Figures struct {
+	IdleMonth      float64 // bytes per 30 days
+	UpdateBeyond   float64 // bytes of an update beyond the artifact
+	Reconnect      float64 // median bytes per reconnect
+	ReconnectRange [2]float64
+	Per1000Alerts  float64
+}
+
+// Estimated are the figures from the proxies' counts.
+func (r LinkResult) Estimated() Figures {
+	return r.figures(func(p LinkPhase) int64 { return p.Wire.Total() })
+}
+
+// CapturedFigures are the figures from the capture; ok is false without one.
+func (r LinkResult) CapturedFigures() (Figures, bool) {
+	if r.Idle.Captured == nil {
+		return Figures{}, false
+	}
+	return r.figures(func(p LinkPhase) int64 { return p.Captured.Total() }), true
+}
+
+func (r LinkResult) figures(total func(LinkPhase) int64) Figures {
+	rate := float64(total(r.Idle)) / r.Idle.Duration().Seconds()
+	f := Figures{IdleMonth: rate * Month.Seconds()}
+	f.UpdateBeyond = lessIdle(total(r.Update), rate, r.Update.Duration()) - float64(r.Artifact)
+	var rc []float64
+	for _, p := range r.Reconnects {
+		rc = append(rc, lessIdle(total(p), rate, p.Duration()))
+	}
+	if len(rc) > 0 {
+		slices.Sort(rc)
+		f.Reconnect = rc[len(rc)/2]
+		if len(rc)%2 == 0 {
+			f.Reconnect = (rc[len(rc)/2-1] + rc[len(rc)/2]) / 2
+		}
+		f.ReconnectRange = [2]float64{rc[0], rc[len(rc)-1]}
+	}
+	if r.AlertCount > 0 {
+		f.Per1000Alerts = lessIdle(total(r.Alerts), rate, r.Alerts.Duration()) / float64(r.AlertCount) * 1000
+	}
+	return f
+}
+
+// ExpectedIdle is the idle rate (bytes/s) that the configured intervals
+// predict, for a status document of statusBytes on topic: every
+// statusInterval a status PUBLISH (QoS 1), its PUBACK and the truck's
+// delayed ACK of that; an MQTT PINGREQ/PINGRESP (and ACK) whenever
+// keepAlive passes without traffic; and in every silence, each side's TCP
+// keepalive probes (each answered by an ACK). With TLS, every MQTT packet
+// is one TLS 1.3 record, 22 bytes more.
+func ExpectedIdle(statusBytes int, topic string, tls bool, statusInterval, keepAlive, truckTCP, cloudTCP time.Duration) float64 {
+	const hdr = 52
+	rec := 0
+	if tls {
+		rec = 22
+	}
+	rem := 2 + len(topic) + 2 + statusBytes
+	publish := 1 + varintLen(rem) + rem
+	perStatus := float64((publish + rec + hdr) + (4 + rec + hdr) + hdr)
+	pings := 0
+	if keepAlive > 0 && keepAlive < statusInterval {
+		pings = int(math.Ceil(float64(statusInterval)/float64(keepAlive))) - 1
+	}
+	perPing := float64((2 + rec + hdr) + (2 + rec + hdr) + hdr)
+	gap := statusInterval / time.Duration(1+pings)
+	probes := 0
+	for _, ka := range []time.Duration{truckTCP, cloudTCP} {
+		if ka > 0 {
+			probes += int(math.Ceil(float64(gap)/float64(ka))) - 1
+		}
+	}
+	perGap := float64(probes * 2 * hdr)
+	return (perStatus + float64(pings)*perPing + float64(1+pings)*perGap) / statusInterval.Seconds()
+}
+
+func varintLen(n int) int {
+	l := 1
+	for n >= 128 {
+		n /= 128
+		l++
+	}
+	return l
+}
+
+func waitUntil(ctx context.Context, limit time.Duration, what string, cond func() bool) error {
+	deadline := time.Now().Add(limit)
+	for !cond() {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("waited %s for %s", limit, what)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for %s: %w", what, ctx.Err())
+		case <-time.After(25 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
+func portOf(addr string) int {
+	i := strings.LastIndexByte(addr, ':')
+	p, _ := strconv.Atoi(addr[i+1:])
+	return p
+}
+
+func randomSecret() string {
+	b := make([]byte, 24)
+	rand.Read(b)
+	return base64.RawURLEncoding.EncodeToString(b)
+}
