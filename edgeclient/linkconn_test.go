@@ -1,0 +1,90 @@
+package edgeclient
+
+import (
+	"encoding/json"
+	"net"
+	"net/url"
+	"syscall"
+	"testing"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/linkedge/linkedge/internal/status"
+)
+
+// The fleet connection sends no TCP keepalive probes, and the dialer reads
+// the CONNACK's session-present flag as it goes by.
+func TestFleetDialer(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		connack []byte
+		present bool
+	}{
+		{"session kept", []byte{0x20, 0x02, 0x01, 0x00}, true},
+		{"new session", []byte{0x20, 0x02, 0x00, 0x00}, false},
+		{"refused", []byte{0x20, 0x02, 0x01, 0x05}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { ln.Close() })
+			go func() {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				defer c.Close()
+				// Byte by byte, as a slow link may deliver it.
+				for _, b := range tc.connack {
+					c.Write([]byte{b})
+					time.Sleep(5 * time.Millisecond)
+				}
+				time.Sleep(time.Second)
+			}()
+			d := &fleetDialer{}
+			u, _ := url.Parse("tcp://" + ln.Addr().String())
+			conn, err := d.open(u, paho.ClientOptions{ConnectTimeout: 5 * time.Second})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			raw, err := conn.(*connackConn).Conn.(*net.TCPConn).SyscallConn()
+			if err != nil {
+				t.Fatal(err)
+			}
+			var keepalive int
+			raw.Control(func(fd uintptr) { keepalive, _ = syscall.GetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_KEEPALIVE) })
+			if keepalive != 0 {
+				t.Fatal("TCP keepalive is on for the fleet connection")
+			}
+			conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+			buf := make([]byte, 1)
+			for range tc.connack {
+				if _, err := conn.Read(buf); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if got := d.sessionPresent.Load(); got != tc.present {
+				t.Fatalf("session present %v, want %v", got, tc.present)
+			}
+		})
+	}
+}
+
+// Every CONNECT carries the will: it stays small, and readers parse it.
+func TestWillIsSmall(t *testing.T) {
+	a := &Agent{cfg: Config{Truck: "WDB9634031L123456", Model: "aps-failure"}}
+	w := a.will()
+	// What the will was: a whole status document of zero values.
+	full, _ := json.Marshal(status.Status{Schema: status.Schema, Truck: a.cfg.Truck, Model: a.cfg.Model, Phase: "offline"})
+	if len(w) > 120 || len(w) > len(full)*6/10 {
+		t.Fatalf("will of %d bytes (a whole status: %d): %s", len(w), len(full), w)
+	}
+	st, err := status.Parse(w)
+	if err != nil || st.Online || st.Phase != "offline" || st.Truck != "WDB9634031L123456" {
+		t.Fatalf("will %s parses as %+v (%v)", w, st, err)
+	}
+}
