@@ -56,7 +56,9 @@ func TestFleetDialer(t *testing.T) {
 				t.Fatal(err)
 			}
 			var keepalive int
-			raw.Control(func(fd uintptr) { keepalive, _ = syscall.GetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_KEEPALIVE) })
+			raw.Control(func(fd uintptr) {
+				keepalive, _ = syscall.GetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_KEEPALIVE)
+			})
 			if keepalive != 0 {
 				t.Fatal("TCP keepalive is on for the fleet connection")
 			}
