@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/linkedge/linkedge/internal/release"
 	"github.com/linkedge/linkedge/internal/tlsconfig/tlstest"
@@ -59,5 +60,38 @@ func TestLoadConfig(t *testing.T) {
 				t.Fatalf("err = %v, want it to mention %q", err, tt.err)
 			}
 		})
+	}
+}
+
+func TestLinkProfiles(t *testing.T) {
+	no := false
+	for _, tc := range []struct {
+		name      string
+		cfg       Config
+		keepAlive time.Duration
+		heartbeat time.Duration
+		batch     time.Duration
+		pq        bool
+	}{
+		{"cellular by default", Config{}, 10 * time.Minute, 24 * time.Hour, 5 * time.Second, false},
+		{"wifi", Config{Link: LinkConfig{Profile: "wifi"}}, time.Minute, 5 * time.Minute, time.Second, true},
+		{"satellite", Config{Link: LinkConfig{Profile: "satellite"}}, 20 * time.Minute, 24 * time.Hour, time.Minute, false},
+		{"explicit settings win", Config{Link: LinkConfig{Profile: "wifi", PostQuantum: &no}, StatusInterval: time.Hour,
+			Fleet: FleetConfig{KeepAlive: 2 * time.Minute}, Forward: ForwardConfig{BatchDelay: 3 * time.Second}}, 2 * time.Minute, time.Hour, 3 * time.Second, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := tc.cfg.WithDefaults()
+			if c.Fleet.KeepAlive != tc.keepAlive || c.StatusInterval != tc.heartbeat || c.Forward.BatchDelay != tc.batch || *c.Link.PostQuantum != tc.pq {
+				t.Fatalf("keep-alive %s, heartbeat %s, batch delay %s, post-quantum %v", c.Fleet.KeepAlive, c.StatusInterval, c.Forward.BatchDelay, *c.Link.PostQuantum)
+			}
+		})
+	}
+	bad := Config{Truck: "t", Model: "m", TrustedKeys: []string{"k"}, Fleet: FleetConfig{Broker: "tcp://x:1883"}, Link: LinkConfig{Profile: "dial-up"}}.WithDefaults()
+	if err := bad.Validate(); err == nil || !strings.Contains(err.Error(), "link.profile") {
+		t.Fatalf("unknown profile: %v", err)
+	}
+	long := Config{Truck: "t", Model: "m", TrustedKeys: []string{"k"}, Fleet: FleetConfig{Broker: "tcp://x:1883", KeepAlive: time.Hour}}.WithDefaults()
+	if err := long.Validate(); err == nil || !strings.Contains(err.Error(), "keep_alive") {
+		t.Fatalf("an hour's keep-alive: %v", err)
 	}
 }
