@@ -12,15 +12,18 @@ const (
 	topicModels  = topics.Prefix + "/models/#"
 	topicTrucks  = topics.Prefix + "/trucks/"
 	topicDesired = topicTrucks + "+/desired"
+	topicGrant   = topicTrucks + "+/grant"
 )
 
 // aclAllows reports whether u may publish to (write) or subscribe to and
 // receive from (read) topic, which for reads may be a filter with wildcards.
 //
-//	role       write                                         read
-//	publisher  linkedge/v1/models/#, linkedge/v1/trucks/+/desired  everything
-//	truck      linkedge/v1/trucks/{id}/#                     linkedge/v1/models/#, linkedge/v1/trucks/{id}/desired
-//	operator   nothing                                       linkedge/v1/#
+//	role       write                                          read
+//	publisher  linkedge/v1/models/#, linkedge/v1/trucks/+/desired,  everything
+//	           linkedge/v1/trucks/+/grant
+//	truck      linkedge/v1/trucks/{id}/#                      linkedge/v1/models/#, linkedge/v1/trucks/{id}/desired,
+//	                                                          linkedge/v1/trucks/{id}/grant
+//	operator   nothing                                        linkedge/v1/#
 func aclAllows(u User, topic string, write bool) bool {
 	if write && strings.HasPrefix(topic, "$") {
 		// $share/... is a subscription syntax, not a topic to publish to,
@@ -32,13 +35,13 @@ func aclAllows(u User, topic string, write bool) bool {
 		if !write {
 			return true
 		}
-		return within(topic, topicModels) || within(topic, topicDesired)
+		return within(topic, topicModels) || within(topic, topicDesired) || within(topic, topicGrant)
 	case RoleTruck:
 		own := topicTrucks + u.Username
 		if write {
 			return within(topic, own+"/#")
 		}
-		return within(topic, topicModels) || within(topic, own+"/desired")
+		return within(topic, topicModels) || within(topic, own+"/desired") || within(topic, own+"/grant")
 	case RoleOperator:
 		return !write && within(topic, topicRoot)
 	}

@@ -63,6 +63,7 @@ type Agent struct {
 	holdBus  paho.Client // the local bus client that takes holds
 	fleet    paho.Client
 	verifier *release.Verifier
+	grants   *grants
 
 	tls    *tls.Config   // fleet broker and downloads; nil: Go's defaults
 	outbox *outbox.Queue // predictions to forward; nil when none are
@@ -145,7 +146,8 @@ func New(cfg Config) (*Agent, error) {
 	a.holds, _ = hold.New(cfg.Hold) // checked by Validate
 	a.srv.Handle("/v1/hold", a.holds.Handler())
 	a.srv.Handle("/v1/hold/", a.holds.Handler())
-	a.machine = &update.Machine{Store: store, Runtime: a.rts, Fetch: fetchArtifact(a.log, cfg.Fleet.HTTPProxy, dlTLS),
+	a.grants = newGrants(cfg.Truck, a.verifier, a.publishFleet, a.log.With("part", "grants"))
+	a.machine = &update.Machine{Store: store, Runtime: a.rts, Fetch: a.grants.fetch(fetchArtifact(a.log, cfg.Fleet.HTTPProxy, dlTLS)),
 		VerifyRelease: a.verifyKept, Hold: a.holdState, Probation: cfg.Probation, RetryMin: cfg.RetryMin, RetryMax: cfg.RetryMax,
 		Log: a.log, OnChange: a.onRecord}
 	a.st = status.Status{Schema: status.Schema, Truck: cfg.Truck, Model: cfg.Model, Phase: string(update.Idle), Agent: "linkedge"}

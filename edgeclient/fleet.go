@@ -72,7 +72,18 @@ func (a *Agent) fleetSubscriptions() map[string]byte {
 	return map[string]byte{
 		topics.ModelRelease(a.cfg.Model): topics.ReleaseQoS,
 		topics.TruckDesired(a.cfg.Truck): topics.DesiredQoS,
+		topics.TruckGrant(a.cfg.Truck):   topics.GrantQoS,
 	}
+}
+
+// publishFleet sends a QoS 1 message that is not retained on the fleet
+// link; false if the link is down.
+func (a *Agent) publishFleet(topic string, payload []byte) bool {
+	if a.fleet == nil || !a.fleet.IsConnectionOpen() {
+		return false
+	}
+	a.fleet.Publish(topic, 1, false, payload)
+	return true
 }
 
 func (a *Agent) onConnect(c paho.Client) {
@@ -158,6 +169,10 @@ func (a *Agent) setOnline(on bool, cause error) {
 // logged, reported in the status and as an event, and changes nothing.
 func (a *Agent) onFleetMessage(_ paho.Client, m paho.Message) {
 	a.link.documents.Add(1)
+	if m.Topic() == topics.TruckGrant(a.cfg.Truck) {
+		a.grants.deliver(m.Payload())
+		return
+	}
 	pin := m.Topic() == topics.TruckDesired(a.cfg.Truck)
 	if pin && len(m.Payload()) == 0 {
 		a.mu.Lock()

@@ -2,10 +2,13 @@ package edgeclient
 
 import (
 	"crypto/tls"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/url"
 	"sync/atomic"
+	"syscall"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 )
@@ -25,6 +28,9 @@ import (
 type fleetDialer struct {
 	// sessionPresent is the flag of the last CONNACK read.
 	sessionPresent atomic.Bool
+	// fullHandshakes and resumed count the TLS handshakes: a resumed one
+	// (a session ticket) costs a few hundred bytes instead of several KB.
+	fullHandshakes, resumed atomic.Int64
 }
 
 // open implements paho.OpenConnectionFunc.
@@ -41,7 +47,7 @@ func (d *fleetDialer) open(uri *url.URL, o paho.ClientOptions) (net.Conn, error)
 		if cfg == nil {
 			cfg = &tls.Config{}
 		}
-		conn, err = tls.DialWithDialer(dialer, "tcp", uri.Host, cfg)
+		conn, err = d.dialTLS(dialer, uri.Host, cfg)
 	default:
 		return nil, fmt.Errorf("fleet dialer: scheme %q is not dialled here", uri.Scheme)
 	}
@@ -83,4 +89,49 @@ func dialsItself(broker string) bool {
 		return true
 	}
 	return false
+}
+
+// dialTLS opens a TLS connection and counts whether it resumed a session.
+//
+// crypto/tls drops the cached session ticket whenever a handshake that
+// tried it fails, whatever the cause (RFC 5077's advice, for a ticket the
+// server refused). On a truck most failures are the link: a connection
+// that a returning cellular link accepts and resets mid-handshake. The
+// ticket is fine then, and dropping it makes the next reconnect a full
+// handshake, several KB instead of a few hundred bytes. So after a failure
+// of the transport (EOF, reset, timeout) the ticket is put back; after any
+// other failure (an alert, a certificate) it stays dropped.
+func (d *fleetDialer) dialTLS(dialer *net.Dialer, addr string, cfg *tls.Config) (net.Conn, error) {
+	cache, key := cfg.ClientSessionCache, cfg.ServerName
+	if key == "" {
+		// tls.Dial names the server by the address's host, which is
+		// also the cache key then.
+		key, _, _ = net.SplitHostPort(addr)
+	}
+	var kept *tls.ClientSessionState
+	if cache != nil {
+		kept, _ = cache.Get(key)
+	}
+	c, err := tls.DialWithDialer(dialer, "tcp", addr, cfg)
+	if err != nil {
+		if kept != nil && transportFailure(err) {
+			cache.Put(key, kept)
+		}
+		return nil, err
+	}
+	if c.ConnectionState().DidResume {
+		d.resumed.Add(1)
+	} else {
+		d.fullHandshakes.Add(1)
+	}
+	return c, nil
+}
+
+// transportFailure reports whether err is the connection failing rather
+// than the TLS peer refusing something.
+func transportFailure(err error) bool {
+	var ne net.Error
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNABORTED) ||
+		(errors.As(err, &ne) && ne.Timeout())
 }

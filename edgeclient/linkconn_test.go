@@ -1,7 +1,11 @@
 package edgeclient
 
 import (
+	"crypto/tls"
 	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
 	"net"
 	"net/url"
 	"syscall"
@@ -90,3 +94,28 @@ func TestWillIsSmall(t *testing.T) {
 		t.Fatalf("will %s parses as %+v (%v)", w, st, err)
 	}
 }
+
+func TestTransportFailure(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want bool
+	}{
+		{io.EOF, true},
+		{fmt.Errorf("tls handshake: %w", io.ErrUnexpectedEOF), true},
+		{&net.OpError{Op: "read", Err: syscall.ECONNRESET}, true},
+		{&net.OpError{Op: "dial", Err: timeoutErr{}}, true},
+		{errors.New("remote error: tls: bad certificate"), false},
+		{&tls.CertificateVerificationError{Err: errors.New("x509: unknown authority")}, false},
+		{tls.AlertError(42), false},
+	} {
+		if got := transportFailure(tc.err); got != tc.want {
+			t.Errorf("transportFailure(%v) = %v, want %v", tc.err, got, tc.want)
+		}
+	}
+}
+
+type timeoutErr struct{}
+
+func (timeoutErr) Error() string   { return "i/o timeout" }
+func (timeoutErr) Timeout() bool   { return true }
+func (timeoutErr) Temporary() bool { return true }

@@ -24,4 +24,13 @@ func (a *Agent) registerLinkMetrics() {
 		counter("linkedge_agent_status_published_total", "Status messages sent to the fleet broker.", &a.link.statuses),
 		counter("linkedge_agent_fleet_subscribes_total", "SUBSCRIBE requests sent to the fleet broker (none on a reconnect to a session the broker kept).", &a.link.subscribes),
 	)
+	// The dialer counts TLS handshakes whenever the agent dials itself.
+	for _, h := range []struct {
+		resumed string
+		v       *atomic.Int64
+	}{{"false", &a.dialer.fullHandshakes}, {"true", &a.dialer.resumed}} {
+		a.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "linkedge_agent_fleet_tls_handshakes_total",
+			Help:        "TLS handshakes with the fleet broker, by whether they resumed a session from a ticket (a resumed one costs a few hundred bytes, a full one several KB).",
+			ConstLabels: prometheus.Labels{"resumed": h.resumed}}, func() float64 { return float64(h.v.Load()) }))
+	}
 }

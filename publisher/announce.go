@@ -48,6 +48,11 @@ type Announcer struct {
 	Sender Sender
 	// TTL is how long a document is valid (shortened to the URL's expiry).
 	TTL time.Duration
+	// Grants, if set, replaces Distributor's URLs in the document with
+	// Grants' stable locations and "grant": true; trucks then ask the
+	// publisher service for a download URL (see [GrantDistributor]). Only
+	// the service sets it: it is what answers the requests.
+	Grants GrantDistributor
 	// Logger receives one Info line per announcement; default slog.Default.
 	Logger *slog.Logger
 	// Now is the clock; default time.Now.
@@ -201,6 +206,21 @@ func withRecordedFailures(planned, recorded *Rollout) *Rollout {
 // target builds a document target for v with a fresh download URL, and
 // returns when that URL stops working (zero: never).
 func (a *Announcer) target(ctx context.Context, v Version) (release.Target, time.Time, error) {
+	if a.Grants != nil {
+		url, err := a.Grants.StableURL(ctx, v)
+		if err != nil {
+			a.metrics.failed(stageURL)
+			return release.Target{}, time.Time{}, fmt.Errorf("artifact location for %s version %d: %w", v.Model, v.Version, err)
+		}
+		return release.Target{
+			Version: v.Version,
+			Artifact: release.Artifact{
+				URL: url, SHA256: v.Artifact.SHA256, Size: v.Artifact.Size, MediaType: release.MediaTypeBundle, Grant: true,
+			},
+			Runtime: v.Runtime,
+			Source:  v.Source,
+		}, time.Time{}, nil
+	}
 	url, urlExpires, err := a.Distributor.URL(ctx, v)
 	if err != nil {
 		a.metrics.failed(stageURL)

@@ -185,6 +185,14 @@ type SageMakerConfig struct {
 	// digest, as the runtime instead of in-process ONNX. Default false.
 	// Flag --container-runtime.
 	ContainerRuntime bool `yaml:"container_runtime"`
+	// URLsInRelease puts the presigned URLs in the release documents, as
+	// LinkEdge did before download grants: for fleets with agents older
+	// than grants, which refuse a release with "grant" in it. Every truck
+	// then gets the release again before each URL expires (every 16 h with
+	// the 24 h presign_ttl). Default false: the service answers trucks'
+	// grant requests instead (docs/publisher.md, "Download grants").
+	// Service only. Flag --urls-in-release.
+	URLsInRelease bool `yaml:"urls_in_release"`
 }
 
 // setDefaults fills zero fields that have a default.

@@ -77,6 +77,9 @@ type session struct {
 	// onFailure is called, from paho's goroutine, when a failure event
 	// waits to be persisted (see pending).
 	onFailure func()
+	// onGrant, if set, receives the trucks' download grant requests, from
+	// paho's goroutine (it must not block); nil subscribes to none.
+	onGrant func(topic string, data []byte)
 
 	everUp  atomic.Bool      // connected at least once
 	discard chan paho.Client // Send asks run to drop this client
@@ -150,6 +153,9 @@ func (s *session) watchTrucks(c paho.Client) {
 	// The handlers are routes added before the connection (see dial):
 	// queued events arrive right after CONNACK, before this runs.
 	c.Subscribe(topics.TruckEvents(topics.Wildcard), topics.EventsQoS, nil)
+	if s.onGrant != nil {
+		c.Subscribe(topics.AllTruckGrantRequests(), topics.GrantQoS, nil)
+	}
 	tok := c.Subscribe(topics.AllTruckStatus(), topics.StatusQoS, nil)
 	go func() {
 		if tok.WaitTimeout(10*time.Second) && tok.Error() == nil {
@@ -168,6 +174,12 @@ func (s *session) watchTrucks(c paho.Client) {
 func (s *session) routeTrucks(c paho.Client) {
 	c.AddRoute(topics.AllTruckStatus(), func(_ paho.Client, m paho.Message) { s.onStatus(m) })
 	c.AddRoute(topics.TruckEvents(topics.Wildcard), func(_ paho.Client, m paho.Message) { s.onEvent(m) })
+	if s.onGrant != nil {
+		c.AddRoute(topics.AllTruckGrantRequests(), func(_ paho.Client, m paho.Message) {
+			m.Ack() // a lost request costs the truck one retry
+			s.onGrant(m.Topic(), m.Payload())
+		})
+	}
 }
 
 func (s *session) onStatus(m paho.Message) {
@@ -473,6 +485,19 @@ func (s *session) Send(ctx context.Context, topic string, payload []byte) error 
 		}
 	}
 	return err
+}
+
+// SendGrant publishes a download grant (QoS 1, not retained) and waits for
+// the acknowledgement. Unlike [session.Send] it keeps the client when none
+// comes: a grant sent twice is harmless, and the truck asks again anyway.
+func (s *session) SendGrant(ctx context.Context, topic string, doc []byte) error {
+	s.mu.Lock()
+	c := s.client
+	s.mu.Unlock()
+	if c == nil || !c.IsConnectionOpen() {
+		return fmt.Errorf("%w (%s)", ErrNotConnected, s.cfg.Broker)
+	}
+	return waitAck(ctx, c.Publish(topic, topics.GrantQoS, topics.GrantRetain, doc), s.cfg.PublishTimeout)
 }
 
 // connect makes one connection attempt, bounded by the client's connect

@@ -42,6 +42,7 @@ type Publisher struct {
 	state   *StateFile
 	ann     *Announcer
 	sess    *session
+	grants  *grantServer  // nil unless the distributor's URLs need grants
 	wake    chan struct{} // poll now (the broker connection came up)
 
 	mu       sync.Mutex
@@ -109,6 +110,13 @@ func New(cfg Config) (*Publisher, error) {
 	p.sess = newSession(&p.cfg, p.log, p.metrics, p.poke, p.poke)
 	p.ann = &Announcer{Key: key, Distributor: dist, State: state, Sender: p.sess, TTL: cfg.ReleaseTTL,
 		Logger: p.log, OnAnnounce: cfg.OnAnnounce, metrics: p.metrics}
+	if gd, ok := dist.(GrantDistributor); ok && (cfg.SageMaker == nil || !cfg.SageMaker.URLsInRelease) {
+		if p.grants, err = newGrantServer(key, gd, p.sess.SendGrant, p.log.With("part", "grants"), p.promReg); err != nil {
+			return nil, err
+		}
+		p.ann.Grants = gd
+		p.sess.onGrant = p.grants.offer
+	}
 	return p, nil
 }
 
@@ -173,7 +181,12 @@ func (p *Publisher) Run(ctx context.Context) (err error) {
 	loopDone := make(chan struct{})
 	go func() {
 		defer close(loopDone)
+		var wg sync.WaitGroup
+		if p.grants != nil {
+			wg.Go(func() { p.grants.run(ctx) })
+		}
 		p.loop(ctx)
+		wg.Wait()
 	}()
 
 	p.log.Info("publisher started", "registry", p.reg.Name(), "broker", p.cfg.Broker,
@@ -447,6 +460,9 @@ func (p *Publisher) poll(ctx context.Context) {
 			p.report("", "cannot read the registry; changing nothing", "registry", p.reg.Name(), "err", err)
 		}
 		return
+	}
+	if p.grants != nil {
+		p.grants.setApproved(vs)
 	}
 	p.setDoing("reading the state file " + p.state.Path())
 	st, err := p.state.Load()

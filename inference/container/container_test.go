@@ -2,9 +2,11 @@ package container_test
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -22,7 +24,9 @@ func TestImageServesSageMakerContract(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	cli := containertest.Engine(ctx, t)
-	tag := "linkedge-test-serve:image"
+	// One tag per test process: two copies of the suite share the engine,
+	// and one's clean-up must not remove the other's image.
+	tag := fmt.Sprintf("linkedge-test-serve:image-%d", os.Getpid())
 	containertest.ServingImage(ctx, t, cli, tag, "../apsmodels/aps-failure-v1.tar.gz")
 
 	ln, _ := net.Listen("tcp", "127.0.0.1:0")

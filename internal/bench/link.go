@@ -48,7 +48,12 @@ const Month = 30 * 24 * time.Hour
 // defaults; the agent, broker and publisher run with their own defaults
 // unless a field below overrides one.
 type LinkConfig struct {
-	// Idle is the measured idle window. Default 2 min.
+	// Idle is the measured idle window. Zero measures two idle cycles
+	// (see [IdleCycle]): with a status interval of an hour or less, two
+	// status intervals from just after a heartbeat; with a longer one, from
+	// just after a keepalive ping to just after the second one that
+	// follows, and the rare heartbeats are added to the monthly figure from
+	// the status document's measured size.
 	Idle time.Duration
 	// Reconnects is how many link cuts are measured. Default 3.
 	Reconnects int
@@ -62,6 +67,9 @@ type LinkConfig struct {
 	// Tcpdump also captures the truck's side of the link on lo and reports
 	// the captured bytes next to the estimate.
 	Tcpdump bool
+	// Profile is the agent's link.profile (cellular, wifi, satellite);
+	// empty is the agent's default, cellular.
+	Profile string
 	// StatusInterval, KeepAlive and Probation override the agent's
 	// status_interval, fleet.keep_alive and probation; zero keeps the
 	// agent's defaults.
@@ -71,9 +79,11 @@ type LinkConfig struct {
 	// truck's link, only how long the update takes.
 	PublisherPoll time.Duration
 	// TruckTCPKeepAlive and CloudTCPKeepAlive are the TCP keepalive times
-	// the estimate assumes for the truck's MQTT connection and the cloud's
-	// listeners. Default 15 s each (Go's default; the agent and the broker
-	// do not set their own).
+	// the estimate assumes for the truck's MQTT connection and the broker's
+	// listener. Zero means none: what the agent's fleet dialer and the
+	// broker's listener set (edgeclient/linkconn.go, broker/listener.go), so
+	// the MQTT keepalive alone watches the link. Set them to see what Go's
+	// default (15 s) would cost.
 	TruckTCPKeepAlive, CloudTCPKeepAlive time.Duration
 	// Dir holds every part's state; default a temporary folder, removed
 	// afterwards.
@@ -85,9 +95,6 @@ type LinkConfig struct {
 }
 
 func (c *LinkConfig) setDefaults() {
-	if c.Idle <= 0 {
-		c.Idle = 2 * time.Minute
-	}
 	if c.Reconnects <= 0 {
 		c.Reconnects = 3
 	}
@@ -100,12 +107,7 @@ func (c *LinkConfig) setDefaults() {
 	if len(c.Transports) == 0 {
 		c.Transports = []string{TransportTCP, TransportMTLS}
 	}
-	if c.TruckTCPKeepAlive <= 0 {
-		c.TruckTCPKeepAlive = 15 * time.Second
-	}
-	if c.CloudTCPKeepAlive <= 0 {
-		c.CloudTCPKeepAlive = 15 * time.Second
-	}
+	c.TruckTCPKeepAlive, c.CloudTCPKeepAlive = max(c.TruckTCPKeepAlive, 0), max(c.CloudTCPKeepAlive, 0)
 	if c.Progress == nil {
 		c.Progress = io.Discard
 	}
@@ -114,9 +116,21 @@ func (c *LinkConfig) setDefaults() {
 	}
 }
 
-// downloadTCPKeepAlive is the keepalive of the agent's download client
-// (internal/download.NewClient's dialer).
-const downloadTCPKeepAlive = 30 * time.Second
+// artifactServerTCPKeepAlive is the keepalive of the publisher's artifact
+// server, which listens with Go's default; the agent's download client
+// sets none (internal/download).
+const artifactServerTCPKeepAlive = 15 * time.Second
+
+// IdleCycle is the period in which an idle truck's traffic repeats, and
+// whether the status heartbeat falls within it: the status interval when
+// it is an hour or less, otherwise the MQTT keepalive, with the heartbeat
+// too rare to wait for.
+func IdleCycle(statusInterval, keepAlive time.Duration) (cycle time.Duration, heartbeat bool) {
+	if statusInterval <= time.Hour || keepAlive <= 0 || keepAlive >= statusInterval {
+		return statusInterval, true
+	}
+	return keepAlive, false
+}
 
 // benchTruck is the truck's id: 17 characters, the length of a VIN, so
 // that topics and documents have a fleet's real sizes.
@@ -140,6 +154,8 @@ func (p LinkPhase) Duration() time.Duration { return p.To.Sub(p.From) }
 // LinkResult is the run of one transport.
 type LinkResult struct {
 	Transport string
+	// Profile is the agent's link profile.
+	Profile string
 	// Setup is the agent's effective configuration (defaults applied).
 	StatusInterval, KeepAlive, Probation time.Duration
 	// Idle: the truck online with nothing to do.
@@ -159,6 +175,20 @@ type LinkResult struct {
 	// the idle rate (bytes/s) the configured intervals predict.
 	StatusBytes int
 	Expected    float64
+	// IdleSpan is the time the idle window's traffic stands for: the time
+	// between the bursts it starts and ends after (whole cycles), or the
+	// window itself.
+	IdleSpan time.Duration
+	// Cycle and HeartbeatInWindow are [IdleCycle]'s answer; Pings is the
+	// number of keepalive bursts in a window of keepalive cycles.
+	Cycle             time.Duration
+	HeartbeatInWindow bool
+	Pings             int
+	// ReleaseBytes is the retained release document's size; ReleaseTTL the
+	// publisher's release_ttl, which sets how often an unchanged release is
+	// signed again (at two thirds of its life).
+	ReleaseBytes int
+	ReleaseTTL   time.Duration
 	// Dropped is what the kernel dropped from the capture.
 	Dropped int
 }
@@ -250,6 +280,9 @@ func runLinkTransport(ctx context.Context, cfg LinkConfig, transport, dir string
 	res = &LinkResult{Transport: transport}
 	eff := r.agentCfg.WithDefaults()
 	res.StatusInterval, res.KeepAlive, res.Probation = eff.StatusInterval, eff.Fleet.KeepAlive, eff.Probation
+	res.Profile = eff.Link.Profile
+	res.Cycle, res.HeartbeatInWindow = IdleCycle(eff.StatusInterval, eff.Fleet.KeepAlive)
+	res.ReleaseTTL = publisher.DefaultReleaseTTL
 	r.quietFor = min(time.Second, eff.StatusInterval/3)
 
 	// Setup, not measured: v1 installed, then the download connection it
@@ -279,24 +312,18 @@ func runLinkTransport(ctx context.Context, cfg LinkConfig, transport, dir string
 	res.Artifact = int64(len(apsmodels.V2()))
 	r.logf("update: committed %.1fs after approval", res.UpdateTime.Seconds())
 
-	// Idle, in the steady state: from just after a heartbeat, so that every
-	// silence in the window is a whole status interval (the update's last
-	// reports leave an irregular one behind them).
-	if err := r.afterHeartbeat(ctx, eff.StatusInterval); err != nil {
-		return nil, err
-	}
 	st := r.agent.Status()
 	st.LastSeen = time.Now().UTC()
 	doc, _ := json.Marshal(st)
 	res.StatusBytes = len(doc)
+	if pk, ok := r.broker.Server().Topics.Retained.Get(topics.ModelRelease(benchModel)); ok {
+		res.ReleaseBytes = len(pk.Payload)
+	}
 	res.Expected = ExpectedIdle(len(doc), topics.TruckStatus(benchTruck), transport == TransportMTLS,
 		eff.StatusInterval, eff.Fleet.KeepAlive, cfg.TruckTCPKeepAlive, cfg.CloudTCPKeepAlive)
-	r.logf("idle: %s (status every %s, MQTT keepalive %s)", cfg.Idle, eff.StatusInterval, eff.Fleet.KeepAlive)
-	i0 := time.Now()
-	if err := r.sleep(ctx, cfg.Idle, "idle"); err != nil {
+	if err := r.idle(ctx, res); err != nil {
 		return nil, err
 	}
-	res.Idle = LinkPhase{From: i0, To: time.Now()}
 
 	// Reconnects.
 	for k := range cfg.Reconnects {
@@ -384,10 +411,13 @@ func (r *linkRun) start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if r.mqttP, err = netsim.New(b.Addr()); err != nil {
+	// The proxies stand in for the servers on the truck's link, so they
+	// send the TCP keepalive probes the servers would (the capture sees
+	// them): none from the broker, Go's default from the artifact server.
+	if r.mqttP, err = netsim.New(b.Addr(), netsim.KeepAlive(cloudKeepAlive(r.cfg.CloudTCPKeepAlive))); err != nil {
 		return err
 	}
-	if r.httpP, err = netsim.New(artAddr); err != nil {
+	if r.httpP, err = netsim.New(artAddr, netsim.KeepAlive(artifactServerTCPKeepAlive)); err != nil {
 		return err
 	}
 	r.mqttRec, r.httpRec = Record(r.mqttP), Record(r.httpP)
@@ -435,6 +465,7 @@ func (r *linkRun) start(ctx context.Context) error {
 			KeepAlive: r.cfg.KeepAlive, TLS: truckTLS},
 		HTTP: "127.0.0.1:0", LocalBroker: edgeclient.LocalBrokerConfig{Listen: "127.0.0.1:0"},
 		Probation: r.cfg.Probation, StatusInterval: r.cfg.StatusInterval, Logger: log.With("part", "truck"),
+		Link: edgeclient.LinkConfig{Profile: r.cfg.Profile},
 	}
 	if r.agent, err = edgeclient.New(r.agentCfg); err != nil {
 		return err
@@ -522,15 +553,64 @@ func (r *linkRun) quiet(ctx context.Context) error {
 	}
 }
 
-// afterHeartbeat waits for the truck's next report on the MQTT connection
-// (at most a status interval and a minute) and for the quiet after it.
-func (r *linkRun) afterHeartbeat(ctx context.Context, interval time.Duration) error {
-	since := r.mqttRec.Last()
-	r.logf("waiting for a heartbeat, to start the idle window in the steady state")
-	if err := waitUntil(ctx, interval+time.Minute, "a status heartbeat", func() bool { return r.mqttRec.Last().After(since) }); err != nil {
+// idle measures the idle window, in the steady state: it starts just after
+// a burst of traffic (a heartbeat, or a keepalive ping), so that every
+// silence in it is a whole cycle (the update's last reports leave an
+// irregular one behind them).
+func (r *linkRun) idle(ctx context.Context, res *LinkResult) error {
+	what := "a status heartbeat"
+	if !res.HeartbeatInWindow {
+		what = "a keepalive ping"
+	}
+	r.logf("idle: waiting for %s, to start the window in the steady state (status every %s, MQTT keepalive %s)",
+		what, res.StatusInterval, res.KeepAlive)
+	b0, err := r.afterTraffic(ctx, res.Cycle+time.Minute, what)
+	if err != nil {
 		return err
 	}
-	return r.quiet(ctx)
+	i0 := time.Now()
+	switch {
+	case r.cfg.Idle > 0 || res.HeartbeatInWindow:
+		d := r.cfg.Idle
+		if d <= 0 {
+			d = 2 * res.Cycle
+		}
+		r.logf("idle: %s", d)
+		if err := r.sleep(ctx, d, "idle"); err != nil {
+			return err
+		}
+		res.Idle = LinkPhase{From: i0, To: time.Now()}
+		res.IdleSpan = res.Idle.Duration()
+	default:
+		// Two keepalive cycles, burst to burst: paho checks every 5 s, so a
+		// ping comes up to 5 s after the keepalive time.
+		const cycles = 2
+		r.logf("idle: %d keepalive cycles (about %s)", cycles, cycles*res.Cycle)
+		last := b0
+		for k := range cycles {
+			if last, err = r.afterTraffic(ctx, res.Cycle+time.Minute, fmt.Sprintf("keepalive ping %d/%d", k+1, cycles)); err != nil {
+				return err
+			}
+			r.logf("idle: ping %d/%d, %s after the window started", k+1, cycles, time.Since(i0).Round(time.Second))
+		}
+		res.Idle = LinkPhase{From: i0, To: time.Now()}
+		res.IdleSpan, res.Pings = last.Sub(b0), cycles
+	}
+	return nil
+}
+
+// afterTraffic waits (at most limit) for the next burst on the MQTT
+// connection and for the quiet after it, and returns the burst's last
+// event's time.
+func (r *linkRun) afterTraffic(ctx context.Context, limit time.Duration, what string) (time.Time, error) {
+	since := r.mqttRec.Last()
+	if err := waitUntil(ctx, limit, what, func() bool { return r.mqttRec.Last().After(since) }); err != nil {
+		return time.Time{}, err
+	}
+	if err := r.quiet(ctx); err != nil {
+		return time.Time{}, err
+	}
+	return r.mqttRec.Last(), nil
 }
 
 func (r *linkRun) sleep(ctx context.Context, d time.Duration, what string) error {
@@ -661,7 +741,7 @@ func (r *linkRun) measure(res *LinkResult, end time.Time, pkts []Packet) {
 	mqttModel := DefaultWireModel()
 	mqttModel.ClientKeepAlive, mqttModel.ServerKeepAlive = r.cfg.TruckTCPKeepAlive, r.cfg.CloudTCPKeepAlive
 	httpModel := mqttModel
-	httpModel.ClientKeepAlive = downloadTCPKeepAlive
+	httpModel.ClientKeepAlive, httpModel.ServerKeepAlive = 0, artifactServerTCPKeepAlive
 	if t, ok := http.DefaultTransport.(*http.Transport); ok {
 		httpModel.IdleClose = t.IdleConnTimeout
 	}
@@ -687,9 +767,43 @@ func (r *linkRun) measure(res *LinkResult, end time.Time, pkts []Packet) {
 	fill(&res.Alerts)
 }
 
-// IdleRate is the idle truck's bytes per second, estimated.
+// cloudKeepAlive is the proxy setting for a modelled keepalive (0: none).
+func cloudKeepAlive(d time.Duration) time.Duration {
+	if d <= 0 {
+		return -1
+	}
+	return d
+}
+
+// IdleRate is the idle truck's bytes per second, estimated, over the idle
+// window's span.
 func (r LinkResult) IdleRate() float64 {
-	return float64(r.Idle.Wire.Total()) / r.Idle.Duration().Seconds()
+	return float64(r.Idle.Wire.Total()) / r.span().Seconds()
+}
+
+func (r LinkResult) span() time.Duration {
+	if r.IdleSpan > 0 {
+		return r.IdleSpan
+	}
+	return r.Idle.Duration()
+}
+
+// MonthlyDocuments is what an idle month adds to the idle window's rate,
+// in IP bytes, from the measured sizes of the documents and the packet
+// model of [ExpectedIdle]: the heartbeats, when the window holds none,
+// and the release signed again (with the status report its new serial
+// causes) every two thirds of release_ttl.
+func (r LinkResult) MonthlyDocuments() (heartbeats, renewals float64) {
+	tls := r.Transport == TransportMTLS
+	status := documentBytes(r.StatusBytes, topics.TruckStatus(benchTruck), tls)
+	if !r.HeartbeatInWindow && r.StatusInterval > 0 {
+		heartbeats = Month.Seconds() / r.StatusInterval.Seconds() * status
+	}
+	if r.ReleaseTTL > 0 && r.ReleaseBytes > 0 {
+		every := r.ReleaseTTL * 2 / 3
+		renewals = Month.Seconds() / every.Seconds() * (documentBytes(r.ReleaseBytes, topics.ModelRelease(benchModel), tls) + status)
+	}
+	return heartbeats, renewals
 }
 
 // lessIdle is a phase's bytes less the idle traffic its window would have
@@ -722,8 +836,9 @@ func (r LinkResult) CapturedFigures() (Figures, bool) {
 }
 
 func (r LinkResult) figures(total func(LinkPhase) int64) Figures {
-	rate := float64(total(r.Idle)) / r.Idle.Duration().Seconds()
-	f := Figures{IdleMonth: rate * Month.Seconds()}
+	rate := float64(total(r.Idle)) / r.span().Seconds()
+	hb, renew := r.MonthlyDocuments()
+	f := Figures{IdleMonth: rate*Month.Seconds() + hb + renew}
 	f.UpdateBeyond = lessIdle(total(r.Update), rate, r.Update.Duration()) - float64(r.Artifact)
 	var rc []float64
 	for _, p := range r.Reconnects {
@@ -756,9 +871,7 @@ func ExpectedIdle(statusBytes int, topic string, tls bool, statusInterval, keepA
 	if tls {
 		rec = 22
 	}
-	rem := 2 + len(topic) + 2 + statusBytes
-	publish := 1 + varintLen(rem) + rem
-	perStatus := float64((publish + rec + hdr) + (4 + rec + hdr) + hdr)
+	perStatus := documentBytes(statusBytes, topic, tls)
 	pings := 0
 	if keepAlive > 0 && keepAlive < statusInterval {
 		pings = int(math.Ceil(float64(statusInterval)/float64(keepAlive))) - 1
@@ -773,6 +886,20 @@ func ExpectedIdle(statusBytes int, topic string, tls bool, statusInterval, keepA
 	}
 	perGap := float64(probes * 2 * hdr)
 	return (perStatus + float64(pings)*perPing + float64(1+pings)*perGap) / statusInterval.Seconds()
+}
+
+// documentBytes is the IP bytes of one QoS 1 PUBLISH of a document of n
+// bytes on topic: the PUBLISH, its PUBACK and the delayed ACK of that,
+// each in one segment (and one TLS 1.3 record with tls).
+func documentBytes(n int, topic string, tls bool) float64 {
+	const hdr = 52
+	rec := 0
+	if tls {
+		rec = 22
+	}
+	rem := 2 + len(topic) + 2 + n
+	publish := 1 + varintLen(rem) + rem
+	return float64((publish + rec + hdr) + (4 + rec + hdr) + hdr)
 }
 
 func varintLen(n int) int {

@@ -61,3 +61,64 @@ func TestLinkSmoke(t *testing.T) {
 		t.Errorf("Markdown lacks its rows:\n%s", md)
 	}
 }
+
+// TestLinkSmokeKeepaliveCycles runs the idle window the way the cellular
+// profile needs it, with a heartbeat rarer than an hour: two keepalive
+// cycles, burst to burst, and the heartbeats added from the status
+// document's size.
+func TestLinkSmokeKeepaliveCycles(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a broker, a publisher and an agent")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	rep, err := RunLink(ctx, LinkConfig{
+		Transports: []string{TransportTCP}, Reconnects: 1, Alerts: 1, AlertGap: 50 * time.Millisecond,
+		StatusInterval: 2 * time.Hour, KeepAlive: 2 * time.Second, Probation: 500 * time.Millisecond, PublisherPoll: 100 * time.Millisecond,
+		Dir: t.TempDir(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := rep.Results[0]
+	t.Logf("%s", rep.Markdown())
+	if r.HeartbeatInWindow || r.Cycle != 2*time.Second || r.Pings != 2 {
+		t.Fatalf("cycle %s, heartbeat in window %v, pings %d; want 2s, false, 2", r.Cycle, r.HeartbeatInWindow, r.Pings)
+	}
+	// paho checks every keepalive/4 for a keepalive of 10 s or less, so
+	// two cycles are 2 to 2.5 keepalives apart.
+	if r.IdleSpan < 3900*time.Millisecond || r.IdleSpan > 5200*time.Millisecond {
+		t.Errorf("idle span %s, want two keepalive cycles of 2 s", r.IdleSpan)
+	}
+	// Two pings: PINGREQ and PINGRESP are 2 bytes each.
+	if up, down := r.Idle.Wire.Payload[0], r.Idle.Wire.Payload[1]; up != 4 || down != 4 {
+		t.Errorf("idle payload %d up, %d down; want two PINGREQs and two PINGRESPs", up, down)
+	}
+	hb, renew := r.MonthlyDocuments()
+	if want := 360 * documentBytes(r.StatusBytes, "x", false); hb < want || renew <= 0 || r.ReleaseBytes < 500 {
+		t.Errorf("monthly heartbeats %.0f B (want above %.0f: 360 status documents of %d B), renewals %.0f B (release %d B)", hb, want, r.StatusBytes, renew, r.ReleaseBytes)
+	}
+	if f := r.Estimated(); f.IdleMonth < r.IdleRate()*Month.Seconds()+hb+renew-1 {
+		t.Errorf("idle month %.0f B lacks the documents", f.IdleMonth)
+	}
+}
+
+func TestIdleCycle(t *testing.T) {
+	for _, tc := range []struct {
+		status, keepAlive, cycle time.Duration
+		heartbeat                bool
+	}{
+		{30 * time.Second, 30 * time.Second, 30 * time.Second, true},
+		{5 * time.Minute, time.Minute, 5 * time.Minute, true},       // wifi
+		{time.Hour, 10 * time.Minute, time.Hour, true},              // an hour is still waited for
+		{24 * time.Hour, 10 * time.Minute, 10 * time.Minute, false}, // cellular
+		{24 * time.Hour, 20 * time.Minute, 20 * time.Minute, false}, // satellite
+		{24 * time.Hour, 0, 24 * time.Hour, true},                   // no keepalive: only heartbeats
+		{2 * time.Hour, 3 * time.Hour, 2 * time.Hour, true},         // keepalive longer than the heartbeat
+	} {
+		c, hb := IdleCycle(tc.status, tc.keepAlive)
+		if c != tc.cycle || hb != tc.heartbeat {
+			t.Errorf("IdleCycle(%s, %s) = %s, %v; want %s, %v", tc.status, tc.keepAlive, c, hb, tc.cycle, tc.heartbeat)
+		}
+	}
+}

@@ -50,7 +50,11 @@ func (rep *LinkReport) Markdown() string {
 		}
 		b.WriteString("\n")
 	}
-	row(fmt.Sprintf("idle, per 30-day month (from %s)", rep.Config.Idle), func(f Figures, _ LinkResult) string { return fmtMB(f.IdleMonth) })
+	idleFrom := "the idle window"
+	if len(rep.Results) > 0 {
+		idleFrom = fmtWindow(rep.Results[0].span())
+	}
+	row(fmt.Sprintf("idle, per 30-day month (from %s)", idleFrom), func(f Figures, _ LinkResult) string { return fmtMB(f.IdleMonth) })
 	artifact := int64(0)
 	if len(rep.Results) > 0 {
 		artifact = rep.Results[0].Artifact
@@ -66,11 +70,24 @@ func (rep *LinkReport) Markdown() string {
 	// What ran.
 	for _, r := range rep.Results {
 		est := r.Estimated()
-		fmt.Fprintf(&b, "- %s: agent status_interval %s, fleet.keep_alive %s, probation %s. The intervals predict %s/month idle "+
-			"(status document %d B); measured %s. Reconnects ranged %s–%s B. The update took %.1f s from approval to commit.",
-			transportNames[r.Transport], r.StatusInterval, r.KeepAlive, r.Probation, fmtMB(r.Expected*Month.Seconds()), r.StatusBytes,
+		hb, renew := r.MonthlyDocuments()
+		fmt.Fprintf(&b, "- %s: agent link.profile %s, status_interval %s, fleet.keep_alive %s, probation %s; publisher release_ttl %s. The intervals predict %s/month idle "+
+			"(status document %d B, release %d B); measured %s. Reconnects ranged %s–%s B. The update took %.1f s from approval to commit.",
+			transportNames[r.Transport], r.Profile, r.StatusInterval, r.KeepAlive, r.Probation, r.ReleaseTTL, fmtMB(r.Expected*Month.Seconds()+renew), r.StatusBytes, r.ReleaseBytes,
 			fmtMB(est.IdleMonth), fmtInt(est.ReconnectRange[0]), fmtInt(est.ReconnectRange[1]), r.UpdateTime.Seconds())
-		if n := float64(r.Idle.Duration()) / float64(r.StatusInterval); math.Abs(n-math.Round(n)) > 0.02 || n < 0.98 {
+		if r.Pings > 0 {
+			fmt.Fprintf(&b, " The idle window ran from just after a keepalive ping to just after the %d that followed (%s)", r.Pings, fmtWindow(r.span()))
+		} else {
+			fmt.Fprintf(&b, " The idle window was %s", fmtWindow(r.span()))
+		}
+		fmt.Fprintf(&b, "; the monthly figure adds, computed from the documents' sizes, %s of heartbeats", fmtMB(hb))
+		if r.HeartbeatInWindow {
+			b.WriteString(" (none: the window holds them)")
+		} else {
+			fmt.Fprintf(&b, " (one every %s)", r.StatusInterval)
+		}
+		fmt.Fprintf(&b, " and %s of releases signed again (one every %s, each followed by a status report).", fmtMB(renew), r.ReleaseTTL*2/3)
+		if n := float64(r.Idle.Duration()) / float64(r.StatusInterval); r.HeartbeatInWindow && (math.Abs(n-math.Round(n)) > 0.02 || n < 0.98) {
 			fmt.Fprintf(&b, " **The idle window (%.1f status intervals) is not a whole number of status intervals: the monthly figure may be off by a report or a probe.**", n)
 		}
 		if c, ok := r.CapturedFigures(); ok {

@@ -86,13 +86,16 @@ fleet CA and client certificates) it goes through:
   setup       v1 is approved and installed (not measured);
   update      v2 is approved: every byte on the MQTT connection until the truck has
               committed v2 and its link is quiet for 1 s, plus the download connection's
-              whole life, until net/http closes it idle (the idle window normally
-              covers that; otherwise its tail is estimated and marked);
-  idle        the truck connected with nothing to do, for --idle, from just after a
-              status heartbeat (so that the window holds whole status intervals);
+              whole life (the agent closes it when the download ends);
+  idle        the truck connected with nothing to do, over two idle cycles in the
+              steady state: with a status interval of an hour or less, two status
+              intervals from just after a heartbeat; with a longer one (the cellular
+              profile's 24 h), from just after an MQTT keepalive ping to just after the
+              second that follows (about 20 minutes with the default 10 m keepalive).
+              --idle sets a window of its own instead;
   reconnect   the MQTT connection is cut for 1 s, --reconnects times: the bytes from the
               link's return until the truck is connected again and quiet for 1 s
-              (handshakes, CONNECT, SUBSCRIBE, retained release, status);
+              (handshakes, CONNECT, status; a kept session needs no SUBSCRIBE);
   alerts      readings of failing trucks on the truck's local bus until --alerts alerts
               were forwarded, one at a time.
 
@@ -101,19 +104,24 @@ burst the proxy passes is ceil(n/1448) segments with 52 bytes of IPv4 + TCP head
 (timestamps on; 1500-byte MTU); pure ACKs as Linux sends them (every second segment
 at once, a lone one 40 ms later unless data going the other way carries it);
 60-byte SYNs; FINs and resets; and TCP keepalive probes, which a proxy cannot see, from
-each side's keepalive time (Go's default, 15 s; 30 s for the download client) in every
-silence. --tcpdump also captures the truck's side of the link on lo and reports the
+each side's keepalive time in every silence: none on the MQTT connection (the agent and
+the broker turn them off; --tcp-keepalive-* model other settings), Go's default 15 s
+from the artifact server. --tcpdump also captures the truck's side of the link on lo and reports the
 real IP bytes next to the estimate (lo's 64 KiB segments re-cut to 1448-byte ones).
 
 The update, reconnect and alert figures have the idle rate times their window
 subtracted, so that a heartbeat that happened to fall in the window does not count.
-The idle figure is extrapolated to 30 days.
+The idle figure is the window's rate extrapolated to 30 days, plus what the window cannot
+hold, computed from the measured sizes of the documents with the same packet model: the
+heartbeats when they are rarer than the window, and the release the publisher signs again
+every two thirds of its release_ttl (with the status report its new serial causes).
 
 It prints Markdown: the headline table, the settings, and a breakdown per phase.
-Progress goes to stderr. With the defaults it takes about 6 to 7 minutes.`,
+Progress goes to stderr. With the defaults it takes about 25 minutes per transport.`,
 		Example: `  linkedge bench link
   linkedge bench link --tcpdump                    # also capture on lo (root, tcpdump installed)
   linkedge bench link --transport tcp --idle 30s   # a quick look
+  linkedge bench link --profile wifi               # another link profile
   linkedge bench link --status-interval 10m --keep-alive 20m   # try other agent settings`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -136,17 +144,18 @@ Progress goes to stderr. With the defaults it takes about 6 to 7 minutes.`,
 		},
 	}
 	fl := cmd.Flags()
-	fl.DurationVar(&cfg.Idle, "idle", 2*time.Minute, "idle window to measure (a multiple of the status interval is best)")
+	fl.DurationVar(&cfg.Idle, "idle", 0, "idle window to measure (0: two idle cycles, see above)")
 	fl.IntVar(&cfg.Reconnects, "reconnects", 3, "link cuts to measure; the table shows the median")
 	fl.IntVar(&cfg.Alerts, "alerts", 100, "alerts to forward; the table scales them to 1,000")
 	fl.DurationVar(&cfg.AlertGap, "alert-gap", 100*time.Millisecond, "pause after each alert is acknowledged")
 	fl.StringSliceVar(&cfg.Transports, "transport", []string{bench.TransportTCP, bench.TransportMTLS}, "transports to run: tcp, mtls")
 	fl.BoolVar(&cfg.Tcpdump, "tcpdump", false, "also capture the truck's side of the link with tcpdump on lo, and report the real IP bytes")
+	fl.StringVar(&cfg.Profile, "profile", "", "agent link.profile: cellular (the agent's default), wifi or satellite")
 	fl.DurationVar(&cfg.StatusInterval, "status-interval", 0, "agent status_interval (0: the agent's default)")
 	fl.DurationVar(&cfg.KeepAlive, "keep-alive", 0, "agent fleet.keep_alive, the MQTT keepalive (0: the agent's default)")
 	fl.DurationVar(&cfg.Probation, "probation", 0, "agent probation (0: the agent's default); only makes the update faster")
-	fl.DurationVar(&cfg.TruckTCPKeepAlive, "tcp-keepalive-truck", 15*time.Second, "TCP keepalive the estimate assumes on the truck's MQTT connection (Go's default)")
-	fl.DurationVar(&cfg.CloudTCPKeepAlive, "tcp-keepalive-cloud", 15*time.Second, "TCP keepalive the estimate assumes on the broker's and artifact server's side (Go's default)")
+	fl.DurationVar(&cfg.TruckTCPKeepAlive, "tcp-keepalive-truck", 0, "TCP keepalive the estimate assumes on the truck's MQTT connection (0: none, as the agent sets; Go's default would be 15s)")
+	fl.DurationVar(&cfg.CloudTCPKeepAlive, "tcp-keepalive-cloud", 0, "TCP keepalive on the broker's side of the MQTT connection (0: none, as the broker sets; Go's default would be 15s)")
 	fl.StringVar(&cfg.Dir, "dir", "", "folder for the parts' state (default: a temporary folder, removed)")
 	fl.BoolVar(&logs, "logs", false, "show the broker's, publisher's and agent's logs (at --log-level)")
 	return cmd

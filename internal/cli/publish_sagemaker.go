@@ -39,6 +39,7 @@ type sagemakerFlags struct {
 	refresh     time.Duration
 	cacheFile   string
 	container   bool
+	inRelease   bool
 	// publish only: which package to announce, not configuration.
 	arn   string
 	group string
@@ -63,6 +64,7 @@ func (s *sagemakerFlags) register(cmd *cobra.Command, publish bool) {
 	fl.StringSliceVar(&s.groups, "groups", nil, "SageMaker model package groups to watch, comma-separated; each is a model id")
 	fl.StringVar(&s.queueURL, "sqs-queue-url", "", "SQS queue receiving the EventBridge model package events (docs/pipeline-hook.md); polling goes on as the safety net")
 	fl.DurationVar(&s.refresh, "sagemaker-refresh", sagemaker.DefaultRefreshInterval, "read every group from SageMaker at least this often")
+	fl.BoolVar(&s.inRelease, "urls-in-release", false, "put presigned URLs in the releases (for agents older than download grants) instead of answering trucks' grant requests")
 }
 
 // apply lays the flags given on the command line over cfg's registry_kind
@@ -96,6 +98,7 @@ func (s *sagemakerFlags) apply(cmd *cobra.Command, cfg *publisher.Config) {
 	override(cmd, "s3-path-style", &sec.S3PathStyle, s.pathStyle)
 	override(cmd, "artifact-cache", &sec.ArtifactCache, s.cacheFile)
 	override(cmd, "container-runtime", &sec.ContainerRuntime, s.container)
+	override(cmd, "urls-in-release", &sec.URLsInRelease, s.inRelease)
 	cfg.SageMaker = &sec
 }
 

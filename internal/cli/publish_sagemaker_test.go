@@ -298,6 +298,37 @@ func TestSageMakerFlagErrors(t *testing.T) {
 	}
 }
 
+// grantLife asks for a download grant as truck and returns its lifetime.
+func grantLife(t *testing.T, brokerURL, truck, sha string) time.Duration {
+	t.Helper()
+	got := make(chan []byte, 1)
+	c := paho.NewClient(paho.NewClientOptions().AddBroker(brokerURL).SetClientID("grant-" + truck))
+	if tok := c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("connect: %v", tok.Error())
+	}
+	defer c.Disconnect(100)
+	if tok := c.Subscribe(topics.TruckGrant(truck), 1, func(_ paho.Client, m paho.Message) {
+		select {
+		case got <- bytes.Clone(m.Payload()):
+		default:
+		}
+	}); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("subscribe: %v", tok.Error())
+	}
+	c.Publish(topics.TruckGrantRequest(truck), 1, false, `{"model":"aps-failure","sha256":"`+sha+`"}`)
+	select {
+	case b := <-got:
+		var g release.Grant
+		if err := jsonUnmarshal(b, &g); err != nil {
+			t.Fatal(err)
+		}
+		return g.ExpiresAt.Sub(g.IssuedAt)
+	case <-time.After(10 * time.Second):
+		t.Fatal("no grant")
+		return 0
+	}
+}
+
 func retainedRelease(t *testing.T, brokerURL, model string) *release.Release {
 	t.Helper()
 	got := make(chan []byte, 1)
@@ -395,6 +426,7 @@ sagemaker:
   s3_path_style: true
   artifact_cache: /var/cache/linkedge/artifacts.json
   container_runtime: true
+  urls_in_release: true
 `)
 	fromFile := publisher.SageMakerConfig{
 		Groups:           []string{"aps-failure", "engine-temp"},
@@ -406,6 +438,7 @@ sagemaker:
 		S3PathStyle:      true,
 		ArtifactCache:    "/var/cache/linkedge/artifacts.json",
 		ContainerRuntime: true,
+		URLsInRelease:    true,
 	}
 	with := func(edit func(*publisher.SageMakerConfig)) *publisher.SageMakerConfig {
 		s := fromFile
@@ -425,7 +458,7 @@ sagemaker:
 		{name: "file alone", args: []string{"--config", file}, kind: "sagemaker", section: &fromFile},
 		{name: "every flag over the file", args: []string{"--config", file, "--groups", "aps-failure", "--sqs-queue-url", "http://127.0.0.1:1/q",
 			"--sagemaker-refresh", "30s", "--presign-ttl", "2h", "--region", "us-east-1", "--endpoint-url", "http://127.0.0.1:2",
-			"--s3-path-style=false", "--artifact-cache", "c.json", "--container-runtime=false"}, kind: "sagemaker",
+			"--s3-path-style=false", "--artifact-cache", "c.json", "--container-runtime=false", "--urls-in-release=false"}, kind: "sagemaker",
 			section: &publisher.SageMakerConfig{Groups: []string{"aps-failure"}, SQSQueueURL: "http://127.0.0.1:1/q", RefreshInterval: 30 * time.Second,
 				PresignTTL: 2 * time.Hour, Region: "us-east-1", EndpointURL: "http://127.0.0.1:2", ArtifactCache: "c.json"}},
 		{name: "one flag over the file", args: []string{"--config", file, "--presign-ttl", "1h"}, kind: "sagemaker",
@@ -563,10 +596,14 @@ sagemaker:
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	// presign_ttl from the file bounds the document: a 1h URL, less the
-	// safety margin, instead of the 24h default or the 720h release TTL.
-	if life := second.ExpiresAt.Sub(second.IssuedAt); life > time.Hour || life < 30*time.Minute {
-		t.Fatalf("release valid for %s with presign_ttl 1h", life)
+	// The service's release carries no URL that expires: it lives the
+	// release TTL, and trucks ask for grants. presign_ttl from the file
+	// bounds the grant: a 1h URL, less the safety margin.
+	if life := second.ExpiresAt.Sub(second.IssuedAt); !second.Stable.Artifact.Grant || life != publisher.DefaultReleaseTTL {
+		t.Fatalf("release valid for %s, grant %v; want the release TTL and a grant", life, second.Stable.Artifact.Grant)
+	}
+	if life := grantLife(t, brokerURL, "truck-1", second.Stable.Artifact.SHA256); life > time.Hour || life < 30*time.Minute {
+		t.Fatalf("grant valid for %s with presign_ttl 1h", life)
 	}
 
 	// The one-shot reads the same file; --presign-ttl overrides it.

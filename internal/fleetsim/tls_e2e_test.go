@@ -6,6 +6,7 @@ import (
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/linkedge/linkedge/inference/apsmodels"
 	"github.com/linkedge/linkedge/internal/tlsconfig"
@@ -47,6 +48,23 @@ func TestPullSyncOverMutualTLS(t *testing.T) {
 		}
 	}
 
+	// A reconnect resumes the TLS session from a ticket instead of a full
+	// handshake (the bytes: docs/benchmarks.md, "Link economy").
+	tr := f.Trucks[0]
+	reg := tr.Agent.Registry()
+	full0 := handshakes(t, reg, "false")
+	tr.Link.Cut()
+	if err := WaitFor(ctx, "truck offline", func() bool { return !tr.Agent.Status().Online }); err != nil {
+		t.Fatal(err)
+	}
+	tr.Link.Restore()
+	if err := WaitFor(ctx, "truck online again", func() bool { return tr.Agent.Status().Online }); err != nil {
+		t.Fatal(err)
+	}
+	if full, resumed := handshakes(t, reg, "false"), handshakes(t, reg, "true"); full != full0 || resumed < 1 {
+		t.Fatalf("after a reconnect: %v full handshakes (was %v), %v resumed; want a resumed one", full, full0, resumed)
+	}
+
 	// Trusting the broker is not enough: without a certificate, no session.
 	cfg, err := tlsconfig.Client{CAFile: ca.File}.Build()
 	if err != nil {
@@ -58,4 +76,27 @@ func TestPullSyncOverMutualTLS(t *testing.T) {
 		c.Disconnect(0)
 		t.Fatal("a client without a certificate connected to the fleet broker")
 	}
+}
+
+// handshakes reads linkedge_agent_fleet_tls_handshakes_total{resumed}.
+func handshakes(t *testing.T, reg *prometheus.Registry, resumed string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "linkedge_agent_fleet_tls_handshakes_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "resumed" && l.GetValue() == resumed {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	t.Fatalf("no linkedge_agent_fleet_tls_handshakes_total{resumed=%q}", resumed)
+	return 0
 }

@@ -50,11 +50,26 @@ type Proxy struct {
 // dialTimeout bounds connecting to the target; Close aborts it sooner.
 const dialTimeout = 10 * time.Second
 
+// Option configures a [Proxy].
+type Option func(*options)
+
+type options struct{ keepAlive time.Duration }
+
+// KeepAlive sets the TCP keepalive of the connections the proxy accepts, so
+// that the client's side of the link sees the probes the real server would
+// send: -1 turns them off (as the LinkEdge broker does), 0 is Go's default
+// (15 s).
+func KeepAlive(d time.Duration) Option { return func(o *options) { o.keepAlive = d } }
+
 // New starts a proxy to target (host:port) on a free loopback port. The
 // target is dialled anew for every accepted connection, so it need not be
 // up yet.
-func New(target string) (*Proxy, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+func New(target string, opts ...Option) (*Proxy, error) {
+	var o options
+	for _, f := range opts {
+		f(&o)
+	}
+	ln, err := (&net.ListenConfig{KeepAlive: o.keepAlive}).Listen(context.Background(), "tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, fmt.Errorf("netsim: listen: %w", err)
 	}

@@ -83,6 +83,13 @@ type Artifact struct {
 	Size int64 `json:"size"`
 	// MediaType must be [MediaTypeBundle].
 	MediaType string `json:"media_type"`
+	// Grant, when true, says URL names where the artifact lives but does
+	// not download it by itself (a private S3 object): the truck asks the
+	// publisher for a [Grant], a signed download URL bound to the truck and
+	// this digest, when it needs the bytes. A presigned URL then never has
+	// to be in the document, which stays the same for as long as the
+	// release does instead of being signed again before each URL expires.
+	Grant bool `json:"grant,omitempty"`
 }
 
 // Runtime says how the truck runs the target.

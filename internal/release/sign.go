@@ -22,16 +22,27 @@ func Sign(r *Release, key ed25519.PrivateKey) ([]byte, error) {
 	}
 	unsigned := *r
 	unsigned.Signature = nil
-	raw, err := json.Marshal(&unsigned)
+	doc, sig, err := signDocument(&unsigned, key)
 	if err != nil {
-		return nil, wrap(ErrInvalid, "encode: %v", err)
+		return nil, err
+	}
+	r.Signature = sig
+	return doc, nil
+}
+
+// signDocument signs the JSON form of v (which has no signature member)
+// and returns the canonical document with its signature.
+func signDocument(v any, key ed25519.PrivateKey) ([]byte, *Signature, error) {
+	raw, err := json.Marshal(v)
+	if err != nil {
+		return nil, nil, wrap(ErrInvalid, "encode: %v", err)
 	}
 	// Go through the same parser a truck uses, so a document that could not
 	// be canonicalized (a string with invalid UTF-8, say) fails here rather
 	// than on every truck.
 	obj, err := parseDocument(raw)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	pub := key.Public().(ed25519.PublicKey)
 	sig := &Signature{
@@ -44,6 +55,5 @@ func Sign(r *Release, key ed25519.PrivateKey) ([]byte, error) {
 		"algorithm": sig.Algorithm,
 		"value":     sig.Value,
 	}
-	r.Signature = sig
-	return appendCanonical(nil, obj), nil
+	return appendCanonical(nil, obj), sig, nil
 }

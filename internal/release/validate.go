@@ -5,6 +5,7 @@ import (
 	"net/url"
 	"regexp"
 	"strings"
+	"time"
 
 	"github.com/linkedge/linkedge/internal/topics"
 )
@@ -33,14 +34,7 @@ func (r *Release) Validate() error {
 	if r.Serial < 1 {
 		p.add("serial", "is %d, want 1 or more", r.Serial)
 	}
-	switch {
-	case r.IssuedAt.IsZero():
-		p.add("issued_at", "is missing")
-	case r.ExpiresAt.IsZero():
-		p.add("expires_at", "is missing")
-	case !r.ExpiresAt.After(r.IssuedAt):
-		p.add("expires_at", "(%s) is not after issued_at (%s)", r.ExpiresAt.Format(timeFormat), r.IssuedAt.Format(timeFormat))
-	}
+	p.window(r.IssuedAt, r.ExpiresAt)
 	p.target("stable", &r.Stable)
 	if c := r.Canary; c != nil {
 		p.target("canary", &c.Target)
@@ -70,6 +64,22 @@ func (p problems) err() error {
 		return nil
 	}
 	return wrap(ErrInvalid, "%s", strings.Join(p, "; "))
+}
+
+// window checks issued_at and expires_at: both set, in that order. It
+// reports whether they are.
+func (p *problems) window(issued, expires time.Time) bool {
+	switch {
+	case issued.IsZero():
+		p.add("issued_at", "is missing")
+	case expires.IsZero():
+		p.add("expires_at", "is missing")
+	case !expires.After(issued):
+		p.add("expires_at", "(%s) is not after issued_at (%s)", expires.Format(timeFormat), issued.Format(timeFormat))
+	default:
+		return true
+	}
+	return false
 }
 
 func (p *problems) target(path string, t *Target) {

@@ -73,6 +73,22 @@ func (v *Verifier) verify(data []byte) (*Release, error) {
 	if len(data) > MaxSize {
 		return nil, wrap(ErrTooLarge, "%d bytes, limit %d; a release document is normally under 2 KiB, so check what is publishing on the release topic", len(data), MaxSize)
 	}
+	r, err := decodeSigned[Release](v, data, Schema)
+	if err != nil {
+		return nil, err
+	}
+	if err := r.Validate(); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// decodeSigned checks a signed document of type T: canonical parse, the
+// signature against a pinned key, then (the content being the
+// publisher's from here on) the schema and a strict decoding, with
+// unknown or differently cased members refused. T's content rules are the
+// caller's to check.
+func decodeSigned[T any](v *Verifier, data []byte, schema string) (*T, error) {
 	obj, err := parseDocument(data)
 	if err != nil {
 		return nil, err
@@ -80,24 +96,19 @@ func (v *Verifier) verify(data []byte) (*Release, error) {
 	if err := v.checkSignature(obj); err != nil {
 		return nil, err
 	}
-
-	// From here on the content is the publisher's.
-	if s, _ := obj["schema"].(string); s != Schema {
-		return nil, wrap(ErrInvalid, "schema is %q, this agent understands %q; upgrade the agent (or the publisher) so they agree", truncate(s), Schema)
+	if s, _ := obj["schema"].(string); s != schema {
+		return nil, wrap(ErrInvalid, "schema is %q, this agent understands %q; upgrade the agent (or the publisher) so they agree", truncate(s), schema)
 	}
-	if err := checkFields(obj, reflect.TypeFor[Release](), ""); err != nil {
+	if err := checkFields(obj, reflect.TypeFor[T](), ""); err != nil {
 		return nil, err
 	}
-	var r Release
+	var doc T
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
-	if err := dec.Decode(&r); err != nil {
-		return nil, wrap(ErrMalformed, "does not match schema %s: %v; check that publisher and agent versions agree", Schema, err)
+	if err := dec.Decode(&doc); err != nil {
+		return nil, wrap(ErrMalformed, "does not match schema %s: %v; check that publisher and agent versions agree", schema, err)
 	}
-	if err := r.Validate(); err != nil {
-		return nil, err
-	}
-	return &r, nil
+	return &doc, nil
 }
 
 // checkSignature verifies obj's signature member against the pinned keys.
@@ -248,8 +259,23 @@ func joinPath(path, k string) string {
 	return path + "." + k
 }
 
-// checkTime applies the validity window with the skew allowance.
-func (v *Verifier) checkTime(r *Release) error {
+// checkWindow applies a validity window with the skew allowance to the
+// document named what.
+func (v *Verifier) checkWindow(what string, issued, expires time.Time) error {
+	now, skew := v.clock()
+	if now.Add(skew).Before(issued) {
+		return wrap(ErrNotYetValid, "%s issued at %s but the truck clock says %s (allowance %s); check the truck's clock (NTP)",
+			what, issued.Format(timeFormat), now.Format(timeFormat), skew)
+	}
+	if !now.Add(-skew).Before(expires) {
+		return wrap(ErrExpired, "%s expired at %s, truck clock says %s (allowance %s); ask for a new one, and check the truck's clock",
+			what, expires.Format(timeFormat), now.Format(timeFormat), skew)
+	}
+	return nil
+}
+
+// clock is the verifier's time and skew allowance.
+func (v *Verifier) clock() (time.Time, time.Duration) {
 	now := time.Now()
 	if v.Now != nil {
 		now = v.Now()
@@ -261,6 +287,12 @@ func (v *Verifier) checkTime(r *Release) error {
 	case skew < 0:
 		skew = 0
 	}
+	return now, skew
+}
+
+// checkTime applies the validity window with the skew allowance.
+func (v *Verifier) checkTime(r *Release) error {
+	now, skew := v.clock()
 	if now.Add(skew).Before(r.IssuedAt) {
 		return wrap(ErrNotYetValid, "model %s serial %d issued at %s but the truck clock says %s (allowance %s); check the truck's clock (NTP)",
 			r.Model, r.Serial, r.IssuedAt.Format(timeFormat), now.Format(timeFormat), skew)

@@ -86,4 +86,31 @@ const (
 	PredictionsRetain      = false
 )
 
+// TruckGrantRequest is where a truck asks the publisher for a download
+// grant (release.GrantRequest) for an artifact whose release says "grant":
+// not retained (a question, not state), QoS 1 so that a request made just
+// before a drop still arrives.
+//
+//	linkedge/v1/trucks/{truck}/grant-request
+func TruckGrantRequest(truck string) string { return truckTopic(truck, "grant-request") }
+
+// AllTruckGrantRequests is the publisher's subscription to every truck's
+// [TruckGrantRequest].
+//
+//	linkedge/v1/trucks/+/grant-request
+func AllTruckGrantRequests() string { return TruckGrantRequest(Wildcard) }
+
+// TruckGrant is where the publisher answers a truck's grant request with a
+// signed release.Grant bound to that truck: not retained (a grant is a
+// short-lived capability, not state), QoS 1.
+//
+//	linkedge/v1/trucks/{truck}/grant
+func TruckGrant(truck string) string { return truckTopic(truck, "grant") }
+
+// QoS and retain flag for [TruckGrantRequest] and [TruckGrant].
+const (
+	GrantQoS    byte = 1
+	GrantRetain      = false
+)
+
 func truckTopic(truck, leaf string) string { return Prefix + "/trucks/" + truck + "/" + leaf }

@@ -22,6 +22,11 @@ func ParseTruckEvents(topic string) (truck string, ok bool) {
 	return oneID(topic, "trucks", "events")
 }
 
+// ParseTruckGrantRequest returns the truck of a [TruckGrantRequest] topic.
+func ParseTruckGrantRequest(topic string) (truck string, ok bool) {
+	return oneID(topic, "trucks", "grant-request")
+}
+
 // ParseTruckPredictions returns the truck and model of a [TruckPredictions]
 // topic.
 func ParseTruckPredictions(topic string) (truck, model string, ok bool) {

@@ -74,6 +74,9 @@ func TestParseRoundTrip(t *testing.T) {
 		if got, ok := ParseTruckEvents(TruckEvents(id)); !ok || got != id {
 			t.Errorf("ParseTruckEvents(TruckEvents(%q)) = %q, %v", id, got, ok)
 		}
+		if got, ok := ParseTruckGrantRequest(TruckGrantRequest(id)); !ok || got != id {
+			t.Errorf("ParseTruckGrantRequest(TruckGrantRequest(%q)) = %q, %v", id, got, ok)
+		}
 		for _, model := range ids {
 			truck, m, ok := ParseTruckPredictions(TruckPredictions(id, model))
 			if !ok || truck != id || m != model {
@@ -106,6 +109,9 @@ func TestParseRejects(t *testing.T) {
 		"linkedge/v1/trucks/t/desired",
 		"linkedge/v1/trucks/+/events",
 		"linkedge/v1/trucks/t/events/x",
+		"linkedge/v1/trucks/+/grant-request",
+		"linkedge/v1/trucks/t/grant",
+		"linkedge/v1/trucks/t/grant-request/x",
 		"linkedge/v1/local/m/predictions",
 		"Linkedge/v1/models/a/release",
 	}
@@ -119,6 +125,9 @@ func TestParseRejects(t *testing.T) {
 		if tr, ok := ParseTruckEvents(topic); ok {
 			t.Errorf("ParseTruckEvents(%q) accepted %q", topic, tr)
 		}
+		if tr, ok := ParseTruckGrantRequest(topic); ok {
+			t.Errorf("ParseTruckGrantRequest(%q) accepted %q", topic, tr)
+		}
 		if tr, m, ok := ParseTruckPredictions(topic); ok {
 			t.Errorf("ParseTruckPredictions(%q) accepted %q, %q", topic, tr, m)
 		}
@@ -130,7 +139,7 @@ func TestParseRejects(t *testing.T) {
 func FuzzParsers(f *testing.F) {
 	for _, s := range []string{
 		ModelRelease("aps-failure"), AllModelReleases(), TruckStatus("t1"), AllTruckStatus(),
-		TruckPredictions("t1", "m1"), TruckEvents("t1"), LocalReadings("m"),
+		TruckPredictions("t1", "m1"), TruckEvents("t1"), TruckGrantRequest("t1"), LocalReadings("m"),
 		"linkedge/v1/models//release", "linkedge/v1/trucks/a/predictions/b/c", "", "/", "linkedge/v1/",
 	} {
 		f.Add(s)
@@ -143,6 +152,9 @@ func FuzzParsers(f *testing.F) {
 		}
 		if truck, ok := ParseTruckEvents(topic); ok && TruckEvents(truck) != topic {
 			t.Fatalf("ParseTruckEvents(%q) = %q does not round-trip", topic, truck)
+		}
+		if truck, ok := ParseTruckGrantRequest(topic); ok && (ValidID(truck) != nil || TruckGrantRequest(truck) != topic) {
+			t.Fatalf("ParseTruckGrantRequest(%q) = %q does not round-trip", topic, truck)
 		}
 		if truck, ok := ParseTruckStatus(topic); ok {
 			if ValidID(truck) != nil || TruckStatus(truck) != topic {

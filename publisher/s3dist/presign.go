@@ -3,6 +3,7 @@ package s3dist
 import (
 	"context"
 	"fmt"
+	"net/url"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -133,3 +134,37 @@ func (p *Presigner) now() time.Time {
 }
 
 var _ publisher.Distributor = (*Presigner)(nil)
+
+// StableURL implements publisher.GrantDistributor: the object's URL on the
+// configured endpoint without the signature, so the same for as long as the
+// object (and its version id, which it keeps) is. It does not download the
+// object from a private bucket by itself; trucks ask for a grant.
+func (p *Presigner) StableURL(ctx context.Context, v publisher.Version) (string, error) {
+	if err := p.Check(); err != nil {
+		return "", err
+	}
+	loc, err := ParseURL(v.Artifact.Location)
+	if err != nil {
+		return "", err
+	}
+	in := &s3.GetObjectInput{Bucket: &loc.Bucket, Key: &loc.Key}
+	if loc.VersionID != "" {
+		in.VersionId = &loc.VersionID
+	}
+	req, err := p.Client.PresignGetObject(ctx, in, s3.WithPresignExpires(p.ttl()))
+	if err != nil {
+		return "", fmt.Errorf("locate %s: %w", loc, err)
+	}
+	u, err := url.Parse(req.URL)
+	if err != nil {
+		return "", fmt.Errorf("locate %s: %w", loc, err)
+	}
+	q := url.Values{}
+	if loc.VersionID != "" {
+		q.Set("versionId", loc.VersionID)
+	}
+	u.RawQuery = q.Encode()
+	return u.String(), nil
+}
+
+var _ publisher.GrantDistributor = (*Presigner)(nil)

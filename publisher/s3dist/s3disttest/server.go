@@ -11,7 +11,9 @@
 // X-Amz-Expires has passed (403 AccessDenied "Request has expired"), and
 // recomputes the signature with the server's one secret key, refusing any
 // mismatch (403 SignatureDoesNotMatch). Requests signed in the
-// Authorization header (the SDK's own calls) pass through unchecked.
+// Authorization header (the SDK's own calls) pass through unchecked, and
+// requests signed neither way get 403 AccessDenied, as from a private
+// bucket.
 package s3disttest
 
 import (
@@ -147,11 +149,17 @@ func Config() aws.Config {
 
 func (s *Server) middleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Query().Get("X-Amz-Algorithm") != "" {
+		switch {
+		case r.URL.Query().Get("X-Amz-Algorithm") != "":
 			if code, status, msg := s.checkPresigned(r); code != "" {
 				writeError(w, status, code, msg)
 				return
 			}
+		case r.Header.Get("Authorization") == "":
+			// The buckets are private, as LinkEdge's are on S3: a
+			// request that is signed neither way is refused.
+			writeError(w, http.StatusForbidden, "AccessDenied", "Access Denied")
+			return
 		}
 		if f := s.fault(r); f != nil {
 			writeError(w, f.Status, f.Code, "injected fault")
