@@ -21,9 +21,13 @@ const (
 //	role       write                                          read
 //	publisher  linkedge/v1/models/#, linkedge/v1/trucks/+/desired,  everything
 //	           linkedge/v1/trucks/+/grant
-//	truck      linkedge/v1/trucks/{id}/#                      linkedge/v1/models/#, linkedge/v1/trucks/{id}/desired,
-//	                                                          linkedge/v1/trucks/{id}/grant
+//	truck      linkedge/v1/trucks/{id}/status, …/{id}/events,  linkedge/v1/models/#, linkedge/v1/trucks/{id}/desired,
+//	           …/{id}/predictions/+, …/{id}/grant-request      linkedge/v1/trucks/{id}/grant
 //	operator   nothing                                        linkedge/v1/#
+//
+// A truck writes only what an agent sends: not its own desired or grant
+// topics (only the publisher's signed documents belong there), and a
+// retained message only on its status (see authHook.OnPublish).
 func aclAllows(u User, topic string, write bool) bool {
 	if write && strings.HasPrefix(topic, "$") {
 		// $share/... is a subscription syntax, not a topic to publish to,
@@ -39,7 +43,11 @@ func aclAllows(u User, topic string, write bool) bool {
 	case RoleTruck:
 		own := topicTrucks + u.Username
 		if write {
-			return within(topic, own+"/#")
+			switch topic {
+			case own + "/status", own + "/events", own + "/grant-request":
+				return true
+			}
+			return within(topic, own+"/predictions/+")
 		}
 		return within(topic, topicModels) || within(topic, own+"/desired") || within(topic, own+"/grant")
 	case RoleOperator:

@@ -3,6 +3,7 @@ package broker
 import (
 	"bytes"
 	"log/slog"
+	"strings"
 	"sync/atomic"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -29,6 +30,8 @@ type authHook struct {
 
 	authFailures atomic.Int64
 	aclDenied    [2]atomic.Int64 // indexed by aclIndex(write)
+	// retainDropped counts trucks' retained publishes off their status.
+	retainDropped atomic.Int64
 }
 
 func newAuthHook(users map[string]User, clients *mqtt.Clients, log *slog.Logger) *authHook {
@@ -48,8 +51,12 @@ func (h *authHook) ID() string { return "linkedge-auth" }
 
 // Provides implements mqtt.Hook.
 func (h *authHook) Provides(b byte) bool {
-	return b == mqtt.OnConnectAuthenticate || b == mqtt.OnACLCheck
+	return b == mqtt.OnConnectAuthenticate || b == mqtt.OnACLCheck || b == mqtt.OnPublish
 }
+
+// truckClientPrefix is how the agent names its fleet session:
+// linkedge-truck-{truck}. Such ids are reserved for that truck's user.
+const truckClientPrefix = "linkedge-truck-"
 
 // OnConnectAuthenticate implements mqtt.Hook.
 func (h *authHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
@@ -75,6 +82,15 @@ func (h *authHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) boo
 	// truck could otherwise plant a retained "model release" as its will.
 	if pk.Connect.WillFlag && !aclAllows(u, pk.Connect.WillTopic, true) {
 		return h.refuse(cl, "last will topic not permitted")
+	}
+	// A truck's session id is its own: no other user may create it first
+	// (and lock the truck out, since a session belongs to its creator),
+	// and a truck may not use another id.
+	switch {
+	case u.Role == RoleTruck && cl.ID != truckClientPrefix+name:
+		return h.refuse(cl, "a truck's client id must be "+truckClientPrefix+"{username}")
+	case u.Role != RoleTruck && strings.HasPrefix(cl.ID, truckClientPrefix):
+		return h.refuse(cl, "client ids "+truckClientPrefix+"* belong to the trucks of those names")
 	}
 	// A client id names a session, and taking a session over inherits its
 	// subscriptions and queued messages. Only the user who created a session
@@ -107,6 +123,24 @@ func (h *authHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	h.aclDenied[aclIndex(write)].Add(1)
 	h.log.Debug("mqtt acl denied", "client", cl.ID, "username", string(cl.Properties.Username), "topic", topic, "write", write)
 	return false
+}
+
+// OnPublish implements mqtt.Hook: a truck may retain a message on its
+// status topic only, so one truck login cannot fill the broker's retained
+// store (the ACL already keeps it to its own few topics). Elsewhere the
+// retain flag is dropped: the message is delivered, and acknowledged, as
+// if sent without it.
+func (h *authHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if h.users == nil || !pk.FixedHeader.Retain || cl.ID == mqtt.InlineClientId {
+		return pk, nil
+	}
+	u, ok := h.users[string(cl.Properties.Username)]
+	if ok && u.Role == RoleTruck && pk.TopicName != topicTrucks+u.Username+"/status" {
+		h.retainDropped.Add(1)
+		h.log.Debug("mqtt retain flag dropped", "client", cl.ID, "username", u.Username, "topic", pk.TopicName)
+		pk.FixedHeader.Retain = false
+	}
+	return pk, nil
 }
 
 func aclIndex(write bool) int {

@@ -2,6 +2,7 @@ package broker
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -29,9 +30,12 @@ func TestAuthentication(t *testing.T) {
 		wantOK                           bool
 	}{
 		{"publisher", "fleet", "fleet-pw", "", "", true},
-		{"truck", "t1", "t1-pw", "", "", true},
+		{"truck", "t1", "t1-pw", "linkedge-truck-t1", "", true},
 		{"operator", "ops", "ops-pw", "", "", true},
-		{"truck with will on its own status", "t1", "t1-pw", "", "linkedge/v1/trucks/t1/status", true},
+		{"truck with will on its own status", "t1", "t1-pw", "linkedge-truck-t1", "linkedge/v1/trucks/t1/status", true},
+		{"truck under another client id", "t1", "t1-pw", "t1", "", false},
+		{"truck under another truck's client id", "t1", "t1-pw", "linkedge-truck-t2", "", false},
+		{"operator under a truck's client id", "ops", "ops-pw", "linkedge-truck-t3", "", false},
 		{"wrong password", "t1", "t2-pw", "", "", false},
 		{"unknown user", "nobody", "t1-pw", "", "", false},
 		{"anonymous", "", "", "", "", false},
@@ -57,15 +61,19 @@ func TestAuthentication(t *testing.T) {
 			}
 		})
 	}
-	if got := b.auth.authFailures.Load(); got != 6 {
-		t.Errorf("auth failures = %d, want 6", got)
+	if got := b.auth.authFailures.Load(); got != 9 {
+		t.Errorf("auth failures = %d, want 9", got)
 	}
 }
 
 func TestACL(t *testing.T) {
 	b := authBroker(t)
 	login := func(user string) *paho.ClientOptions {
-		return clientOpts(b.Addr()).SetUsername(user).SetPassword(user + "-pw")
+		o := clientOpts(b.Addr()).SetUsername(user).SetPassword(user + "-pw")
+		if strings.HasPrefix(user, "t") {
+			o.SetClientID("linkedge-truck-" + user)
+		}
+		return o
 	}
 
 	// The publisher reads everything, so it sees what gets through.
@@ -77,15 +85,18 @@ func TestACL(t *testing.T) {
 	// Refused QoS 0 publishes are dropped silently; a later allowed message
 	// from the same client proves the refused ones were not forwarded.
 	for _, topic := range []string{
-		"linkedge/v1/trucks/t2/state",
+		"linkedge/v1/trucks/t2/status",
 		"linkedge/v1/models/detector",
-		"linkedge/v1/trucks/t1x/state",
+		"linkedge/v1/trucks/t1x/status",
+		"linkedge/v1/trucks/t1/desired",
+		"linkedge/v1/trucks/t1/grant",
+		"linkedge/v1/trucks/t1/anything",
 	} {
 		publish(t, t1, topic, 0, false, "forbidden")
 	}
-	publish(t, t1, "linkedge/v1/trucks/t1/state", 1, false, "allowed")
-	if m := watch.next(t); m.Topic() != "linkedge/v1/trucks/t1/state" {
-		t.Errorf("publisher saw %s %q first, want t1's own state", m.Topic(), m.Payload())
+	publish(t, t1, "linkedge/v1/trucks/t1/status", 1, false, "allowed")
+	if m := watch.next(t); m.Topic() != "linkedge/v1/trucks/t1/status" {
+		t.Errorf("publisher saw %s %q first, want t1's own status", m.Topic(), m.Payload())
 	}
 
 	// A refused QoS 1 publish from an MQTT 3.1.1 client closes its
@@ -144,16 +155,16 @@ func TestACL(t *testing.T) {
 // kick off) another user's persistent session by reusing its client id.
 func TestSessionOwnedByUser(t *testing.T) {
 	b := authBroker(t)
-	o := clientOpts(b.Addr()).SetClientID("t1").SetCleanSession(false).SetUsername("t1").SetPassword("t1-pw")
-	t1 := connect(t, o)
-	subscribe(t, t1, "linkedge/v1/trucks/t1/desired", 1, newInbox())
-	t1.Disconnect(100)
+	o := clientOpts(b.Addr()).SetClientID("shared").SetCleanSession(false).SetUsername("fleet").SetPassword("fleet-pw")
+	fleet := connect(t, o)
+	subscribe(t, fleet, "linkedge/v1/trucks/t1/status", 1, newInbox())
+	fleet.Disconnect(100)
 
-	thief := clientOpts(b.Addr()).SetClientID("t1").SetCleanSession(false).SetUsername("t2").SetPassword("t2-pw")
+	thief := clientOpts(b.Addr()).SetClientID("shared").SetCleanSession(false).SetUsername("ops").SetPassword("ops-pw")
 	if _, err := tryConnect(t, thief); err == nil {
-		t.Error("t2 resumed t1's session")
+		t.Error("ops resumed fleet's session")
 	}
-	if _, err := tryConnect(t, clientOpts(b.Addr()).SetClientID("t1").SetCleanSession(false).SetUsername("t1").SetPassword("t1-pw")); err != nil {
+	if _, err := tryConnect(t, clientOpts(b.Addr()).SetClientID("shared").SetCleanSession(false).SetUsername("fleet").SetPassword("fleet-pw")); err != nil {
 		t.Errorf("owner refused: %v", err)
 	}
 }
@@ -257,4 +268,42 @@ func FuzzParseUsers(f *testing.F) {
 			}
 		}
 	})
+}
+
+// A5: one truck login cannot fill the broker. It may retain a message on
+// its status topic only, and a packet above max_packet_size cuts it off
+// before the broker reads it.
+func TestTruckCannotFillTheBroker(t *testing.T) {
+	b := authBroker(t)
+	truck := func() paho.Client {
+		return connect(t, clientOpts(b.Addr()).SetClientID("linkedge-truck-t1").SetUsername("t1").SetPassword("t1-pw"))
+	}
+	t1 := truck()
+	for i := range 50 {
+		publish(t, t1, fmt.Sprintf("linkedge/v1/trucks/t1/predictions/m%d", i), 1, true, "flood")
+	}
+	publish(t, t1, "linkedge/v1/trucks/t1/events", 1, true, "flood")
+	publish(t, t1, "linkedge/v1/trucks/t1/status", 1, true, "online")
+	var kept []string
+	for topic := range b.Server().Topics.Retained.GetAll() {
+		if !strings.HasPrefix(topic, "$SYS/") {
+			kept = append(kept, topic)
+		}
+	}
+	if len(kept) != 1 || kept[0] != "linkedge/v1/trucks/t1/status" {
+		t.Fatalf("retained after a truck's flood: %q; want its status alone", kept)
+	}
+
+	big := make([]byte, DefaultMaxPacketSize+1)
+	t1.Publish("linkedge/v1/trucks/t1/events", 0, false, big).WaitTimeout(time.Second)
+	deadline := time.Now().Add(waitFor)
+	for t1.IsConnectionOpen() && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if t1.IsConnectionOpen() {
+		t.Fatal("a truck sending a packet above max_packet_size is still connected")
+	}
+	// The broker goes on; a packet just under the limit passes.
+	t1 = truck()
+	publish(t, t1, "linkedge/v1/trucks/t1/events", 1, false, string(big[:DefaultMaxPacketSize-100]))
 }

@@ -106,6 +106,8 @@ func New(cfg Config) (*Broker, error) {
 	// and mochi's default (no limit) would keep sessions of retired trucks
 	// forever.
 	caps.MaximumSessionExpiryInterval = uint32(cfg.expirySeconds())
+	// Read before the packet is: a 50 MB publish costs nothing but the cut.
+	caps.MaximumPacketSize = uint32(cfg.MaxPacketSize)
 	srv := mqtt.New(&mqtt.Options{
 		Capabilities: caps,
 		InlineClient: true, // the truck agent publishes and subscribes in-process

@@ -32,6 +32,15 @@ const (
 	// unless something is stuck; the bound is what keeps a stuck client or
 	// hook from hanging the process that embeds the broker.
 	DefaultCloseTimeout = 5 * time.Second
+
+	// DefaultMaxPacketSize bounds one MQTT packet. LinkEdge's largest are
+	// batches of forwarded predictions (100 of them, about 30 KB) and
+	// release documents (a few KB); a client that sends more is cut off
+	// before the broker reads it into memory.
+	DefaultMaxPacketSize = 256 << 10
+
+	// minMaxPacketSize keeps max_packet_size above LinkEdge's own documents.
+	minMaxPacketSize = 16 << 10
 )
 
 // Config configures one Broker. The zero value is usable: it listens on
@@ -76,6 +85,11 @@ type Config struct {
 	// access to every topic.
 	UsersFile string `yaml:"users_file" json:"users_file"`
 
+	// MaxPacketSize is the largest MQTT packet accepted, in bytes: a
+	// client that sends a larger one is disconnected before the packet is
+	// read. Default 256 KiB (DefaultMaxPacketSize); at least 16 KiB.
+	MaxPacketSize int `yaml:"max_packet_size" json:"max_packet_size"`
+
 	// CloseTimeout bounds how long Close takes, whatever the clients and
 	// mochi do: clients that stop reading get their DISCONNECT cut off,
 	// connections still open are closed, and past the timeout Close gives
@@ -107,6 +121,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.CloseTimeout == 0 {
 		c.CloseTimeout = DefaultCloseTimeout
+	}
+	if c.MaxPacketSize == 0 {
+		c.MaxPacketSize = DefaultMaxPacketSize
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -141,6 +158,9 @@ func (c *Config) Validate() error {
 	}
 	if cc.CloseTimeout < 0 {
 		errs = append(errs, fmt.Errorf("close_timeout: %s is negative; leave it out for the %s default", cc.CloseTimeout, DefaultCloseTimeout))
+	}
+	if cc.MaxPacketSize < minMaxPacketSize || cc.MaxPacketSize > math.MaxInt32 {
+		errs = append(errs, fmt.Errorf("max_packet_size: %d bytes is outside %d to %d; leave it out for %d", cc.MaxPacketSize, minMaxPacketSize, math.MaxInt32, DefaultMaxPacketSize))
 	}
 	if (cc.TLSCert == "") != (cc.TLSKey == "") {
 		errs = append(errs, errors.New("tls_cert and tls_key must be set together"))

@@ -45,6 +45,8 @@ func TestConfigValidate(t *testing.T) {
 		{"cert without key", Config{TLSCert: "c.pem"}, "tls_cert and tls_key"},
 		{"short close timeout", Config{CloseTimeout: time.Millisecond}, ""},
 		{"negative close timeout", Config{CloseTimeout: -time.Second}, "close_timeout"},
+		{"packet size too small", Config{MaxPacketSize: 1000}, "max_packet_size"},
+		{"negative packet size", Config{MaxPacketSize: -1}, "max_packet_size"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -61,7 +61,8 @@ func newCollector(b *Broker) *collector {
 	add("packets_sent_total", "MQTT packets sent.", counter, info(func(i *sysInfo) int64 { return i.PacketsSent }))
 	add("bytes_received_total", "Bytes received from MQTT clients.", counter, info(func(i *sysInfo) int64 { return i.BytesReceived }))
 	add("bytes_sent_total", "Bytes sent to MQTT clients.", counter, info(func(i *sysInfo) int64 { return i.BytesSent }))
-	add("auth_failures_total", "Connections refused: bad credentials or a session owned by another user.", counter, func(c *collector) float64 { return float64(c.b.auth.authFailures.Load()) })
+	add("auth_failures_total", "Connections refused: bad credentials, a session owned by another user, or a truck's client id taken by someone else.", counter, func(c *collector) float64 { return float64(c.b.auth.authFailures.Load()) })
+	add("retain_dropped_total", "Retained publishes of trucks off their own status topic, delivered without the retain flag.", counter, func(c *collector) float64 { return float64(c.b.auth.retainDropped.Load()) })
 	return c
 }
 

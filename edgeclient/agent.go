@@ -193,13 +193,21 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 	// The last accepted documents, checked again (an expired one is
 	// dropped: the broker will have a newer one).
 	if doc := a.store.Document(update.ReleaseDocument); doc != nil {
-		if r, err := a.verifier.Verify(doc); err == nil && r.Model == a.cfg.Model {
+		if r, err := a.verifier.Verify(doc); err == nil && r.Model == a.cfg.Model && r.CheckAudience(a.cfg.Truck, false) == nil {
 			a.fleetRel, a.fleetDoc = r, doc
 		}
 	}
 	if doc := a.store.Document(update.PinDocument); doc != nil {
-		if r, err := a.verifier.Verify(doc); err == nil && r.Model == a.cfg.Model {
+		r, err := a.verifier.Verify(doc)
+		if err == nil && r.Model == a.cfg.Model {
+			err = r.CheckAudience(a.cfg.Truck, true)
+		}
+		if err == nil && !r.Clear {
 			a.pinRel, a.pinDoc = r, doc
+		} else if err != nil {
+			// A pin kept by an agent from before pins named their truck,
+			// among others: the publisher pins again if it still wants to.
+			a.log.Warn("boot: dropping the kept pin; following the model's release", "err", err)
 		}
 	}
 	serving, err := a.machine.Boot(ctx)

@@ -175,23 +175,22 @@ func (a *Agent) onFleetMessage(_ paho.Client, m paho.Message) {
 	}
 	pin := m.Topic() == topics.TruckDesired(a.cfg.Truck)
 	if pin && len(m.Payload()) == 0 {
+		// Anyone with write access to the topic could send one; only a
+		// signed clearing pin clears a pin.
 		a.mu.Lock()
 		had := a.pinRel != nil
-		a.pinRel, a.pinDoc = nil, nil
 		a.mu.Unlock()
-		if err := a.store.SetDocument(update.PinDocument, nil); err != nil {
-			a.log.Error("cannot forget the pin on disk", "err", err)
+		if had {
+			a.refuse(0, errors.New("an empty message on the pin topic clears nothing: clearing a pin takes a signed document (linkedge pin --clear)"))
 		}
-		if !had {
-			return
-		}
-		a.log.Info("per-truck pin cleared")
-		a.kick()
 		return
 	}
 	r, err := a.verifier.Verify(m.Payload())
 	if err == nil && r.Model != a.cfg.Model {
 		err = errors.New("release is for model " + r.Model + ", this truck runs " + a.cfg.Model)
+	}
+	if err == nil {
+		err = r.CheckAudience(a.cfg.Truck, pin)
 	}
 	if err != nil {
 		a.refuse(0, err)
@@ -217,11 +216,14 @@ func (a *Agent) onFleetMessage(_ paho.Client, m paho.Message) {
 		} else {
 			fs.LastSerial = r.Serial
 		}
-		doc := update.ReleaseDocument
+		doc, payload := update.ReleaseDocument, m.Payload()
 		if pin {
 			doc = update.PinDocument
+			if r.Clear {
+				payload = nil // the pin file goes; the serial stays
+			}
 		}
-		if err := a.store.SetDocument(doc, m.Payload()); err != nil {
+		if err := a.store.SetDocument(doc, payload); err != nil {
 			a.log.Error("cannot record the release; ignoring it until it can", "err", err)
 			return
 		}
@@ -236,13 +238,24 @@ func (a *Agent) onFleetMessage(_ paho.Client, m paho.Message) {
 	a.mu.Lock()
 	fs.Subscribed = a.fleetState.Subscribed // recorded meanwhile by subscribe
 	a.fleetState = fs
-	if pin {
+	had := a.pinRel != nil
+	switch {
+	case pin && r.Clear:
+		a.pinRel, a.pinDoc = nil, nil
+	case pin:
 		a.pinRel, a.pinDoc = r, m.Payload()
-	} else {
+	default:
 		a.fleetRel, a.fleetDoc = r, m.Payload()
 	}
 	a.st.Serial = max(a.st.Serial, r.Serial)
 	a.mu.Unlock()
+	if pin && r.Clear {
+		if newer && had {
+			a.log.Info("per-truck pin cleared", "serial", r.Serial)
+			a.kick()
+		}
+		return
+	}
 	if newer {
 		t, canary := r.TargetFor(a.cfg.Truck, a.cfg.Groups)
 		a.log.Info("release accepted", "serial", r.Serial, "version", t.Version, "canary", canary, "pin", pin)

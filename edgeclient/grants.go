@@ -43,7 +43,7 @@ type grants struct {
 	wait    time.Duration // for an answer; grantWait
 
 	mu      sync.Mutex
-	kept    map[string]*release.Grant   // by artifact sha256
+	kept    map[string]*release.Grant  // by artifact sha256
 	waiting map[string][]chan struct{} // closed when a grant for the sha256 arrives
 }
 

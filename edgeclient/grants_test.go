@@ -40,10 +40,14 @@ func TestGrants(t *testing.T) {
 		want    string // the URL, or "" for an error
 		class   update.Class
 	}{
-		{name: "signed for this truck", answer: func([]byte) []byte { return sign(priv, "truck-1", grantSHA, "https://bucket.example/aps?sig=1", time.Hour) },
+		{name: "signed for this truck", answer: func([]byte) []byte {
+			return sign(priv, "truck-1", grantSHA, "https://bucket.example/aps?sig=1", time.Hour)
+		},
 			want: "https://bucket.example/aps?sig=1"},
 		{name: "forged", answer: func([]byte) []byte { return sign(forger, "truck-1", grantSHA, "http://127.0.0.1:22/", time.Hour) }, class: update.Transient},
-		{name: "another truck's", answer: func([]byte) []byte { return sign(priv, "truck-2", grantSHA, "https://bucket.example/aps?sig=2", time.Hour) }, class: update.Transient},
+		{name: "another truck's", answer: func([]byte) []byte {
+			return sign(priv, "truck-2", grantSHA, "https://bucket.example/aps?sig=2", time.Hour)
+		}, class: update.Transient},
 		{name: "another artifact", answer: func([]byte) []byte {
 			return sign(priv, "truck-1", strings.Repeat("1", 64), "https://bucket.example/x?sig=3", time.Hour)
 		}, class: update.Transient},

@@ -73,6 +73,9 @@ type Plan struct {
 	Canary  *Version
 	Percent int
 	Groups  []string
+	// Truck makes the document a pin for that one truck (see [Pin]); only
+	// with Stable alone.
+	Truck string
 	// Rollout is recorded in the state file with the announcement, in the
 	// same write: the staged rollout the document belongs to (running, or
 	// halted with the canary withdrawn), or nil when none.
@@ -256,6 +259,7 @@ func (a *Announcer) sign(ctx context.Context, pl Plan, last int64, now time.Time
 		IssuedAt:  issued,
 		ExpiresAt: expires,
 		Stable:    stable,
+		Truck:     pl.Truck,
 	}
 	if c := pl.Canary; c != nil {
 		t, cExpires, err := a.target(ctx, *c)

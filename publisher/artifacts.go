@@ -91,6 +91,7 @@ func NewArtifactServer(reg *localreg.Registry, listen, baseURL string, gatherer 
 	s.srv = &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       10 * time.Second, // GET and HEAD only: no body to wait for
 		IdleTimeout:       2 * time.Minute,
 		// No WriteTimeout: a large artifact over a slow cellular link may
 		// take long, and Range requests let a truck resume anyway.
@@ -179,8 +180,17 @@ func (s *ArtifactServer) serveArtifact(w http.ResponseWriter, r *http.Request) {
 	// The bytes behind a version never change (the registry refuses to
 	// replace a version), so caches may keep them.
 	h.Set("Cache-Control", "public, max-age=86400, immutable")
+	if rg := r.Header.Get("Range"); strings.Count(rg, ",") >= maxRanges {
+		// A truck resumes with one range. Thousands of tiny ones would
+		// make the answer many times the file (multipart headers for
+		// each); a server may ignore Range, so the whole file it is.
+		r.Header.Del("Range")
+	}
 	http.ServeContent(w, r, localreg.ArtifactFile, st.ModTime(), f)
 }
+
+// maxRanges is the most byte ranges one request may ask for.
+const maxRanges = 4
 
 // allowGet answers 405 unless r is a GET or HEAD.
 func allowGet(w http.ResponseWriter, r *http.Request) bool {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"fmt"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -51,7 +52,7 @@ func Pin(ctx context.Context, cfg Config, truck, model string, version int64) (*
 		return nil, err
 	}
 	a := &Announcer{Key: key, Distributor: dist, TTL: cfg.ReleaseTTL, Logger: cfg.Logger, metrics: m}
-	rel, doc, err := a.sign(ctx, Plan{Stable: *v}, 0, a.now())
+	rel, doc, err := a.sign(ctx, Plan{Stable: *v, Truck: truck}, 0, a.now())
 	if err != nil {
 		return nil, err
 	}
@@ -62,17 +63,39 @@ func Pin(ctx context.Context, cfg Config, truck, model string, version int64) (*
 	return rel, nil
 }
 
-// Unpin clears a truck's pin (an empty retained message), so it follows the
-// model's release again. It returns once the broker acknowledged it.
-func Unpin(ctx context.Context, cfg Config, truck string) error {
+// Unpin clears a truck's pin of model, so it follows the model's release
+// again: a signed clearing pin (no targets, "clear": true) bound to the
+// truck, retained in place of the pin. Clearing takes a signature for the
+// same reason pinning does: no one else with access to the broker may hand
+// a truck back. It returns once the broker acknowledged it.
+func Unpin(ctx context.Context, cfg Config, truck, model string) (*release.Release, error) {
 	if err := topics.ValidID(truck); err != nil {
-		return fmt.Errorf("%w: truck: %w", ErrInvalidConfig, err)
+		return nil, fmt.Errorf("%w: truck: %w", ErrInvalidConfig, err)
+	}
+	if err := topics.ValidID(model); err != nil {
+		return nil, fmt.Errorf("%w: model: %w", ErrInvalidConfig, err)
 	}
 	cfg.setDefaults()
-	if err := sendOnce(ctx, &cfg, topics.TruckDesired(truck), nil); err != nil {
-		return fmt.Errorf("unpin %s: %w", truck, err)
+	if cfg.KeyFile == "" {
+		return nil, fmt.Errorf("%w: key_file: required (clearing a pin is signed like the pin)", ErrInvalidConfig)
 	}
-	return nil
+	key, err := release.ReadPrivateKeyFile(cfg.KeyFile)
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now()
+	issued := now.UTC().Truncate(time.Millisecond)
+	rel := &release.Release{Schema: release.Schema, Model: model, Serial: nextSerial(0, now), IssuedAt: issued,
+		ExpiresAt: issued.Add(cfg.ReleaseTTL), Truck: truck, Clear: true}
+	doc, err := release.Sign(rel, key)
+	if err != nil {
+		return nil, err
+	}
+	if err := sendOnce(ctx, &cfg, topics.TruckDesired(truck), doc); err != nil {
+		return nil, fmt.Errorf("unpin %s: %w", truck, err)
+	}
+	cfg.Logger.Info("cleared the pin of truck", "truck", truck, "model", model, "serial", rel.Serial)
+	return rel, nil
 }
 
 // oncePrepare defaults and checks cfg for a one-shot command and returns

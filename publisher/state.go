@@ -228,7 +228,7 @@ func (f *StateFile) Load() (*State, error) {
 }
 
 func (f *StateFile) save(s *State) error {
-	if err := atomicfile.WriteJSON(f.path, s, 0o644); err != nil {
+	if err := atomicfile.WriteJSON(f.path, s, 0o600); err != nil {
 		return fmt.Errorf("publisher: write state: %w", err)
 	}
 	return nil

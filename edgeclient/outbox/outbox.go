@@ -109,7 +109,7 @@ func Open(dir string, max int) (*Queue, error) {
 			}
 		}
 	}
-	if q.log, err = os.OpenFile(q.logPath(q.gen), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644); err != nil {
+	if q.log, err = os.OpenFile(q.logPath(q.gen), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600); err != nil {
 		return nil, fmt.Errorf("outbox: %w", err)
 	}
 	return q, nil
@@ -246,7 +246,7 @@ func (q *Queue) advance(n int64) error {
 	if q.done >= compactAfter && q.done > int64(len(q.pending)) {
 		return q.compact()
 	}
-	return atomicfile.WriteJSON(q.cursorPath(), cursor{Generation: q.gen, Delivered: q.done}, 0o644)
+	return atomicfile.WriteJSON(q.cursorPath(), cursor{Generation: q.gen, Delivered: q.done}, 0o600)
 }
 
 func (q *Queue) compact() error {
@@ -256,14 +256,14 @@ func (q *Queue) compact() error {
 		buf.WriteByte('\n')
 	}
 	next := q.gen + 1
-	if err := atomicfile.WriteFile(q.logPath(next), buf.Bytes(), 0o644); err != nil {
+	if err := atomicfile.WriteFile(q.logPath(next), buf.Bytes(), 0o600); err != nil {
 		return fmt.Errorf("outbox: compact: %w", err)
 	}
-	if err := atomicfile.WriteJSON(q.cursorPath(), cursor{Generation: next}, 0o644); err != nil {
+	if err := atomicfile.WriteJSON(q.cursorPath(), cursor{Generation: next}, 0o600); err != nil {
 		os.Remove(q.logPath(next))
 		return fmt.Errorf("outbox: compact: %w", err)
 	}
-	f, err := os.OpenFile(q.logPath(next), os.O_WRONLY|os.O_APPEND, 0o644)
+	f, err := os.OpenFile(q.logPath(next), os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return fmt.Errorf("outbox: compact: %w", err)
 	}

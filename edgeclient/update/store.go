@@ -99,7 +99,7 @@ func (s *Store) write(name string, v any) error {
 			return fmt.Errorf("write %s: %w", name, err)
 		}
 	}
-	if err := atomicfile.WriteJSON(filepath.Join(s.dir, name), v, 0o644); err != nil {
+	if err := atomicfile.WriteJSON(filepath.Join(s.dir, name), v, 0o600); err != nil {
 		return fmt.Errorf("write %s: %w", name, err)
 	}
 	return nil
@@ -240,7 +240,7 @@ func (s *Store) SetRelease(sha string, doc []byte, committed time.Time) error {
 		}
 		doc = k.Document
 	}
-	return atomicfile.WriteJSON(s.releasePath(sha), keptRelease{Document: doc, CommittedAt: committed}, 0o644)
+	return atomicfile.WriteJSON(s.releasePath(sha), keptRelease{Document: doc, CommittedAt: committed}, 0o600)
 }
 
 // keptRelease is <sha>.release.json.
@@ -410,7 +410,7 @@ func (s *Store) SetDocument(name string, data []byte) error {
 		}
 		return nil
 	}
-	return atomicfile.WriteFile(p, data, 0o644)
+	return atomicfile.WriteFile(p, data, 0o600)
 }
 
 // Document returns a stored document, or nil.

@@ -46,6 +46,11 @@ type Config struct {
 	MaxBodyBytes int64 `json:"max_body_bytes" yaml:"max_body_bytes"`
 	// MaxRows bounds the rows of one request. Default 10,000.
 	MaxRows int `json:"max_rows" yaml:"max_rows"`
+	// ReadTimeout bounds reading one request, body included. Default 30 s:
+	// a body (at most MaxBodyBytes) from an application on the truck
+	// arrives in well under that, and a client trickling a byte a second
+	// would otherwise hold a connection for as long as it liked.
+	ReadTimeout time.Duration `json:"read_timeout" yaml:"read_timeout"`
 	// ShutdownTimeout bounds how long Shutdown waits for requests in flight.
 	// Default 30 s (SageMaker sends SIGKILL 30 s after SIGTERM).
 	ShutdownTimeout time.Duration `json:"shutdown_timeout" yaml:"shutdown_timeout"`
@@ -65,6 +70,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.ShutdownTimeout <= 0 {
 		c.ShutdownTimeout = 30 * time.Second
+	}
+	if c.ReadTimeout <= 0 {
+		c.ReadTimeout = 30 * time.Second
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -126,7 +134,7 @@ func (s *Server) Start() error {
 		return fmt.Errorf("listen on %s: %w", s.cfg.Addr, err)
 	}
 	s.ln = ln
-	s.hs = &http.Server{Handler: s.mux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
+	s.hs = &http.Server{Handler: s.mux, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: s.cfg.ReadTimeout, IdleTimeout: 2 * time.Minute,
 		ErrorLog: slog.NewLogLogger(s.cfg.Logger.Handler(), slog.LevelWarn)}
 	s.done = make(chan struct{})
 	go func() {

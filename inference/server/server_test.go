@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -453,4 +454,43 @@ func BenchmarkInvocationsHandler(b *testing.B) {
 			}
 		}
 	})
+}
+
+// A11: a client trickling its body is cut off after ReadTimeout instead of
+// holding the connection as long as it likes.
+func TestSlowBodyIsCutOff(t *testing.T) {
+	slot := &inference.Slot{}
+	srv := server.New(server.Config{Addr: "127.0.0.1:0", ReadTimeout: time.Second}, slot, nil)
+	slot.Swap(engine(t, apsmodels.V1(), nil), 0)
+	defer slot.Close()
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Shutdown(context.Background()) })
+	c, err := net.Dial("tcp", srv.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Fprintf(c, "POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: text/csv\r\nContent-Length: 100000\r\n\r\n")
+	start := time.Now()
+	closed := make(chan struct{})
+	go func() {
+		defer close(closed)
+		io.Copy(io.Discard, c) // returns once the server closes the connection
+	}()
+	for {
+		select {
+		case <-closed:
+			if d := time.Since(start); d > 5*time.Second {
+				t.Fatalf("cut off after %s, want about the 1 s read timeout", d)
+			}
+			return
+		case <-time.After(200 * time.Millisecond):
+		}
+		if time.Since(start) > 10*time.Second {
+			t.Fatal("a body trickling a byte every 200 ms is still being read after 10 s")
+		}
+		c.Write([]byte("n"))
+	}
 }

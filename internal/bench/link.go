@@ -189,6 +189,9 @@ type LinkResult struct {
 	// signed again (at two thirds of its life).
 	ReleaseBytes int
 	ReleaseTTL   time.Duration
+	// FullHandshakes and Resumed are the agent's TLS handshakes with the
+	// fleet broker over the whole run (mutual TLS only).
+	FullHandshakes, Resumed int
 	// Dropped is what the kernel dropped from the capture.
 	Dropped int
 }
@@ -340,6 +343,8 @@ func runLinkTransport(ctx context.Context, cfg LinkConfig, transport, dir string
 		return nil, err
 	}
 	res.AlertCount = cfg.Alerts
+	res.FullHandshakes = int(agentCounter(r.agent, "linkedge_agent_fleet_tls_handshakes_total", "resumed", "false"))
+	res.Resumed = int(agentCounter(r.agent, "linkedge_agent_fleet_tls_handshakes_total", "resumed", "true"))
 
 	// The estimate and the capture.
 	end := time.Now()
@@ -562,6 +567,20 @@ func (r *linkRun) idle(ctx context.Context, res *LinkResult) error {
 	if !res.HeartbeatInWindow {
 		what = "a keepalive ping"
 	}
+	if r.cfg.Idle > 0 {
+		// A window of the caller's: from now, whatever it holds.
+		if err := r.quiet(ctx); err != nil {
+			return err
+		}
+		i0 := time.Now()
+		r.logf("idle: %s (status every %s, MQTT keepalive %s)", r.cfg.Idle, res.StatusInterval, res.KeepAlive)
+		if err := r.sleep(ctx, r.cfg.Idle, "idle"); err != nil {
+			return err
+		}
+		res.Idle = LinkPhase{From: i0, To: time.Now()}
+		res.IdleSpan = res.Idle.Duration()
+		return nil
+	}
 	r.logf("idle: waiting for %s, to start the window in the steady state (status every %s, MQTT keepalive %s)",
 		what, res.StatusInterval, res.KeepAlive)
 	b0, err := r.afterTraffic(ctx, res.Cycle+time.Minute, what)
@@ -570,11 +589,8 @@ func (r *linkRun) idle(ctx context.Context, res *LinkResult) error {
 	}
 	i0 := time.Now()
 	switch {
-	case r.cfg.Idle > 0 || res.HeartbeatInWindow:
-		d := r.cfg.Idle
-		if d <= 0 {
-			d = 2 * res.Cycle
-		}
+	case res.HeartbeatInWindow:
+		d := 2 * res.Cycle
 		r.logf("idle: %s", d)
 		if err := r.sleep(ctx, d, "idle"); err != nil {
 			return err
@@ -718,6 +734,28 @@ func alertRows() [][]byte {
 		out = append(out, b)
 	}
 	return out
+}
+
+// agentCounter reads one of the agent's counters, by the value of one
+// label.
+func agentCounter(a *edgeclient.Agent, name, label, value string) float64 {
+	mfs, err := a.Registry().Gather()
+	if err != nil {
+		return 0
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == label && l.GetValue() == value {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return 0
 }
 
 // forwarded reads the agent's linkedge_agent_forwarded_total.

@@ -90,6 +90,9 @@ func (rep *LinkReport) Markdown() string {
 		if n := float64(r.Idle.Duration()) / float64(r.StatusInterval); r.HeartbeatInWindow && (math.Abs(n-math.Round(n)) > 0.02 || n < 0.98) {
 			fmt.Fprintf(&b, " **The idle window (%.1f status intervals) is not a whole number of status intervals: the monthly figure may be off by a report or a probe.**", n)
 		}
+		if r.Transport == TransportMTLS {
+			fmt.Fprintf(&b, " TLS handshakes over the run: %d full, %d resumed from a session ticket.", r.FullHandshakes, r.Resumed)
+		}
 		if c, ok := r.CapturedFigures(); ok {
 			fmt.Fprintf(&b, " Captured reconnects ranged %s–%s B.", fmtInt(c.ReconnectRange[0]), fmtInt(c.ReconnectRange[1]))
 			if r.Dropped > 0 {

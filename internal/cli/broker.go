@@ -43,9 +43,11 @@ to the fleet. It is built for trucks that are offline for weeks:
   - with --data, retained messages, persistent sessions (clean-session=false),
     their subscriptions and their queued QoS 1/2 messages survive a restart;
   - with --users, clients must log in, and each user's role limits its topics:
-      publisher  publishes linkedge/v1/models/# and linkedge/v1/trucks/+/desired, reads all
-      truck      publishes linkedge/v1/trucks/{id}/#, reads linkedge/v1/models/# and
-                 linkedge/v1/trucks/{id}/desired (username = truck id)
+      publisher  publishes linkedge/v1/models/#, linkedge/v1/trucks/+/desired and
+                 linkedge/v1/trucks/+/grant, reads all
+      truck      publishes its status, events, predictions/+ and grant-request under
+                 linkedge/v1/trucks/{id}/, reads linkedge/v1/models/# and its desired and
+                 grant topics (username = truck id, client id linkedge-truck-{id})
       operator   reads linkedge/v1/#
     Without --users anyone may connect, and a warning is logged unless the broker
     only listens on loopback.

@@ -21,12 +21,14 @@ func newPinCmd() *cobra.Command {
 		timeout time.Duration
 	)
 	cmd := &cobra.Command{
-		Use:   "pin --truck T (--model M --version N | --clear)",
+		Use:   "pin --truck T --model M (--version N | --clear)",
 		Short: "Pin one truck to an approved model version, or clear its pin",
 		Long: `Pin publishes a signed per-truck pin, retained on linkedge/v1/trucks/{truck}/desired. While
 it is set, that truck runs the pinned version whatever the model's release says: hold a
 truck back on a known version, or try an approved version on a test truck first. --clear
-removes the pin, and the truck follows the model's release again.
+replaces the pin with a signed clearing document, and the truck follows the model's
+release again. Both documents name their truck: no other truck accepts them, and no
+other signed document (a model release) is accepted as a pin.
 
 The pin is signed with the publisher's key and names the artifact like a release does
 (same registry, key and artifact URL flags as "linkedge publish"). It is valid for --ttl
@@ -34,7 +36,7 @@ The pin is signed with the publisher's key and names the artifact like a release
 Exits 0 once the broker acknowledged.`,
 		Example: `  linkedge pin --truck truck-7 --model aps-failure --version 1 --broker tcp://127.0.0.1:1883 \
       --registry ./registry --key publisher.key
-  linkedge pin --truck truck-7 --clear --broker tcp://127.0.0.1:1883`,
+  linkedge pin --truck truck-7 --model aps-failure --clear --broker tcp://127.0.0.1:1883 --key publisher.key`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cfg, err := f.publisherConfig(cmd)
@@ -44,10 +46,14 @@ Exits 0 once the broker acknowledged.`,
 			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
 			defer cancel()
 			if clear {
-				if err := publisher.Unpin(ctx, cfg, truck); err != nil {
+				if model == "" {
+					return errors.New("--model is required with --clear (the clearing document is signed for one truck and model)")
+				}
+				r, err := publisher.Unpin(ctx, cfg, truck, model)
+				if err != nil {
 					return err
 				}
-				fmt.Fprintf(cmd.OutOrStdout(), "cleared the pin of %s\n", truck)
+				fmt.Fprintf(cmd.OutOrStdout(), "cleared the pin of %s: serial %d\n", truck, r.Serial)
 				return nil
 			}
 			if model == "" || version == 0 {

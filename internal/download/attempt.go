@@ -244,6 +244,9 @@ func (fe *fetcher) ioErr(attemptCtx context.Context, err error) error {
 	if errors.As(err, &ue) {
 		ue.URL = fe.safeURL // the original carries the presigned query
 	}
+	if errors.Is(err, ErrRedirect) {
+		return err // a policy refusal: asking again gets the same answer
+	}
 	return transient(err)
 }
 

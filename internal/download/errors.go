@@ -27,6 +27,9 @@ var (
 	ErrStalled = errors.New("stalled: no data received")
 	// ErrBusy: another Fetch in this process is writing the same dst.
 	ErrBusy = errors.New("another download to the same file is in progress")
+	// ErrRedirect: the server redirected the download somewhere it may not
+	// go (the truck's own networks), or too many times.
+	ErrRedirect = errors.New("redirect refused")
 )
 
 // HTTPStatusError reports a response status Fetch cannot use. It matches

@@ -1,11 +1,14 @@
 package download
 
 import (
+	"context"
 	"crypto/tls"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
+	"strings"
 	"sync"
 	"time"
 )
@@ -108,5 +111,53 @@ func NewClient(proxy *url.URL, tlsCfg *tls.Config) *http.Client {
 	// An HTTP/2 connection that went silent would otherwise be reused by
 	// the next attempt and stall again; pings detect it.
 	t.HTTP2 = &http.HTTP2Config{SendPingTimeout: 30 * time.Second, PingTimeout: 15 * time.Second}
-	return &http.Client{Transport: t}
+	return &http.Client{Transport: t, CheckRedirect: checkRedirect}
+}
+
+// maxRedirects is more than a CDN or a presigning front needs (net/http
+// allows 10).
+const maxRedirects = 5
+
+// checkRedirect refuses a redirect from a public host into the truck's own
+// networks (loopback, private, link-local addresses): the artifact host is
+// not trusted, and the truck's downloader must not become its way to the
+// truck's local services. A URL that starts on such an address (a depot
+// mirror the operator signed) may redirect within them. The check resolves
+// the name once; a name that resolves differently at the dial a moment
+// later is not caught.
+func checkRedirect(req *http.Request, via []*http.Request) error {
+	if len(via) >= maxRedirects {
+		return fmt.Errorf("%w: more than %d redirects", ErrRedirect, maxRedirects)
+	}
+	from, to := via[0].URL.Hostname(), req.URL.Hostname()
+	if internalHost(req.Context(), to) && !internalHost(req.Context(), from) {
+		return fmt.Errorf("%w: %s sent the download to %s, an address in the truck's own networks", ErrRedirect, from, to)
+	}
+	return nil
+}
+
+// internalHost reports whether host is, or resolves to, a loopback,
+// private, link-local or unspecified address. A name that does not resolve
+// counts as internal: it cannot be checked.
+func internalHost(ctx context.Context, host string) bool {
+	if host == "localhost" || strings.HasSuffix(host, ".localhost") {
+		return true
+	}
+	ips := []net.IP{net.ParseIP(host)}
+	if ips[0] == nil {
+		addrs, err := net.DefaultResolver.LookupIPAddr(ctx, host)
+		if err != nil || len(addrs) == 0 {
+			return true
+		}
+		ips = ips[:0]
+		for _, a := range addrs {
+			ips = append(ips, a.IP)
+		}
+	}
+	for _, ip := range ips {
+		if ip.IsLoopback() || ip.IsPrivate() || ip.IsLinkLocalUnicast() || ip.IsLinkLocalMulticast() || ip.IsUnspecified() {
+			return true
+		}
+	}
+	return false
 }

@@ -95,6 +95,9 @@ func TestStagedRollout(t *testing.T) {
 	if !strings.Contains(st.Rollout.HaltReason, early.ID) || st.Announced.Canary != nil || st.Announced.Version != 2 {
 		t.Fatalf("after the halt: rollout %+v, announced %+v", st.Rollout, st.Announced)
 	}
+	// The metric counts once the halt is in the state file, a moment
+	// after it.
+	wait("the halt counted", func() bool { return haltedMetric(t, f) >= 1 })
 	if n := haltedMetric(t, f); n != 1 {
 		t.Fatalf("linkedge_publisher_rollouts_halted_total = %v, want 1", n)
 	}

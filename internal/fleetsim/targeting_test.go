@@ -86,7 +86,7 @@ func TestPinAndCanary(t *testing.T) {
 		t.Fatalf("pinned truck after a restart and a new fleet release: %+v", st)
 	}
 	// Clear the pin: truck 2 follows the fleet release again.
-	if err := publisher.Unpin(ctx, pcfg, t2.ID); err != nil {
+	if _, err := publisher.Unpin(ctx, pcfg, t2.ID, "aps-failure"); err != nil {
 		t.Fatal(err)
 	}
 	if err := WaitVersion(ctx, 2, t2); err != nil {

@@ -42,9 +42,20 @@ type Release struct {
 	IssuedAt  time.Time `json:"issued_at"`
 	ExpiresAt time.Time `json:"expires_at"`
 	// Stable is what every truck runs unless it is selected for Canary.
-	Stable Target `json:"stable"`
-	// Canary, when set, is tried by a subset of the fleet first.
+	// A clearing pin (Clear) has none.
+	Stable Target `json:"stable,omitzero"`
+	// Canary, when set, is tried by a subset of the fleet first. A pin has
+	// none.
 	Canary *Canary `json:"canary,omitempty"`
+	// Truck is set on a pin (the document retained on one truck's desired
+	// topic) and on nothing else: it names the one truck the pin is for, so
+	// that no other signed document (a model release, another truck's pin)
+	// replayed on that topic can move the truck. See [Release.CheckAudience].
+	Truck string `json:"truck,omitempty"`
+	// Clear, on a pin, hands the truck back to the model's release. A
+	// clearing pin has no targets; clearing takes a signed document, so
+	// that no one but the publisher can clear an operator's pin.
+	Clear bool `json:"clear,omitempty"`
 	// Signature is filled by [Sign] and checked by [Verifier.Verify]. It is
 	// not covered by itself: the signed bytes are the canonical form of
 	// every other member.

@@ -35,6 +35,23 @@ func (r *Release) Validate() error {
 		p.add("serial", "is %d, want 1 or more", r.Serial)
 	}
 	p.window(r.IssuedAt, r.ExpiresAt)
+	if r.Truck != "" {
+		if err := topics.ValidID(r.Truck); err != nil {
+			p.add("truck", "%v", err)
+		}
+		if r.Canary != nil {
+			p.add("canary", "is set on a pin (a document with truck); a pin names one target, stable")
+		}
+	}
+	if r.Clear {
+		if r.Truck == "" {
+			p.add("clear", "is set on a document without truck; only a pin can be cleared")
+		}
+		if r.Stable != (Target{}) || r.Canary != nil {
+			p.add("stable", "is set on a clearing pin; clear has no targets")
+		}
+		return p.err()
+	}
 	p.target("stable", &r.Stable)
 	if c := r.Canary; c != nil {
 		p.target("canary", &c.Target)
@@ -138,4 +155,21 @@ func checkURL(s string) string {
 		return "embeds credentials (user:password@); use a presigned URL or truck-side credentials"
 	}
 	return ""
+}
+
+// CheckAudience checks that a verified document fits the topic it came on:
+// on a model's release topic (pin false) a model release, which names no
+// truck; on a truck's desired topic (pin true) a pin naming that truck.
+// Without it a signed document replayed on another topic (an old model
+// release as a pin, another truck's pin) would move a truck.
+func (r *Release) CheckAudience(truck string, pin bool) error {
+	switch {
+	case pin && r.Truck == "":
+		return wrap(ErrInvalid, "a model release (serial %d) arrived as a pin for %s; pins name their truck, so this is a replay: ignore it", r.Serial, truck)
+	case pin && r.Truck != truck:
+		return wrap(ErrInvalid, "the pin (serial %d) is for truck %q, this is %q; ignore it", r.Serial, r.Truck, truck)
+	case !pin && r.Truck != "":
+		return wrap(ErrInvalid, "a pin for truck %q (serial %d) arrived as the model's release; ignore it", r.Truck, r.Serial)
+	}
+	return nil
 }
