@@ -91,6 +91,7 @@ func New(cfg Config) (*Broker, error) {
 			return nil, fmt.Errorf("load tls key pair: %w", err)
 		}
 		tlsCfg = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		newTicketStore(maxTickets).install(tlsCfg)
 		if cfg.TLSClientCA != "" {
 			pool, err := tlsconfig.ClientCAs(cfg.TLSClientCA)
 			if err != nil {
