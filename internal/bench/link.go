@@ -853,8 +853,12 @@ func lessIdle(total int64, rate float64, d time.Duration) float64 {
 // Figures are the headline numbers of one transport, from the estimate or
 // from the capture.
 type Figures struct {
-	IdleMonth      float64 // bytes per 30 days
-	UpdateBeyond   float64 // bytes of an update beyond the artifact
+	IdleMonth    float64 // bytes per 30 days
+	UpdateBeyond float64 // bytes of an update beyond the artifact
+	// UpdateControl is UpdateBeyond less the artifact's own TCP/IP
+	// framing (ArtifactFraming): the release, the reports, the HTTP
+	// request and the connection's handshakes.
+	UpdateControl  float64
 	Reconnect      float64 // median bytes per reconnect
 	ReconnectRange [2]float64
 	Per1000Alerts  float64
@@ -878,6 +882,7 @@ func (r LinkResult) figures(total func(LinkPhase) int64) Figures {
 	hb, renew := r.MonthlyDocuments()
 	f := Figures{IdleMonth: rate*Month.Seconds() + hb + renew}
 	f.UpdateBeyond = lessIdle(total(r.Update), rate, r.Update.Duration()) - float64(r.Artifact)
+	f.UpdateControl = f.UpdateBeyond - float64(ArtifactFraming(r.Artifact))
 	var rc []float64
 	for _, p := range r.Reconnects {
 		rc = append(rc, lessIdle(total(p), rate, p.Duration()))
@@ -894,6 +899,17 @@ func (r LinkResult) figures(total func(LinkPhase) int64) Figures {
 		f.Per1000Alerts = lessIdle(total(r.Alerts), rate, r.Alerts.Duration()) / float64(r.AlertCount) * 1000
 	}
 	return f
+}
+
+// ArtifactFraming is the TCP/IP framing that n bytes of a download need
+// on a 1500-byte-MTU link whatever the protocol around them: a 52-byte
+// header on each full segment, and a pure ACK (52 bytes) for every second
+// one. It grows with the artifact (about 5.4 % of it), so it is reported
+// apart from the update's control traffic.
+func ArtifactFraming(n int64) int64 {
+	const hdr = 52
+	segs := (n + netsim.SegmentPayload - 1) / netsim.SegmentPayload
+	return segs*hdr + (segs+1)/2*hdr
 }
 
 // ExpectedIdle is the idle rate (bytes/s) that the configured intervals

@@ -122,3 +122,18 @@ func TestIdleCycle(t *testing.T) {
 		}
 	}
 }
+
+func TestArtifactFraming(t *testing.T) {
+	for _, tc := range []struct{ n, want int64 }{
+		{0, 0},
+		{1, 104},                      // one segment and its ACK
+		{1448, 104},                   // still one
+		{1449, 156},                   // two segments, one ACK
+		{41512, 29*52 + 15*52},        // the APS v2 bundle
+		{10 << 20, 7242*52 + 3621*52}, // a 10 MiB model: about 5.4 %
+	} {
+		if got := ArtifactFraming(tc.n); got != tc.want {
+			t.Errorf("ArtifactFraming(%d) = %d, want %d", tc.n, got, tc.want)
+		}
+	}
+}

@@ -60,6 +60,8 @@ func (rep *LinkReport) Markdown() string {
 		artifact = rep.Results[0].Artifact
 	}
 	row(fmt.Sprintf("one update, beyond the artifact (%s B)", fmtInt(float64(artifact))), func(f Figures, _ LinkResult) string { return fmtInt(f.UpdateBeyond) + " B" })
+	row(fmt.Sprintf("of which control traffic (less the artifact's own TCP/IP framing, %s B)", fmtInt(float64(ArtifactFraming(artifact)))),
+		func(f Figures, _ LinkResult) string { return fmtInt(f.UpdateControl) + " B" })
 	row(fmt.Sprintf("one reconnect (median of %d)", rep.Config.Reconnects), func(f Figures, _ LinkResult) string {
 		return fmt.Sprintf("%s B", fmtInt(f.Reconnect))
 	})
