@@ -2,7 +2,9 @@ package broker
 
 import (
 	"bytes"
+	"crypto/tls"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync/atomic"
 
@@ -19,9 +21,11 @@ var _ mqtt.Hook = (*authHook)(nil)
 type authHook struct {
 	mqtt.HookBase
 
-	users   map[string]User // nil: anonymous access; read-only after New
-	clients *mqtt.Clients   // the server's sessions, for takeover checks
-	log     *slog.Logger
+	users map[string]User // nil: anonymous access; read-only after New
+	// bindCert requires the client certificate's name to be the username.
+	bindCert bool
+	clients  *mqtt.Clients // the server's sessions, for takeover checks
+	log      *slog.Logger
 
 	// dummyHash is compared against when the username is unknown, so an
 	// unknown user costs as much bcrypt time as a wrong password and the
@@ -78,6 +82,9 @@ func (h *authHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) boo
 	if bcrypt.CompareHashAndPassword(hash, pk.Connect.Password) != nil || !known {
 		return h.refuse(cl, "bad username or password")
 	}
+	if h.bindCert && !certNames(cl, name) {
+		return h.refuse(cl, "the client certificate is not "+name+"'s (tls_bind_username)")
+	}
 	// mochi publishes a client's last will without any ACL check, so a
 	// truck could otherwise plant a retained "model release" as its will.
 	if pk.Connect.WillFlag && !aclAllows(u, pk.Connect.WillTopic, true) {
@@ -99,6 +106,20 @@ func (h *authHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) boo
 		return h.refuse(cl, "client id belongs to another user's session")
 	}
 	return true
+}
+
+// certNames reports whether the client's TLS certificate names user, by
+// its common name or one of its DNS names.
+func certNames(cl *mqtt.Client, user string) bool {
+	tc, ok := cl.Net.Conn.(*tls.Conn)
+	if !ok {
+		return false
+	}
+	certs := tc.ConnectionState().PeerCertificates
+	if len(certs) == 0 {
+		return false
+	}
+	return certs[0].Subject.CommonName == user || slices.Contains(certs[0].DNSNames, user)
 }
 
 func (h *authHook) refuse(cl *mqtt.Client, reason string) bool {

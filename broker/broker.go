@@ -117,6 +117,7 @@ func New(cfg Config) (*Broker, error) {
 
 	b := &Broker{cfg: cfg, log: cfg.Logger, srv: srv, tls: tlsCfg, reg: prometheus.NewRegistry()}
 	b.auth = newAuthHook(users, srv.Clients, cfg.Logger)
+	b.auth.bindCert = cfg.TLSBindUsername
 	if err := srv.AddHook(b.auth, nil); err != nil {
 		return nil, fmt.Errorf("add auth hook: %w", err)
 	}

@@ -79,6 +79,11 @@ type Config struct {
 	// signed by one of them: mutual TLS, on top of the users file if there
 	// is one. Default empty: no client certificate asked for.
 	TLSClientCA string `yaml:"tls_client_ca" json:"tls_client_ca"`
+	// TLSBindUsername, with TLSClientCA and UsersFile, requires the client
+	// certificate's common name (or one of its DNS names) to be the
+	// username the client logs in with, so that one certificate and
+	// another user's password do not add up to that user. Default false.
+	TLSBindUsername bool `yaml:"tls_bind_username" json:"tls_bind_username"`
 
 	// UsersFile is a YAML file of users with bcrypt password hashes and
 	// roles (see docs/broker.md). Empty (the default) allows anonymous
@@ -164,6 +169,9 @@ func (c *Config) Validate() error {
 	}
 	if (cc.TLSCert == "") != (cc.TLSKey == "") {
 		errs = append(errs, errors.New("tls_cert and tls_key must be set together"))
+	}
+	if cc.TLSBindUsername && (cc.TLSClientCA == "" || cc.UsersFile == "") {
+		errs = append(errs, errors.New("tls_bind_username needs tls_client_ca (client certificates) and users_file (usernames)"))
 	}
 	if cc.TLSClientCA != "" && cc.TLSCert == "" {
 		errs = append(errs, errors.New("tls_client_ca needs tls_cert and tls_key: client certificates are checked only on a TLS listener"))

@@ -139,3 +139,40 @@ func TestClientCAConfig(t *testing.T) {
 		t.Fatalf("junk client CA: %v", err)
 	}
 }
+
+// A6: with tls_bind_username, a certificate logs in only as the user it
+// names; without it, any fleet certificate plus any password would do.
+func TestTLSBindUsername(t *testing.T) {
+	ca := tlstest.NewCA(t, "fleet")
+	srvCert, srvKey := ca.Server(t, "broker")
+	users := writeUsersFile(t, map[string]string{"t1": "truck:t1-pw", "t2": "truck:t2-pw", "fleet": "publisher:fleet-pw"})
+	b := startBroker(t, func(c *Config) {
+		c.TLSCert, c.TLSKey, c.TLSClientCA, c.UsersFile, c.TLSBindUsername = srvCert, srvKey, ca.File, users, true
+	})
+	cert, key := ca.Client(t, "t1")
+	cfg, err := tlsconfig.Client{CAFile: ca.File, CertFile: cert, KeyFile: key}.Build()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dial := func(user string) error {
+		o := clientOpts(b.Addr()).SetConnectTimeout(2 * time.Second).SetUsername(user).SetPassword(user + "-pw")
+		if user != "fleet" {
+			o.SetClientID("linkedge-truck-" + user)
+		}
+		o.Servers = nil
+		o.AddBroker("ssl://" + b.Addr()).SetTLSConfig(cfg)
+		cl, err := tryConnect(t, o)
+		if err == nil {
+			cl.Disconnect(0)
+		}
+		return err
+	}
+	if err := dial("t1"); err != nil {
+		t.Fatalf("t1 with t1's certificate: %v", err)
+	}
+	for _, user := range []string{"t2", "fleet"} {
+		if err := dial(user); err == nil {
+			t.Errorf("t1's certificate logged in as %s", user)
+		}
+	}
+}

@@ -27,6 +27,7 @@ type brokerFlags struct {
 	tlsCert   string
 	tlsKey    string
 	tlsCA     string
+	tlsBind   bool
 	maxExpiry time.Duration
 }
 
@@ -81,6 +82,7 @@ are errors). SIGINT or SIGTERM disconnects clients, flushes storage and exits.`,
 	fl.StringVar(&f.tlsCert, "tls-cert", "", "PEM certificate for MQTT over TLS (needs --tls-key)")
 	fl.StringVar(&f.tlsKey, "tls-key", "", "PEM private key for MQTT over TLS (needs --tls-cert)")
 	fl.StringVar(&f.tlsCA, "tls-client-ca", "", "PEM CA file: require client certificates signed by it (mutual TLS; needs --tls-cert)")
+	fl.BoolVar(&f.tlsBind, "tls-bind-username", false, "with --tls-client-ca and --users: a client certificate logs in only as the user its common name (or a DNS name) names")
 	fl.DurationVar(&f.maxExpiry, "max-expiry", broker.DefaultMaxMessageExpiry,
 		"how long undelivered and retained messages and offline sessions are kept")
 	cmd.AddCommand(newBrokerHashPasswordCmd())
@@ -104,6 +106,7 @@ func brokerConfig(cmd *cobra.Command, f brokerFlags) (broker.Config, error) {
 	override(cmd, "tls-cert", &cfg.TLSCert, f.tlsCert)
 	override(cmd, "tls-key", &cfg.TLSKey, f.tlsKey)
 	override(cmd, "tls-client-ca", &cfg.TLSClientCA, f.tlsCA)
+	override(cmd, "tls-bind-username", &cfg.TLSBindUsername, f.tlsBind)
 	override(cmd, "max-expiry", &cfg.MaxMessageExpiry, f.maxExpiry)
 	cfg.Logger = slog.Default()
 	return cfg, cfg.Validate()

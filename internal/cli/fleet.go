@@ -76,10 +76,15 @@ func runFleet(ctx context.Context, out io.Writer, broker, user, pass string, tc 
 	}
 	defer c.Disconnect(100)
 	t := c.Subscribe(topics.AllTruckStatus(), 1, func(_ paho.Client, m paho.Message) {
+		// The topic says which truck; a truck's own login can write only
+		// its topics, while the document's "truck" member is whatever it
+		// wrote (security review A7).
+		truck, ok := topics.ParseTruckStatus(m.Topic())
 		s, err := status.Parse(m.Payload())
-		if err != nil {
+		if !ok || err != nil {
 			return
 		}
+		s.Truck = truck
 		mu.Lock()
 		defer mu.Unlock()
 		if prev, ok := trucks[s.Truck]; ok && !s.Online && s.Version == 0 {

@@ -42,6 +42,10 @@ func TestFleetTable(t *testing.T) {
 		data, _ := json.Marshal(s)
 		c.Publish(topics.TruckStatus(s.Truck), 1, true, data).Wait()
 	}
+	// A7: truck-3's login writes a status that claims to be truck-1's; the
+	// table goes by the topic.
+	liar, _ := json.Marshal(status.Status{Schema: status.Schema, Truck: "truck-1", Online: true, Model: "aps-failure", Version: 9, Phase: "committed"})
+	c.Publish(topics.TruckStatus("truck-3"), 1, true, liar).Wait()
 	if tok := c.Publish(topics.ModelRelease("aps-failure"), 1, true,
 		[]byte(`{"schema":"linkedge.release/v1","model":"aps-failure","serial":17,"stable":{"version":1},"canary":{"version":2,"percent":5,"groups":["early"]}}`)); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
 		t.Fatal(tok.Error())
@@ -50,9 +54,14 @@ func TestFleetTable(t *testing.T) {
 	if err := runFleet(ctx, &out, url, "", "", tlsconfig.Client{}, 500*time.Millisecond, false); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"release aps-failure: stable v1, canary v2 for groups early and 5% of the other trucks (serial 17)", "truck-1  true", "v2", "truck-2", "downloading", "50%", "paused", "17/1200"} {
+	for _, want := range []string{"release aps-failure: stable v1, canary v2 for groups early and 5% of the other trucks (serial 17)", "truck-1  true", "v2", "truck-2", "downloading", "50%", "paused", "17/1200", "truck-3"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, out.String())
+		}
+	}
+	for _, line := range strings.Split(out.String(), "\n") {
+		if strings.HasPrefix(line, "truck-1 ") && strings.Contains(line, "v9") {
+			t.Errorf("truck-3's status was shown as truck-1's: %q", line)
 		}
 	}
 }
