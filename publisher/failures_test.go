@@ -103,9 +103,18 @@ func truckClient(t *testing.T, addr, id string) paho.Client {
 	return c
 }
 
-// failed publishes a truck's update_failed event for aps.
+// failed publishes what a canary truck whose update to version failed
+// sends: its status while it tried, targeting the version (which is how the
+// publisher knows it is in a canary group), and the update_failed event.
+// (The status that says "failed" never arrives: the truck went offline
+// first, the case the events are for.)
 func failed(t *testing.T, c paho.Client, truck string, version int64, detail string) {
 	t.Helper()
+	st, _ := json.Marshal(status.Status{Schema: status.Schema, Truck: truck, Online: true, Model: "aps", Version: version - 1,
+		Desired: version, Phase: "downloading"})
+	if tok := c.Publish(topics.TruckStatus(truck), topics.StatusQoS, true, st); !tok.WaitTimeout(waitFor) || tok.Error() != nil {
+		t.Fatalf("publish %s's status: %v", truck, tok.Error())
+	}
 	data, _ := json.Marshal(status.Event{Schema: status.Schema, Truck: truck, Model: "aps",
 		Kind: status.EventUpdateFailed, Version: version, Detail: detail})
 	if tok := c.Publish(topics.TruckEvents(truck), topics.EventsQoS, false, data); !tok.WaitTimeout(waitFor) || tok.Error() != nil {
@@ -267,7 +276,8 @@ func TestPlanForCountsPersistedFailures(t *testing.T) {
 			Rollout:   &Rollout{Version: 2, SHA256: v2.Artifact.SHA256, StartedAt: now.Add(-time.Minute), Failures: failures},
 		}
 	}
-	reports := fixedHealth{Committed: []string{"t3"}, Failed: map[string]string{"t2": "now"}, Settled: true}
+	reports := fixedHealth{Committed: []string{"t3"}, Failed: map[string]string{"t2": "now"}, Settled: true,
+		Desired: map[string]int64{"t1": 2, "t2": 2, "t3": 2}} // the canary group's trucks target v2
 	for _, tc := range []struct {
 		name      string
 		persisted map[string]string

@@ -299,11 +299,14 @@ func (s *session) forgetSettled(st *State) {
 func (s *session) CanaryHealth(model string, version int64) CanaryHealth {
 	s.stMu.Lock()
 	defer s.stMu.Unlock()
-	h := CanaryHealth{Failed: map[string]string{}, Settled: !s.trucksSince.IsZero() && time.Since(s.trucksSince) >= retainedGrace}
+	h := CanaryHealth{Failed: map[string]string{}, Desired: map[string]int64{}, Settled: !s.trucksSince.IsZero() && time.Since(s.trucksSince) >= retainedGrace}
 	for truck, detail := range s.failures[modelVersion{model, version}] {
 		h.Failed[truck] = detail
 	}
 	for truck, r := range s.trucks {
+		if r.model == model {
+			h.Desired[truck] = r.desired
+		}
 		switch {
 		case r.model != model:
 		case r.version == version && (r.phase == phaseCommitted || r.phase == phaseIdle):

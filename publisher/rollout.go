@@ -9,6 +9,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/linkedge/linkedge/internal/release"
 	"github.com/linkedge/linkedge/internal/topics"
 )
 
@@ -143,6 +144,8 @@ type CanaryHealth struct {
 	// Failed are the trucks whose update to it failed or was rolled back,
 	// each with the error it reported.
 	Failed map[string]string
+	// Desired is the version each truck's last status said it targets.
+	Desired map[string]int64
 	// Settled is false while the view may still be filling up (the
 	// subscription to the trucks' statuses is new): a promotion waits for
 	// it, a halt does not.
@@ -194,6 +197,7 @@ func planFor(cfg *RolloutConfig, health HealthView, vs []Version, best Version, 
 		return canary, false, "" // the first canary document is not acknowledged yet
 	}
 	h := withPersisted(health.CanaryHealth(best.Model, best.Version), ro.Failures)
+	h, outside := canaryOnly(h, best.Model, best.Version, cfg)
 	if len(h.Failed) >= cfg.HaltAfter {
 		trucks := make([]string, 0, len(h.Failed))
 		for t := range h.Failed {
@@ -214,7 +218,32 @@ func planFor(cfg *RolloutConfig, health HealthView, vs []Version, best Version, 
 	if len(h.Committed) < cfg.MinCommitted {
 		return canary, false, fmt.Sprintf("soak of version %d is over, waiting for %d canary truck(s) to commit it (%d have)", best.Version, cfg.MinCommitted, len(h.Committed))
 	}
+	if len(outside) > 0 {
+		// Promoting anyway; the reports are worth a line.
+		return Plan{Stable: best}, false, fmt.Sprintf("ignored failure reports on version %d from trucks outside its canary: %s", best.Version, strings.Join(outside, ", "))
+	}
 	return Plan{Stable: best}, false, ""
+}
+
+// canaryOnly keeps the failures of trucks that are in the canary: those
+// whose bucket is below the percent (the selection every truck computes,
+// release.Bucket), and, with canary groups, those whose status targets the
+// canary version (group membership is the truck's own setting, so its
+// status is the only word on it). A truck outside the canary cannot have
+// tried the version; its report is dropped, and returned, sorted.
+func canaryOnly(h CanaryHealth, model string, version int64, cfg *RolloutConfig) (CanaryHealth, []string) {
+	var outside []string
+	kept := make(map[string]string, len(h.Failed))
+	for t, detail := range h.Failed {
+		if release.Bucket(model, t) < cfg.Percent || (len(cfg.Groups) > 0 && h.Desired[t] == version) {
+			kept[t] = detail
+		} else {
+			outside = append(outside, t)
+		}
+	}
+	slices.Sort(outside)
+	h.Failed = kept
+	return h, outside
 }
 
 // withPersisted adds to what the trucks report now the failures persisted

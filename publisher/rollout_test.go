@@ -1,9 +1,11 @@
 package publisher
 
 import (
+	"cmp"
 	"crypto/ed25519"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -38,7 +40,21 @@ func TestPlanFor(t *testing.T) {
 	halted := &Rollout{Version: 2, SHA256: v2.Artifact.SHA256, StartedAt: now.Add(-2 * time.Hour), HaltedAt: now.Add(-time.Hour), HaltReason: "x"}
 	healthy := fixedHealth{Committed: []string{"t1"}, Failed: map[string]string{}, Settled: true}
 	unsettled := fixedHealth{Committed: []string{"t1"}, Failed: map[string]string{}}
-	failing := fixedHealth{Committed: []string{"t1"}, Failed: map[string]string{"t2": "golden samples failed"}}
+	failing := fixedHealth{Committed: []string{"t1"}, Failed: map[string]string{"t2": "golden samples failed"}, Desired: map[string]int64{"t2": 2}}
+	// Trucks by their place in the 10 % bucket selection (release.Bucket).
+	var inBucket, outBucket string
+	for i := 0; inBucket == "" || outBucket == ""; i++ {
+		id := fmt.Sprintf("truck-%d", i)
+		if release.Bucket(v2.Model, id) < 10 {
+			inBucket = cmp.Or(inBucket, id)
+		} else {
+			outBucket = cmp.Or(outBucket, id)
+		}
+	}
+	// A4: a truck outside the canary (neither in the bucket nor targeting
+	// the canary) reports a failure: it cannot have tried the version.
+	outsider := fixedHealth{Committed: []string{"t1"}, Failed: map[string]string{outBucket: "made up"}, Desired: map[string]int64{outBucket: 1}, Settled: true}
+	bucketFailure := fixedHealth{Committed: []string{"t1"}, Failed: map[string]string{inBucket: "golden samples failed"}}
 	nobody := fixedHealth{Failed: map[string]string{}, Settled: true}
 	all := []Version{v1, v2, v3}
 
@@ -65,6 +81,9 @@ func TestPlanFor(t *testing.T) {
 		{name: "canary not yet acknowledged", cfg: cfg, vs: all, best: v2, ms: &ModelState{Announced: announced(v1), Rollout: unacked}, health: failing, stable: 1, canary: 2, rollout: "same"},
 		{name: "soaking", cfg: cfg, vs: all, best: v2, ms: &ModelState{Announced: announced(v1), Rollout: young}, health: healthy, stable: 1, canary: 2, rollout: "same"},
 		{name: "failure halts", cfg: cfg, vs: all, best: v2, ms: &ModelState{Announced: announced(v1), Rollout: young}, health: failing, stable: 1, rollout: "halted", halting: true, noteSubstr: "t2 reported: golden samples failed"},
+		{name: "a failure from outside the canary is ignored", cfg: cfg, vs: all, best: v2, ms: &ModelState{Announced: announced(v1), Rollout: young}, health: outsider, stable: 1, canary: 2, rollout: "same"},
+		{name: "and noted when promoting", cfg: cfg, vs: all, best: v2, ms: &ModelState{Announced: announced(v1), Rollout: running}, health: outsider, stable: 2, rollout: "none", noteSubstr: "ignored failure reports on version 2 from trucks outside its canary: " + outBucket},
+		{name: "a failure in the percent bucket halts", cfg: cfg, vs: all, best: v2, ms: &ModelState{Announced: announced(v1), Rollout: young}, health: bucketFailure, stable: 1, rollout: "halted", halting: true, noteSubstr: inBucket + " reported"},
 		{name: "stays halted", cfg: cfg, vs: all, best: v2, ms: &ModelState{Announced: announced(v1), Rollout: halted}, health: healthy, stable: 1, rollout: "same", noteSubstr: "was halted"},
 		{name: "soaked but nobody committed", cfg: cfg, vs: all, best: v2, ms: &ModelState{Announced: announced(v1), Rollout: running}, health: nobody, stable: 1, canary: 2, rollout: "same", noteSubstr: "waiting for 1 canary truck"},
 		{name: "soaked, but the view is still filling up", cfg: cfg, vs: all, best: v2, ms: &ModelState{Announced: announced(v1), Rollout: running}, health: unsettled, stable: 1, canary: 2, rollout: "same"},
