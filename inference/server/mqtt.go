@@ -236,6 +236,11 @@ func (b *MQTTBridge) decode(p []byte) (string, *rawRow, error) {
 		return "", nil, inputErr("empty reading")
 	}
 	if t[0] != '{' {
+		// One reading is one row. (Counting the fields of every line as
+		// one row's would report the lines' total against the model.)
+		if n := bytes.Count(t, []byte{'\n'}); n > 0 {
+			return "", nil, inputErr("a reading is one CSV line, this one has %d; publish each row as a reading of its own", n+1)
+		}
 		rows, err := parseCSV(t, bytes.Count(t, []byte{','})+1, 1)
 		if err != nil {
 			return "", nil, err

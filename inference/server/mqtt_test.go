@@ -90,6 +90,7 @@ func TestMQTTBridge(t *testing.T) {
 		{`{"id":"r-3","values":{"zz_999":1}}`, `unknown feature "zz_999"`},
 		{`{"id":"r-4","bogus":1}`, "malformed reading"},
 		{`not,a,number`, "not a number"},
+		{"1,2,3\n4,5,6", "a reading is one CSV line, this one has 2"}, // issue 12 #8: not "line 1 has 6 fields"
 	} {
 		c.Publish("t/readings", 0, false, tc.payload)
 		select {
