@@ -2,10 +2,12 @@ package server
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"net/http"
+	"reflect"
 	"strconv"
 	"strings"
 
@@ -326,9 +328,18 @@ func (s *Server) handleInfer(w http.ResponseWriter, r *http.Request) int {
 // is a missing value (a LinkEdge extension, since APS rows have gaps).
 func parseOIP(body []byte, input string, nFeat, maxRows int) (*oipRequest, [][]float32, error) {
 	var req oipRequest
+	if t := bytes.TrimSpace(body); len(t) == 0 || t[0] != '{' {
+		// CSV, say: name what is expected rather than how the JSON
+		// decoder failed on it.
+		return nil, nil, inputErr("the body is not an Open Inference Protocol request: send a JSON object {\"inputs\": [{\"name\": %q, \"shape\": [rows, %d], \"datatype\": \"FP32\", \"data\": [...]}]}, or CSV rows to POST /invocations", input, nFeat)
+	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&req); err != nil {
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) {
+			return nil, nil, inputErr("malformed inference request: %s is %s, want %s", cmp.Or(te.Field, "the body"), te.Value, jsonKind(te.Type))
+		}
 		return nil, nil, inputErr("malformed inference request: %v", err)
 	}
 	if len(req.Inputs) != 1 {
@@ -393,4 +404,23 @@ func flatten(v any, dst *[]float32, limit int) error {
 	}
 	*dst = append(*dst, f)
 	return nil
+}
+
+// jsonKind names a Go type as the JSON it is decoded from, for errors that
+// must not show Go's own names (server.oipRequest).
+func jsonKind(t reflect.Type) string {
+	switch t.Kind() {
+	case reflect.Struct, reflect.Map:
+		return "an object"
+	case reflect.Slice, reflect.Array:
+		return "an array"
+	case reflect.String:
+		return "a string"
+	case reflect.Bool:
+		return "true or false"
+	case reflect.Pointer:
+		return jsonKind(t.Elem())
+	default:
+		return "a number"
+	}
 }

@@ -278,6 +278,9 @@ func TestBadRequests(t *testing.T) {
 		{"unknown version", "GET", "/v2/models/aps-failure/versions/9", "", "", 404, `version "9" is not loaded`},
 		{"infer unknown model", "POST", "/v2/models/nope/infer", "application/json", `{"inputs":[]}`, 404, "unknown model"},
 		{"infer bad shape", "POST", "/v2/models/aps-failure/infer", "application/json", `{"inputs":[{"name":"features","shape":[1,2],"datatype":"FP32","data":[1,2]}]}`, 400, "does not fit"},
+		// Issue 12 #9: what is wrong, in the protocol's words, not Go's.
+		{"infer with CSV", "POST", "/v2/models/aps-failure/infer", "text/csv", "1,2,3", 400, "not an Open Inference Protocol request"},
+		{"infer with inputs of the wrong kind", "POST", "/v2/models/aps-failure/infer", "application/json", `{"inputs":{"name":"features"}}`, 400, "inputs is object, want an array"},
 		{"unknown path", "GET", "/nope", "", "", 404, "no such endpoint"},
 	}
 	for _, tt := range tests {
