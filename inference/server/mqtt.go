@@ -251,7 +251,16 @@ func (b *MQTTBridge) decode(p []byte) (string, *rawRow, error) {
 	dec := json.NewDecoder(bytes.NewReader(t))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&r); err != nil {
-		return "", nil, inputErr("malformed reading: %v", err)
+		// Keep the reading's own id whenever it can be read, so that the
+		// sender can tell which reading the error is about.
+		var idOnly struct {
+			ID string `json:"id"`
+		}
+		json.Unmarshal(t, &idOnly)
+		if len(idOnly.ID) > 128 {
+			idOnly.ID = idOnly.ID[:128]
+		}
+		return idOnly.ID, nil, inputErr("malformed reading: %v", err)
 	}
 	if len(r.ID) > 128 {
 		r.ID = r.ID[:128]

@@ -89,6 +89,7 @@ func TestMQTTBridge(t *testing.T) {
 		{`{"id":"r-2","features":[1,2]}`, "reading has 2 features"},
 		{`{"id":"r-3","values":{"zz_999":1}}`, `unknown feature "zz_999"`},
 		{`{"id":"r-4","bogus":1}`, "malformed reading"},
+		{`{"id":"r-4b","features":"not an array"}`, "malformed reading"},
 		{`not,a,number`, "not a number"},
 		{"1,2,3\n4,5,6", "a reading is one CSV line, this one has 2"}, // issue 12 #8: not "line 1 has 6 fields"
 	} {
@@ -97,6 +98,13 @@ func TestMQTTBridge(t *testing.T) {
 		case e := <-errs:
 			if !strings.Contains(e["error"], tc.want) {
 				t.Fatalf("error %q, want it to mention %q", e["error"], tc.want)
+			}
+			// The reading's own id, whenever it has one (issue 12 #4).
+			var sent struct {
+				ID string `json:"id"`
+			}
+			if json.Unmarshal([]byte(tc.payload), &sent) == nil && sent.ID != "" && e["id"] != sent.ID {
+				t.Fatalf("error for %s carries id %q, want %q", tc.payload, e["id"], sent.ID)
 			}
 		case <-ctx.Done():
 			t.Fatalf("no error answer for %s", tc.payload)
