@@ -54,6 +54,8 @@ type MQTTConfig struct {
 
 // Reading is the JSON form of one input row on the readings topic. Send
 // either Features (in model order, null for missing) or Values (by name).
+// On the wire each value may also be a string, read as a CSV field is
+// ("na" for missing, "60"): the same rules as a JSON row over HTTP.
 type Reading struct {
 	ID       string              `json:"id,omitempty"`
 	Features []*float64          `json:"features,omitempty"`
@@ -227,7 +229,7 @@ func (b *MQTTBridge) onReading(_ paho.Client, msg paho.Message) {
 // named ones.
 type rawRow struct {
 	pos   []float32
-	named map[string]*float64
+	named map[string]float32 // NaN for a missing value
 }
 
 func (b *MQTTBridge) decode(p []byte) (string, *rawRow, error) {
@@ -247,9 +249,17 @@ func (b *MQTTBridge) decode(p []byte) (string, *rawRow, error) {
 		}
 		return "", &rawRow{pos: rows[0]}, nil
 	}
-	var r Reading
+	// The members of Reading, each value read by the same rule as a JSON
+	// row over HTTP (number): null or "na" for missing, numbers within
+	// float32, numeric strings.
+	var r struct {
+		ID       string         `json:"id,omitempty"`
+		Features []any          `json:"features,omitempty"`
+		Values   map[string]any `json:"values,omitempty"`
+	}
 	dec := json.NewDecoder(bytes.NewReader(t))
 	dec.DisallowUnknownFields()
+	dec.UseNumber()
 	if err := dec.Decode(&r); err != nil {
 		// Keep the reading's own id whenever it can be read, so that the
 		// sender can tell which reading the error is about.
@@ -270,16 +280,24 @@ func (b *MQTTBridge) decode(p []byte) (string, *rawRow, error) {
 		return r.ID, nil, inputErr("send features or values, not both")
 	case r.Features != nil:
 		row := make([]float32, len(r.Features))
-		for i, f := range r.Features {
-			if f == nil {
-				row[i] = nan32
-			} else {
-				row[i] = float32(*f)
+		for i, x := range r.Features {
+			f, err := number(x)
+			if err != nil {
+				return r.ID, nil, inputErr("value %d: %v", i+1, err)
 			}
+			row[i] = f
 		}
 		return r.ID, &rawRow{pos: row}, nil
 	case r.Values != nil:
-		return r.ID, &rawRow{named: r.Values}, nil
+		named := make(map[string]float32, len(r.Values))
+		for k, x := range r.Values {
+			f, err := number(x)
+			if err != nil {
+				return r.ID, nil, inputErr("feature %s: %v", truncate([]byte(k), 40), err)
+			}
+			named[k] = f
+		}
+		return r.ID, &rawRow{named: named}, nil
 	}
 	return r.ID, nil, nil
 }
@@ -305,9 +323,7 @@ func (b *MQTTBridge) fit(r *rawRow, m *bundle.Metadata) ([]float32, error) {
 		if !ok {
 			return nil, fmt.Errorf("%w: unknown feature %q", inference.ErrBadInput, k)
 		}
-		if v != nil {
-			row[i] = float32(*v)
-		}
+		row[i] = v
 	}
 	return row, nil
 }

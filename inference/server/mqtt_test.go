@@ -92,6 +92,9 @@ func TestMQTTBridge(t *testing.T) {
 		{`{"id":"r-4b","features":"not an array"}`, "malformed reading"},
 		{`not,a,number`, "not a number"},
 		{"1,2,3\n4,5,6", "a reading is one CSV line, this one has 2"}, // issue 12 #8: not "line 1 has 6 fields"
+		// Issue 12 #6: the values follow the HTTP JSON rules.
+		{`{"id":"r-6","values":{"aa_000":1e40}}`, "out of float32 range"},
+		{`{"id":"r-7","features":[true]}`, "not a number"},
 	} {
 		c.Publish("t/readings", 0, false, tc.payload)
 		select {
@@ -110,8 +113,9 @@ func TestMQTTBridge(t *testing.T) {
 			t.Fatalf("no error answer for %s", tc.payload)
 		}
 	}
-	// Still serving after the bad readings, by feature name this time.
-	c.Publish("t/readings", 0, false, `{"id":"r-5","values":{"aa_000":1}}`)
+	// Still serving after the bad readings, by feature name this time, with
+	// the value forms JSON over HTTP takes too ("na", "60", null).
+	c.Publish("t/readings", 0, false, `{"id":"r-5","values":{"aa_000":"60","ab_000":"na","ac_000":null}}`)
 	select {
 	case p := <-preds:
 		if p.ID != "r-5" {
