@@ -39,6 +39,14 @@ type MQTTConfig struct {
 	// QoS for the subscription and the predictions. Default 0: a reading is
 	// a sample of a stream, and the next one follows within a second.
 	QoS byte `json:"qos" yaml:"qos"`
+	// MaxReadingBytes bounds one reading. Default 64 KiB: a reading is one
+	// row (an APS row is about 1 KB); a larger one gets an error.
+	MaxReadingBytes int `json:"max_reading_bytes" yaml:"max_reading_bytes"`
+	// MaxInflight bounds the readings being scored at once. Default 256.
+	// Past it, a reading is answered at once with an error on the errors
+	// topic (shed, not queued), so a sensor burst cannot pile up
+	// goroutines and memory without end.
+	MaxInflight int `json:"max_inflight" yaml:"max_inflight"`
 	// OnPrediction, when set, sees every prediction before it is published:
 	// the truck agent counts alerts with it and queues predictions on disk
 	// for the fleet, and a crash between the answer and the queue would
@@ -101,6 +109,8 @@ type MQTTBridge struct {
 	inflight sync.RWMutex
 	closed   bool
 	once     sync.Once
+	// slots holds one token per reading being scored (MaxInflight).
+	slots chan struct{}
 }
 
 // StartMQTT connects to the broker and subscribes. It returns once the
@@ -119,10 +129,16 @@ func StartMQTT(ctx context.Context, cfg MQTTConfig, slot *inference.Slot) (*MQTT
 	if cfg.QoS > 1 {
 		cfg.QoS = 1
 	}
-	b := &MQTTBridge{cfg: cfg, slot: slot}
+	if cfg.MaxReadingBytes <= 0 {
+		cfg.MaxReadingBytes = 64 << 10
+	}
+	if cfg.MaxInflight <= 0 {
+		cfg.MaxInflight = 256
+	}
+	b := &MQTTBridge{cfg: cfg, slot: slot, slots: make(chan struct{}, cfg.MaxInflight)}
 	b.count = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "linkedge_inference_mqtt_readings_total",
-		Help: "Readings received over MQTT, by result (ok, bad_input, no_model, error).",
+		Help: "Readings received over MQTT, by result (ok, bad_input, no_model, error, shed).",
 	}, []string{"result"})
 	if cfg.Registerer != nil {
 		if err := cfg.Registerer.Register(b.count); err != nil {
@@ -175,11 +191,25 @@ func (b *MQTTBridge) onReading(_ paho.Client, msg paho.Message) {
 	if b.closed {
 		return
 	}
+	if n := len(msg.Payload()); n > b.cfg.MaxReadingBytes {
+		b.count.WithLabelValues("bad_input").Inc()
+		b.publishError(b.idOr(readingID(msg.Payload(), 4096)), inputErr("reading of %d bytes is over the %d-byte limit; a reading is one row", n, b.cfg.MaxReadingBytes))
+		return
+	}
+	select {
+	case b.slots <- struct{}{}:
+		defer func() { <-b.slots }()
+	default:
+		// Shed, not queued: paho gives every message a goroutine of its
+		// own, so waiting here would pile them up.
+		b.count.WithLabelValues("shed").Inc()
+		b.publishError(b.idOr(readingID(msg.Payload(), len(msg.Payload()))), fmt.Errorf("%w: %d readings are being scored already; this one was dropped: send fewer at once, or rows in batches over HTTP",
+			ErrOverloaded, b.cfg.MaxInflight))
+		return
+	}
 	start := time.Now()
 	id, row, err := b.decode(msg.Payload())
-	if id == "" {
-		id = "r" + strconv.FormatInt(b.seq.Add(1), 10)
-	}
+	id = b.idOr(id)
 	if err != nil {
 		b.count.WithLabelValues("bad_input").Inc()
 		b.publishError(id, err)
@@ -263,14 +293,7 @@ func (b *MQTTBridge) decode(p []byte) (string, *rawRow, error) {
 	if err := dec.Decode(&r); err != nil {
 		// Keep the reading's own id whenever it can be read, so that the
 		// sender can tell which reading the error is about.
-		var idOnly struct {
-			ID string `json:"id"`
-		}
-		json.Unmarshal(t, &idOnly)
-		if len(idOnly.ID) > 128 {
-			idOnly.ID = idOnly.ID[:128]
-		}
-		return idOnly.ID, nil, inputErr("malformed reading: %v", err)
+		return readingID(t, len(t)), nil, inputErr("malformed reading: %v", err)
 	}
 	if len(r.ID) > 128 {
 		r.ID = r.ID[:128]
@@ -326,6 +349,35 @@ func (b *MQTTBridge) fit(r *rawRow, m *bundle.Metadata) ([]float32, error) {
 		row[i] = v
 	}
 	return row, nil
+}
+
+// ErrOverloaded: more readings arrived at once than MQTTConfig.MaxInflight;
+// the reading was dropped with an error answer.
+var ErrOverloaded = errors.New("overloaded")
+
+// idOr returns id, or for a reading without one "r<sequence>".
+func (b *MQTTBridge) idOr(id string) string {
+	if id == "" {
+		return "r" + strconv.FormatInt(b.seq.Add(1), 10)
+	}
+	return id
+}
+
+// readingID returns the id of a JSON reading of at most limit bytes ("" for
+// anything else, or without one), cut to 128 bytes.
+func readingID(p []byte, limit int) string {
+	t := bytes.TrimSpace(p)
+	if len(t) == 0 || t[0] != '{' || len(t) > limit {
+		return ""
+	}
+	var r struct {
+		ID string `json:"id"`
+	}
+	json.Unmarshal(t, &r)
+	if len(r.ID) > 128 {
+		r.ID = r.ID[:128]
+	}
+	return r.ID
 }
 
 func (b *MQTTBridge) publishError(id string, err error) {

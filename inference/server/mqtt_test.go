@@ -231,3 +231,89 @@ func TestMQTTOnPredictionBeforeAnswer(t *testing.T) {
 		}
 	}
 }
+
+// Issue 12 #7: a reading over the size limit gets an error, and readings
+// past MaxInflight are shed at once with an error naming them, not queued
+// on goroutines without end.
+func TestMQTTBridgeLimits(t *testing.T) {
+	b, err := broker.New(broker.Config{Listen: "127.0.0.1:0", HTTPListen: ""})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := b.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	url := "tcp://" + b.Addr()
+	slot := &inference.Slot{}
+	slot.Swap(engine(t, apsmodels.V1(), nil), 0)
+	defer slot.Close()
+	release, entered := make(chan struct{}), make(chan string, 4)
+	var once sync.Once
+	unblock := func() { once.Do(func() { close(release) }) }
+	defer unblock()
+	br, err := server.StartMQTT(ctx, server.MQTTConfig{Broker: url, ReadingsTopic: "t/readings", PredictionsTopic: "t/predictions",
+		ErrorsTopic: "t/errors", MaxInflight: 1, MaxReadingBytes: 8 << 10,
+		OnPrediction: func(p server.PredictionMessage) { entered <- p.ID; <-release }}, slot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer br.Close()
+	errs := make(chan map[string]string, 16)
+	preds := make(chan server.PredictionMessage, 16)
+	c := paho.NewClient(paho.NewClientOptions().AddBroker(url).SetClientID("test-burst"))
+	if tok := c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	defer c.Disconnect(100)
+	c.Subscribe("t/errors", 0, func(_ paho.Client, m paho.Message) {
+		var e map[string]string
+		json.Unmarshal(m.Payload(), &e)
+		errs <- e
+	}).Wait()
+	c.Subscribe("t/predictions", 0, func(_ paho.Client, m paho.Message) {
+		var p server.PredictionMessage
+		json.Unmarshal(m.Payload(), &p)
+		preds <- p
+	}).Wait()
+	next := func(what string) map[string]string {
+		t.Helper()
+		select {
+		case e := <-errs:
+			return e
+		case <-ctx.Done():
+			t.Fatalf("no error for %s", what)
+			return nil
+		}
+	}
+
+	big := `{"id":"big","values":{"aa_000":1},"pad":"` + strings.Repeat("x", 9<<10) + `"}`
+	c.Publish("t/readings", 0, false, big)
+	if e := next("the big reading"); !strings.Contains(e["error"], "over the 8192-byte limit") {
+		t.Fatalf("big reading: %v", e)
+	}
+
+	c.Publish("t/readings", 0, false, `{"id":"first","values":{"aa_000":1}}`)
+	select { // the first is scored, and held in OnPrediction
+	case <-entered:
+	case <-ctx.Done():
+		t.Fatal("the first reading was not scored")
+	}
+	for _, id := range []string{"second", "third"} {
+		c.Publish("t/readings", 0, false, `{"id":"`+id+`","values":{"aa_000":1}}`)
+		if e := next(id); e["id"] != id || !strings.Contains(e["error"], "overloaded") {
+			t.Fatalf("%s while one is scored: %v", id, e)
+		}
+	}
+	unblock()
+	select {
+	case p := <-preds:
+		if p.ID != "first" {
+			t.Fatalf("prediction %+v, want the first reading's", p)
+		}
+	case <-ctx.Done():
+		t.Fatal("the first reading was never answered")
+	}
+}
