@@ -268,16 +268,8 @@ func (b *MQTTBridge) decode(p []byte) (string, *rawRow, error) {
 		return "", nil, inputErr("empty reading")
 	}
 	if t[0] != '{' {
-		// One reading is one row. (Counting the fields of every line as
-		// one row's would report the lines' total against the model.)
-		if n := bytes.Count(t, []byte{'\n'}); n > 0 {
-			return "", nil, inputErr("a reading is one CSV line, this one has %d; publish each row as a reading of its own", n+1)
-		}
-		rows, err := parseCSV(t, bytes.Count(t, []byte{','})+1, 1)
-		if err != nil {
-			return "", nil, err
-		}
-		return "", &rawRow{pos: rows[0]}, nil
+		row, err := csvReading(t)
+		return "", row, err
 	}
 	// The members of Reading, each value read by the same rule as a JSON
 	// row over HTTP (number): null or "na" for missing, numbers within
@@ -286,6 +278,7 @@ func (b *MQTTBridge) decode(p []byte) (string, *rawRow, error) {
 		ID       string         `json:"id,omitempty"`
 		Features []any          `json:"features,omitempty"`
 		Values   map[string]any `json:"values,omitempty"`
+		CSV      *string        `json:"csv,omitempty"`
 	}
 	dec := json.NewDecoder(bytes.NewReader(t))
 	dec.DisallowUnknownFields()
@@ -299,8 +292,11 @@ func (b *MQTTBridge) decode(p []byte) (string, *rawRow, error) {
 		r.ID = r.ID[:128]
 	}
 	switch {
-	case r.Features != nil && r.Values != nil:
-		return r.ID, nil, inputErr("send features or values, not both")
+	case (r.Features != nil) && (r.Values != nil) || (r.Features != nil || r.Values != nil) && r.CSV != nil:
+		return r.ID, nil, inputErr("send one of features, values or csv")
+	case r.CSV != nil:
+		row, err := csvReading([]byte(*r.CSV))
+		return r.ID, row, err
 	case r.Features != nil:
 		row := make([]float32, len(r.Features))
 		for i, x := range r.Features {
@@ -354,6 +350,21 @@ func (b *MQTTBridge) fit(r *rawRow, m *bundle.Metadata) ([]float32, error) {
 // ErrOverloaded: more readings arrived at once than MQTTConfig.MaxInflight;
 // the reading was dropped with an error answer.
 var ErrOverloaded = errors.New("overloaded")
+
+// csvReading reads a reading that is one CSV line. (Counting the fields of
+// every line as one row's would report the lines' total against the
+// model.)
+func csvReading(t []byte) (*rawRow, error) {
+	t = bytes.TrimSpace(t)
+	if n := bytes.Count(t, []byte{'\n'}); n > 0 {
+		return nil, inputErr("a reading is one CSV line, this one has %d; publish each row as a reading of its own", n+1)
+	}
+	rows, err := parseCSV(t, bytes.Count(t, []byte{','})+1, 1)
+	if err != nil {
+		return nil, err
+	}
+	return &rawRow{pos: rows[0]}, nil
+}
 
 // idOr returns id, or for a reading without one "r<sequence>".
 func (b *MQTTBridge) idOr(id string) string {

@@ -95,6 +95,8 @@ func TestMQTTBridge(t *testing.T) {
 		// Issue 12 #6: the values follow the HTTP JSON rules.
 		{`{"id":"r-6","values":{"aa_000":1e40}}`, "out of float32 range"},
 		{`{"id":"r-7","features":[true]}`, "not a number"},
+		{`{"id":"r-8","csv":"1,2","values":{"aa_000":1}}`, "send one of features, values or csv"},
+		{`{"id":"r-9","csv":"1,2"}`, "reading has 2 features"},
 	} {
 		c.Publish("t/readings", 0, false, tc.payload)
 		select {
@@ -113,6 +115,19 @@ func TestMQTTBridge(t *testing.T) {
 			t.Fatalf("no error answer for %s", tc.payload)
 		}
 	}
+	// A CSV row with an id of its own (issue 12 #5: plain CSV readings are
+	// numbered in the order they are scored, which under a burst is not
+	// the order they arrived in).
+	c.Publish("t/readings", 0, false, `{"id":"csv-1","csv":"`+strings.TrimSuffix(strings.Repeat("na,", len(slot.Current().Meta().Features)), ",")+`"}`)
+	select {
+	case p := <-preds:
+		if p.ID != "csv-1" {
+			t.Fatalf("prediction %+v, want csv-1", p)
+		}
+	case <-ctx.Done():
+		t.Fatal("no prediction for a CSV reading with an id")
+	}
+	<-got
 	// Still serving after the bad readings, by feature name this time, with
 	// the value forms JSON over HTTP takes too ("na", "60", null).
 	c.Publish("t/readings", 0, false, `{"id":"r-5","values":{"aa_000":"60","ab_000":"na","ac_000":null}}`)
