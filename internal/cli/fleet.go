@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"sort"
@@ -35,12 +36,14 @@ phase and download progress, its alerts out of its predictions since the agent s
 the last error, and when it was last seen. An offline truck shows the version it last
 reported.
 
-With --watch it keeps the table current until interrupted.`,
+With --watch it keeps the table current until interrupted, subscribing again after
+every reconnect (a broker restart), and says on stderr, and above the table, while
+the view is stale.`,
 		Example: `  linkedge fleet --broker tcp://127.0.0.1:1883
   linkedge fleet --broker tcp://fleet:1883 --username ops --password … --watch`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return runFleet(cmd.Context(), cmd.OutOrStdout(), broker, user, pass, tc, wait, watch)
+			return runFleetTo(cmd.Context(), cmd.OutOrStdout(), cmd.ErrOrStderr(), broker, user, pass, tc, wait, watch)
 		},
 	}
 	fl := cmd.Flags()
@@ -56,8 +59,16 @@ With --watch it keeps the table current until interrupted.`,
 }
 
 func runFleet(ctx context.Context, out io.Writer, broker, user, pass string, tc tlsconfig.Client, wait time.Duration, watch bool) error {
+	return runFleetTo(ctx, out, io.Discard, broker, user, pass, tc, wait, watch)
+}
+
+// runFleetTo is runFleet with a writer for the notes on the connection
+// (stderr in the command).
+func runFleetTo(ctx context.Context, out, notes io.Writer, broker, user, pass string, tc tlsconfig.Client, wait time.Duration, watch bool) error {
 	var mu sync.Mutex
 	trucks := map[string]status.Status{}
+	releases := map[string]announced{}
+	var staleSince time.Time // zero while the view is live
 	tlsCfg, err := tc.Build()
 	if err != nil {
 		return err
@@ -65,17 +76,7 @@ func runFleet(ctx context.Context, out io.Writer, broker, user, pass string, tc 
 	if err := tc.CheckScheme(broker); err != nil {
 		return err
 	}
-	o := paho.NewClientOptions()
-	if tlsCfg != nil {
-		o.SetTLSConfig(tlsCfg)
-	}
-	c := paho.NewClient(o.AddBroker(broker).SetClientID(fmt.Sprintf("linkedge-fleet-%d", time.Now().UnixNano()%1e6)).
-		SetUsername(user).SetPassword(pass).SetAutoReconnect(true))
-	if t := c.Connect(); !t.WaitTimeout(10*time.Second) || t.Error() != nil {
-		return fmt.Errorf("connect to %s: %v", broker, t.Error())
-	}
-	defer c.Disconnect(100)
-	t := c.Subscribe(topics.AllTruckStatus(), 1, func(_ paho.Client, m paho.Message) {
+	onStatus := func(_ paho.Client, m paho.Message) {
 		// The topic says which truck; a truck's own login can write only
 		// its topics, while the document's "truck" member is whatever it
 		// wrote (security review A7).
@@ -92,12 +93,8 @@ func runFleet(ctx context.Context, out io.Writer, broker, user, pass string, tc 
 			s.Version, s.Desired, s.LastSeen = prev.Version, prev.Desired, prev.LastSeen
 		}
 		trucks[s.Truck] = *s
-	})
-	if !t.WaitTimeout(10*time.Second) || t.Error() != nil {
-		return fmt.Errorf("subscribe: %v", t.Error())
 	}
-	releases := map[string]announced{}
-	t = c.Subscribe(topics.AllModelReleases(), 1, func(_ paho.Client, m paho.Message) {
+	onRelease := func(_ paho.Client, m paho.Message) {
 		model, ok := topics.ParseModelRelease(m.Topic())
 		if !ok {
 			return
@@ -110,9 +107,61 @@ func runFleet(ctx context.Context, out io.Writer, broker, user, pass string, tc 
 			return
 		}
 		releases[model] = a
-	})
-	if !t.WaitTimeout(10*time.Second) || t.Error() != nil {
-		return fmt.Errorf("subscribe: %v", t.Error())
+	}
+	// Subscribed on every connect: the session is a clean one, so after a
+	// broker restart (or any reconnect) nothing arrives until it
+	// subscribes again, and the retained documents it then gets bring the
+	// view up to date.
+	subscribed := make(chan error, 1)
+	subscribe := func(c paho.Client) {
+		t := c.SubscribeMultiple(map[string]byte{topics.AllTruckStatus(): 1, topics.AllModelReleases(): 1}, nil)
+		go func() {
+			var err error
+			if !t.WaitTimeout(10 * time.Second) {
+				err = errors.New("no answer from the broker in 10s")
+			} else {
+				err = t.Error()
+			}
+			if err == nil {
+				mu.Lock()
+				if !staleSince.IsZero() {
+					fmt.Fprintf(notes, "fleet: reconnected to %s; the view is current again (it was stale since %s)\n", broker, staleSince.Format(time.TimeOnly))
+				}
+				staleSince = time.Time{}
+				mu.Unlock()
+			}
+			select {
+			case subscribed <- err:
+			default:
+			}
+		}()
+	}
+	o := paho.NewClientOptions()
+	if tlsCfg != nil {
+		o.SetTLSConfig(tlsCfg)
+	}
+	c := paho.NewClient(o.AddBroker(broker).SetClientID(fmt.Sprintf("linkedge-fleet-%d", time.Now().UnixNano()%1e6)).
+		SetUsername(user).SetPassword(pass).SetAutoReconnect(true).SetMaxReconnectInterval(5*time.Second).
+		SetOnConnectHandler(subscribe).
+		SetConnectionLostHandler(func(_ paho.Client, err error) {
+			mu.Lock()
+			staleSince = time.Now()
+			mu.Unlock()
+			fmt.Fprintf(notes, "fleet: lost the connection to %s (%v); the view is stale until it is back\n", broker, err)
+		}))
+	c.AddRoute(topics.AllTruckStatus(), onStatus)
+	c.AddRoute(topics.AllModelReleases(), onRelease)
+	if t := c.Connect(); !t.WaitTimeout(10*time.Second) || t.Error() != nil {
+		return fmt.Errorf("connect to %s: %v", broker, t.Error())
+	}
+	defer c.Disconnect(100)
+	select {
+	case err := <-subscribed:
+		if err != nil {
+			return fmt.Errorf("subscribe: %v", err)
+		}
+	case <-ctx.Done():
+		return nil
 	}
 	for {
 		select {
@@ -121,6 +170,9 @@ func runFleet(ctx context.Context, out io.Writer, broker, user, pass string, tc 
 		case <-time.After(wait):
 		}
 		mu.Lock()
+		if !staleSince.IsZero() {
+			fmt.Fprintf(out, "STALE: no connection to %s since %s; showing what was known then\n", broker, staleSince.Format(time.TimeOnly))
+		}
 		printReleases(out, releases)
 		printFleet(out, trucks)
 		mu.Unlock()

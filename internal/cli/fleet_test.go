@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -64,4 +65,82 @@ func TestFleetTable(t *testing.T) {
 			t.Errorf("truck-3's status was shown as truck-1's: %q", line)
 		}
 	}
+}
+
+// syncBuffer is a bytes.Buffer safe for one writer and one reader.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// Issue 12 #10: --watch stays current across a broker restart (it
+// subscribes again on every connect), and says on stderr while it is not.
+func TestFleetWatchSurvivesBrokerRestart(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	start := func(addr string) *broker.Broker {
+		b, err := broker.New(broker.Config{Listen: addr})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	b := start("127.0.0.1:0")
+	addr := b.Addr()
+	url := "tcp://" + addr
+	publishStatus := func(truck string, version int64) {
+		t.Helper()
+		c := paho.NewClient(paho.NewClientOptions().AddBroker(url).SetClientID("test-" + truck))
+		if tok := c.Connect(); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+			t.Fatal(tok.Error())
+		}
+		defer c.Disconnect(100)
+		data, _ := json.Marshal(status.Status{Schema: status.Schema, Truck: truck, Online: true, Model: "aps-failure", Version: version, Phase: "committed", LastSeen: time.Now()})
+		c.Publish(topics.TruckStatus(truck), 1, true, data).WaitTimeout(5 * time.Second)
+	}
+	publishStatus("truck-1", 1)
+	var out, notes syncBuffer
+	wctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- runFleetTo(wctx, &out, &notes, url, "", "", tlsconfig.Client{}, 200*time.Millisecond, true) }()
+	defer func() {
+		stop()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Error("the watch did not stop")
+		}
+	}()
+	waitFor := func(what string, cond func() bool) {
+		t.Helper()
+		for !cond() {
+			if ctx.Err() != nil {
+				t.Fatalf("waiting for %s; output:\n%s\nnotes:\n%s", what, out.String(), notes.String())
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	waitFor("truck-1 in the table", func() bool { return strings.Contains(out.String(), "truck-1") })
+	b.Close()
+	waitFor("the stale note", func() bool { return strings.Contains(notes.String(), "lost the connection") })
+	b = start(addr)
+	defer b.Close()
+	publishStatus("truck-2", 2)
+	waitFor("truck-2, reported after the restart", func() bool { return strings.Contains(out.String(), "truck-2") })
+	waitFor("the note that the view is current", func() bool { return strings.Contains(notes.String(), "current again") })
 }
