@@ -109,6 +109,10 @@ func New(cfg Config) (*Broker, error) {
 	caps.MaximumSessionExpiryInterval = uint32(cfg.expirySeconds())
 	// Read before the packet is: a 50 MB publish costs nothing but the cut.
 	caps.MaximumPacketSize = uint32(cfg.MaxPacketSize)
+	// Acks carry no properties of the message they acknowledge: strict
+	// MQTT 5 clients (Paho's) refuse an ack with the publish's user
+	// properties, and truck applications bring their own clients.
+	caps.Compatibilities.NoInheritedPropertiesOnAck = true
 	srv := mqtt.New(&mqtt.Options{
 		Capabilities: caps,
 		InlineClient: true, // the truck agent publishes and subscribes in-process

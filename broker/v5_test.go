@@ -255,3 +255,33 @@ func TestSubscribeWhileRetainedUnacknowledged(t *testing.T) {
 	}
 	c.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: 1})
 }
+
+// Issue 12 #13: an MQTT 5 client that publishes at QoS 1 with user
+// properties gets a PUBACK without them. (mochi copies the publish's
+// properties onto the ack by default, which strict clients, Paho's among
+// them, refuse as a malformed PUBACK.)
+func TestPubackCarriesNoInheritedProperties(t *testing.T) {
+	b := startBroker(t, nil)
+	c := dialRaw(t, b.Addr())
+	c.send(packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Connect},
+		Connect:     packets.ConnectParams{ProtocolName: []byte("MQTT"), Clean: true, Keepalive: 30, ClientIdentifier: "v5-sensor"},
+	})
+	if ack := c.recv(); ack.FixedHeader.Type != packets.Connack || ack.ReasonCode != 0 {
+		t.Fatalf("CONNACK type %d reason %#x", ack.FixedHeader.Type, ack.ReasonCode)
+	}
+	c.send(packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1},
+		TopicName:   "linkedge/v1/local/aps-failure/readings",
+		PacketID:    7,
+		Payload:     []byte("1,2,3"),
+		Properties:  packets.Properties{User: []packets.UserProperty{{Key: "sensor", Val: "aps-12"}}},
+	})
+	ack := c.recv()
+	if ack.FixedHeader.Type != packets.Puback || ack.PacketID != 7 {
+		t.Fatalf("got type %d id %d, want the PUBACK of 7", ack.FixedHeader.Type, ack.PacketID)
+	}
+	if len(ack.Properties.User) != 0 {
+		t.Fatalf("PUBACK carries the publish's user properties %v", ack.Properties.User)
+	}
+}
