@@ -37,6 +37,7 @@ import (
 	"github.com/linkedge/linkedge/edgeclient/update"
 	"github.com/linkedge/linkedge/inference"
 	icontainer "github.com/linkedge/linkedge/inference/container"
+	"github.com/linkedge/linkedge/inference/ortlib"
 	"github.com/linkedge/linkedge/inference/server"
 	"github.com/linkedge/linkedge/internal/release"
 	"github.com/linkedge/linkedge/internal/status"
@@ -164,7 +165,17 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 			a.Close()
 		}
 	}()
-	if err := inference.Init(ctx, ""); err != nil {
+	lib := a.cfg.Inference.ONNXRuntime
+	if lib == "" {
+		p, err := ortlib.Find()
+		if err != nil {
+			// Fetching it here (as `linkedge setup` does) would make a
+			// truck's start wait on a 110 MB download.
+			return fmt.Errorf("onnx runtime: %w; install the library with the agent and name it in inference.onnxruntime (or %s)", err, ortlib.EnvVar)
+		}
+		lib = p
+	}
+	if err := inference.Init(ctx, lib); err != nil {
 		return err
 	}
 	if a.cfg.Containers.Enabled {

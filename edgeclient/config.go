@@ -200,6 +200,11 @@ type ContainersConfig struct {
 type InferenceConfig struct {
 	Threads int                   `yaml:"threads"`
 	Batch   inference.BatchConfig `yaml:"batch"`
+	// ONNXRuntime is the path of the ONNX Runtime shared library, installed
+	// with the agent. Default: $LINKEDGE_ONNXRUNTIME, else where
+	// `linkedge setup` puts it. The agent never fetches it: serving must
+	// not wait for a network, so a missing library fails the start at once.
+	ONNXRuntime string `yaml:"onnxruntime"`
 }
 
 // LoadConfig reads truck.yaml strictly: an unknown key is an error, so a
