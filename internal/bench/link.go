@@ -700,7 +700,10 @@ func (r *linkRun) alerts(ctx context.Context) (LinkPhase, error) {
 			continue // not an alert: it stays on the truck
 		}
 		count++
-		if err := waitUntil(ctx, 30*time.Second, "the alert to be forwarded", func() bool { return forwarded(r.agent) >= fwd0+float64(count) }); err != nil {
+		// An alert waits up to the profile's batch delay for company (a
+		// minute on satellite) before it goes out.
+		limit := r.agentCfg.WithDefaults().Forward.BatchDelay + 30*time.Second
+		if err := waitUntil(ctx, limit, "the alert to be forwarded", func() bool { return forwarded(r.agent) >= fwd0+float64(count) }); err != nil {
 			return LinkPhase{}, err
 		}
 		if count%max(n/4, 1) == 0 && count < n {
