@@ -24,8 +24,12 @@ type authHook struct {
 	users map[string]User // nil: anonymous access; read-only after New
 	// bindCert requires the client certificate's name to be the username.
 	bindCert bool
-	clients  *mqtt.Clients // the server's sessions, for takeover checks
-	log      *slog.Logger
+	// limits refuses logins from addresses that keep failing.
+	limits *loginLimiter
+	// throttled counts logins refused unchecked by limits.
+	throttled atomic.Int64
+	clients   *mqtt.Clients // the server's sessions, for takeover checks
+	log       *slog.Logger
 
 	// dummyHash is compared against when the username is unknown, so an
 	// unknown user costs as much bcrypt time as a wrong password and the
@@ -39,7 +43,7 @@ type authHook struct {
 }
 
 func newAuthHook(users map[string]User, clients *mqtt.Clients, log *slog.Logger) *authHook {
-	h := &authHook{users: users, clients: clients, log: log}
+	h := &authHook{users: users, clients: clients, log: log, limits: newLoginLimiter()}
 	maxCost := -1
 	for _, u := range users {
 		// The costliest hash stands in for unknown users; see dummyHash.
@@ -74,12 +78,17 @@ func (h *authHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) boo
 		return true
 	}
 	name := string(pk.Connect.Username)
+	if h.limits.blocked(cl.Net.Remote, name) {
+		h.throttled.Add(1)
+		return h.refuse(cl, "too many failed logins from this address in the last minute; refused without checking")
+	}
 	u, known := h.users[name]
 	hash := h.dummyHash
 	if known {
 		hash = []byte(u.PasswordHash)
 	}
 	if bcrypt.CompareHashAndPassword(hash, pk.Connect.Password) != nil || !known {
+		h.limits.failed(cl.Net.Remote, name)
 		return h.refuse(cl, "bad username or password")
 	}
 	if h.bindCert && !certNames(cl, name) {

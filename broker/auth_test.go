@@ -307,3 +307,51 @@ func TestTruckCannotFillTheBroker(t *testing.T) {
 	t1 = truck()
 	publish(t, t1, "linkedge/v1/trucks/t1/events", 1, false, string(big[:DefaultMaxPacketSize-100]))
 }
+
+// A12: after 10 failed logins for one username from one address within a
+// minute, the next login for it from that address is refused without a
+// password check (so a guessing flood costs the broker no bcrypt time),
+// even with the right password; other users on the address log in.
+func TestFailedLoginsThrottled(t *testing.T) {
+	b := authBroker(t)
+	login := func(user, pass string) error {
+		_, err := tryConnect(t, clientOpts(b.Addr()).SetClientID("linkedge-truck-"+user).SetUsername(user).SetPassword(pass))
+		return err
+	}
+	for i := range maxFailsPerAddrUser {
+		if err := login("t1", "guess"); err == nil {
+			t.Fatalf("guess %d logged in", i)
+		}
+	}
+	if err := login("t1", "t1-pw"); err == nil {
+		t.Fatal("t1 logged in during the throttle")
+	}
+	if n := b.auth.throttled.Load(); n != 1 {
+		t.Fatalf("%d logins throttled, want 1", n)
+	}
+	if err := login("t2", "t2-pw"); err != nil {
+		t.Fatalf("t2 from the same address: %v", err)
+	}
+}
+
+func TestLoginLimiterWindow(t *testing.T) {
+	l := newLoginLimiter()
+	now := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	l.now = func() time.Time { return now }
+	for range maxFailsPerAddrUser {
+		l.failed("10.0.0.1:4000", "t1")
+	}
+	if !l.blocked("10.0.0.1:5000", "t1") || l.blocked("10.0.0.2:4000", "t1") || l.blocked("10.0.0.1:4000", "t2") {
+		t.Fatal("blocked the wrong address or user")
+	}
+	now = now.Add(failWindowLen)
+	if l.blocked("10.0.0.1:4000", "t1") {
+		t.Fatal("still blocked after the window")
+	}
+	for i := range maxFailsPerAddr {
+		l.failed("10.0.0.3:1", fmt.Sprintf("user-%d", i))
+	}
+	if !l.blocked("10.0.0.3:1", "anyone") {
+		t.Fatal("an address spraying usernames is not blocked")
+	}
+}
