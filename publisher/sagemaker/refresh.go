@@ -144,7 +144,9 @@ func (r *Registry) artifact(ctx context.Context, p Package, loc s3dist.Location)
 	}
 	if e, ok := r.cache.get(p.ARN, head.ETag); ok && head.ETag != "" {
 		if e.Problem != "" {
-			return s3dist.Artifact{}, fmt.Errorf("%w: %s (remembered for etag %s)", s3dist.ErrInvalidBundle, e.Problem, head.ETag)
+			// The remembered message already says what was wrong; wrap
+			// the sentinel without repeating its text.
+			return s3dist.Artifact{}, fmt.Errorf("%w (remembered for etag %s)", rememberedProblem(e.Problem), head.ETag)
 		}
 		return s3dist.Artifact{Head: s3dist.Head{ETag: head.ETag, VersionID: e.VersionID, Size: e.Size}, SHA256: e.SHA256}, nil
 	}
@@ -168,3 +170,10 @@ func (r *Registry) artifact(ctx context.Context, p Package, loc s3dist.Location)
 	}
 	return a, err
 }
+
+// rememberedProblem is an artifact problem read back from the cache: its
+// message as first reported, matching s3dist.ErrInvalidBundle.
+type rememberedProblem string
+
+func (p rememberedProblem) Error() string        { return string(p) }
+func (p rememberedProblem) Is(target error) bool { return target == s3dist.ErrInvalidBundle }

@@ -102,6 +102,13 @@ func TestPagination(t *testing.T) {
 	if again := e.S3.Gets(bucket, "aps-failure/25/model.tar.gz"); again != gets || gets != 1 {
 		t.Fatalf("junk artifact downloaded %d then %d times, want once", gets, again)
 	}
+	// The remembered problem reads as the first report did, once (issue 12
+	// #3: the sentinel's text was doubled).
+	for _, p := range r.Problems() {
+		if !errors.Is(p.Err, s3dist.ErrInvalidBundle) || strings.Count(p.Err.Error(), s3dist.ErrInvalidBundle.Error()) != 1 {
+			t.Fatalf("remembered problem %q", p.Err)
+		}
+	}
 }
 
 func TestMapping(t *testing.T) {

@@ -124,7 +124,10 @@ func (e *Events) handle(ctx context.Context, log *slog.Logger, m types.Message) 
 	case err != nil:
 		log.Warn("deleting a malformed sagemaker event", "message_id", aws.ToString(m.MessageId), "err", err)
 	case !e.Registry.Watches(ev.Group):
-		log.Debug("ignoring an event for a group not watched", "group", ev.Group, "version", ev.Version)
+		// Info, not Debug: a group missing from --groups (a typo, say) is
+		// otherwise silent, and its approvals never reach a truck.
+		log.Info("ignoring an event for a group this publisher does not watch; add it to sagemaker.groups (--groups) if its approvals should reach the trucks",
+			"group", ev.Group, "version", ev.Version, "approval", ev.Approval)
 	default:
 		log.Info("sagemaker model package changed; refreshing", "group", ev.Group, "version", ev.Version,
 			"approval", ev.Approval, "arn", ev.ARN)
