@@ -11,6 +11,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -57,7 +58,13 @@ type ArtifactServer struct {
 	ln   net.Listener
 	srv  *http.Server
 	log  *slog.Logger
+	// health, if set, is asked by /healthz: an error makes it 503.
+	health atomic.Pointer[func() error]
 }
+
+// SetHealth makes /healthz answer 503 with fn's error while fn returns one
+// (a registry whose view is stale, say).
+func (s *ArtifactServer) SetHealth(fn func() error) { s.health.Store(&fn) }
 
 // NewArtifactServer binds listen (host:port; port 0 picks one) without
 // serving yet; call Serve. An empty baseURL means http://{bound address}.
@@ -78,9 +85,16 @@ func NewArtifactServer(reg *localreg.Registry, listen, baseURL string, gatherer 
 	mux := http.NewServeMux()
 	mux.HandleFunc("/artifacts/{model}/{version}/"+localreg.ArtifactFile, s.serveArtifact)
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
-		if allowGet(w, r) {
-			writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+		if !allowGet(w, r) {
+			return
 		}
+		if fn := s.health.Load(); fn != nil {
+			if err := (*fn)(); err != nil {
+				writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "stale", "error": err.Error()})
+				return
+			}
+		}
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
 	if gatherer != nil {
 		mux.Handle("GET /metrics", promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{}))

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -151,4 +152,38 @@ func TestArtifactServerMetricsEndpoint(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// /healthz answers 503 with the registry's reason while its view is stale
+// (issue 12 #2), and 200 again once it is not.
+func TestHealthzReportsStaleRegistry(t *testing.T) {
+	srv, err := NewArtifactServer(nil, "127.0.0.1:0", "", nil, testLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve() }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+		defer cancel()
+		srv.Shutdown(ctx)
+		<-done
+	})
+	url := "http://" + srv.Addr() + "/healthz"
+	get(t, url, nil, 200)
+	var stale atomic.Pointer[error]
+	srv.SetHealth(func() error {
+		if e := stale.Load(); e != nil {
+			return *e
+		}
+		return nil
+	})
+	get(t, url, nil, 200)
+	err = fmt.Errorf("the SageMaker view is stale: aps-failure (last read 4h0m0s ago)")
+	stale.Store(&err)
+	if body := get(t, url, nil, 503); !bytes.Contains(body, []byte(`"status":"stale"`)) || !bytes.Contains(body, []byte("aps-failure")) {
+		t.Fatalf("stale healthz: %s", body)
+	}
+	stale.Store(nil)
+	get(t, url, nil, 200)
 }

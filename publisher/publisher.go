@@ -103,6 +103,9 @@ func New(cfg Config) (*Publisher, error) {
 	if p.arts, err = NewArtifactServer(local, cfg.ArtifactListen, cfg.ArtifactBaseURL, p.promReg, p.log); err != nil {
 		return nil, err
 	}
+	if h, ok := p.reg.(interface{ Health() error }); ok {
+		p.arts.SetHealth(h.Health)
+	}
 	var dist Distributor = p.arts
 	if cfg.Distributor != nil {
 		dist = cfg.Distributor

@@ -2,6 +2,7 @@ package sagemaker_test
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -319,5 +320,48 @@ func TestThrottling(t *testing.T) {
 	e.advance(time.Minute)
 	if got, err = versionsOf(t, r); err != nil || got["aps-failure"].Version != 2 {
 		t.Fatalf("after throttling: %v %v", got, err)
+	}
+}
+
+// Issue 12 #2: an endpoint that accepts connections and never answers
+// costs each call its deadline, not the publisher's life; the last good
+// view is kept, and Health says when it has gone stale.
+func TestHangingEndpoint(t *testing.T) {
+	e := newEnv(t)
+	p := e.register("aps-failure")
+	e.SM.Approve("aps-failure", p.Version, "alice")
+	r := e.registry(func(c *sagemaker.Config) { c.CallTimeout = 300 * time.Millisecond }, "aps-failure")
+	if got, err := versionsOf(t, r); err != nil || got["aps-failure"].Version != 1 {
+		t.Fatalf("%v %v", got, err)
+	}
+	if err := r.Health(); err != nil {
+		t.Fatalf("fresh view: %v", err)
+	}
+	e.SM.Fail(sagemakertest.Fault{Op: "ListModelPackages", Hang: true})
+	e.advance(2 * time.Hour) // a refresh is due
+	done := make(chan error, 1)
+	go func() {
+		got, err := versionsOf(t, r)
+		if err == nil && got["aps-failure"].Version != 1 {
+			err = fmt.Errorf("view %v", got)
+		}
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("with SageMaker hanging: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("a hanging SageMaker endpoint stalled the registry")
+	}
+	// Two hours since the last good read, three refresh intervals is
+	// three hours: still fresh. Past that, stale.
+	if err := r.Health(); err != nil {
+		t.Fatalf("after 2h: %v", err)
+	}
+	e.advance(2 * time.Hour)
+	if err := r.Health(); err == nil || !strings.Contains(err.Error(), "stale") || !strings.Contains(err.Error(), "aps-failure") {
+		t.Fatalf("after 4h without a read: %v", err)
 	}
 }

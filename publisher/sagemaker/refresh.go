@@ -82,7 +82,9 @@ func (r *Registry) listApproved(ctx context.Context, group string) ([]types.Mode
 	})
 	var out []types.ModelPackageSummary
 	for pages.HasMorePages() {
-		page, err := pages.NextPage(ctx)
+		callCtx, cancel := context.WithTimeout(ctx, r.cfg.CallTimeout)
+		page, err := pages.NextPage(callCtx)
+		cancel()
 		if err != nil {
 			if notFound(err) {
 				return nil, fmt.Errorf("%w: %s: %w", ErrGroupNotFound, group, err)
@@ -124,6 +126,8 @@ func (r *Registry) resolve(ctx context.Context, group, arn string) (publisher.Ve
 
 // describe calls DescribeModelPackage and maps the answer.
 func (r *Registry) describe(ctx context.Context, arn string) (Package, error) {
+	ctx, cancel := context.WithTimeout(ctx, r.cfg.CallTimeout)
+	defer cancel()
 	out, err := r.cfg.Client.DescribeModelPackage(ctx, &sm.DescribeModelPackageInput{ModelPackageName: aws.String(arn)})
 	if err != nil {
 		if notFound(err) {
@@ -138,7 +142,9 @@ func (r *Registry) describe(ctx context.Context, arn string) (Package, error) {
 // cache when the object's ETag is one already read for this package, else
 // by reading the object once.
 func (r *Registry) artifact(ctx context.Context, p Package, loc s3dist.Location) (s3dist.Artifact, error) {
-	head, err := r.cfg.Artifacts.Head(ctx, loc)
+	headCtx, cancel := context.WithTimeout(ctx, r.cfg.CallTimeout)
+	head, err := r.cfg.Artifacts.Head(headCtx, loc)
+	cancel()
 	if err != nil {
 		return s3dist.Artifact{}, err
 	}
@@ -150,7 +156,9 @@ func (r *Registry) artifact(ctx context.Context, p Package, loc s3dist.Location)
 		}
 		return s3dist.Artifact{Head: s3dist.Head{ETag: head.ETag, VersionID: e.VersionID, Size: e.Size}, SHA256: e.SHA256}, nil
 	}
-	a, err := r.cfg.Artifacts.Inspect(ctx, loc, head.ETag)
+	inspectCtx, cancel := context.WithTimeout(ctx, r.cfg.InspectTimeout)
+	a, err := r.cfg.Artifacts.Inspect(inspectCtx, loc, head.ETag)
+	cancel()
 	if err == nil {
 		err = a.CheckNames(p.Group, p.Version)
 	}

@@ -1,6 +1,7 @@
 package sagemaker
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -61,6 +62,13 @@ type Config struct {
 	MinBackoff, MaxBackoff time.Duration
 	// PageSize is ListModelPackages' MaxResults, 1 to 100. Default 100.
 	PageSize int32
+	// CallTimeout bounds each SageMaker call and each S3 HeadObject: an
+	// endpoint that accepts the connection and never answers must not
+	// stall the publisher. Default 30s.
+	CallTimeout time.Duration
+	// InspectTimeout bounds reading one artifact from S3 to compute its
+	// digest (it may be large). Default 10m.
+	InspectTimeout time.Duration
 	// CacheFile, if set, keeps the artifact digests across restarts.
 	CacheFile string
 	// ContainerRuntime announces versions with runtime kind "container"
@@ -85,6 +93,12 @@ func (c *Config) setDefaults() {
 	}
 	if c.PageSize == 0 {
 		c.PageSize = DefaultPageSize
+	}
+	if c.CallTimeout <= 0 {
+		c.CallTimeout = 30 * time.Second
+	}
+	if c.InspectTimeout <= 0 {
+		c.InspectTimeout = 10 * time.Minute
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -147,12 +161,14 @@ type Registry struct {
 	problems  map[string]Problem           // by ARN, or group name for a group problem
 	reported  map[string]string            // by problem key: the message last logged
 	refreshes int
+	created   time.Time // when New ran: a group never read is stale from then
 }
 
 // groupState is what the registry last learned about one group.
 type groupState struct {
 	known    bool
 	versions []publisher.Version
+	readAt   time.Time // of the last successful read
 }
 
 // Problem is a version or a group the registry could not use, and why.
@@ -186,7 +202,7 @@ func New(cfg Config) (*Registry, error) {
 	r := &Registry{cfg: cfg, log: cfg.Logger, cache: cache, notify: make(chan struct{}, 1),
 		dirty: map[string]bool{}, groups: map[string]*groupState{}, lastGood: map[string]publisher.Version{},
 		problems: map[string]Problem{}, reported: map[string]string{},
-		backoff: backoff.Backoff{Min: cfg.MinBackoff, Max: cfg.MaxBackoff}}
+		backoff: backoff.Backoff{Min: cfg.MinBackoff, Max: cfg.MaxBackoff}, created: cfg.Now()}
 	r.cfg.Groups = slices.Clone(cfg.Groups)
 	return r, nil
 }
@@ -301,6 +317,9 @@ func (r *Registry) refresh(ctx context.Context, due []string, full bool, now tim
 		r.mu.Unlock()
 		if err == nil {
 			r.setGroup(g, vs, true)
+			r.mu.Lock()
+			r.groups[g].readAt = now
+			r.mu.Unlock()
 			r.replaceProblems(g, probs)
 			continue
 		}
@@ -352,7 +371,45 @@ func (r *Registry) refresh(ctx context.Context, due []string, full bool, now tim
 func (r *Registry) setGroup(g string, vs []publisher.Version, known bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.groups[g] = &groupState{known: known, versions: vs}
+	var readAt time.Time
+	if old := r.groups[g]; old != nil {
+		readAt = old.readAt
+	}
+	r.groups[g] = &groupState{known: known, versions: vs, readAt: readAt}
+}
+
+// Health reports whether the registry's view is current: nil unless a
+// group has not been read successfully for three refresh intervals (at
+// least five minutes), in which case the error names the groups, since
+// when, and the last problem. The publisher's /healthz answers 503 with
+// it, so that a registry that stopped answering is seen.
+func (r *Registry) Health() error {
+	now := r.cfg.Now()
+	staleAfter := max(3*r.cfg.RefreshInterval, 5*time.Minute)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var stale []string
+	for _, g := range r.cfg.Groups {
+		st := r.groups[g]
+		switch {
+		case st == nil || st.readAt.IsZero():
+			if now.Sub(r.created) >= staleAfter {
+				stale = append(stale, g+" (never read)")
+			}
+		case now.Sub(st.readAt) >= staleAfter:
+			stale = append(stale, fmt.Sprintf("%s (last read %s ago)", g, now.Sub(st.readAt).Round(time.Second)))
+		}
+	}
+	if len(stale) == 0 {
+		return nil
+	}
+	var last string
+	for _, p := range r.problems {
+		if p.ARN == "" {
+			last = p.Err.Error()
+		}
+	}
+	return fmt.Errorf("%w: the SageMaker view is stale: %s; last problem: %s", ErrUnavailable, strings.Join(stale, ", "), cmp.Or(last, "none recorded"))
 }
 
 // problem records p and logs it, once while the same message lasts.

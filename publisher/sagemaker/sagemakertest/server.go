@@ -79,6 +79,9 @@ type Fault struct {
 	Message string
 	// Times is how many requests fail; below 1 means every one.
 	Times int
+	// Hang makes the matching requests get no answer at all, until the
+	// client gives up: an endpoint that accepts connections and stalls.
+	Hang bool
 }
 
 // Server is a running SageMaker API server.

@@ -117,6 +117,7 @@ type apiError struct {
 	status  int
 	code    string
 	message string
+	hang    bool // answer nothing (Fault.Hang)
 }
 
 func (e *apiError) Error() string { return e.code + ": " + e.message }
@@ -127,6 +128,10 @@ func validation(format string, args ...any) *apiError {
 
 func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	op, resp, err := s.handle(r)
+	if err != nil && err.hang {
+		<-r.Context().Done() // the client gave up
+		return
+	}
 	s.mu.Lock()
 	if op != "" {
 		s.calls[op]++
@@ -145,27 +150,27 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) handle(r *http.Request) (string, any, *apiError) {
 	if r.Method != http.MethodPost || r.URL.Path != "/" {
-		return "", nil, &apiError{http.StatusNotFound, "UnknownOperationException", "POST / only"}
+		return "", nil, &apiError{status: http.StatusNotFound, code: "UnknownOperationException", message: "POST / only"}
 	}
 	op, ok := strings.CutPrefix(r.Header.Get("X-Amz-Target"), "SageMaker.")
 	if !ok {
-		return "", nil, &apiError{http.StatusBadRequest, "UnknownOperationException", "missing or foreign X-Amz-Target"}
+		return "", nil, &apiError{status: http.StatusBadRequest, code: "UnknownOperationException", message: "missing or foreign X-Amz-Target"}
 	}
 	if ct := r.Header.Get("Content-Type"); ct != "application/x-amz-json-1.1" {
-		return op, nil, &apiError{http.StatusBadRequest, "SerializationException", "Content-Type " + ct + ", want application/x-amz-json-1.1"}
+		return op, nil, &apiError{status: http.StatusBadRequest, code: "SerializationException", message: "Content-Type " + ct + ", want application/x-amz-json-1.1"}
 	}
 	if err := checkAuth(r); err != nil {
 		return op, nil, err
 	}
 	body, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
 	if err != nil {
-		return op, nil, &apiError{http.StatusBadRequest, "SerializationException", err.Error()}
+		return op, nil, &apiError{status: http.StatusBadRequest, code: "SerializationException", message: err.Error()}
 	}
 	dec := func(v any) *apiError {
 		d := json.NewDecoder(bytes.NewReader(body))
 		d.DisallowUnknownFields()
 		if err := d.Decode(v); err != nil {
-			return &apiError{http.StatusBadRequest, "SerializationException", err.Error()}
+			return &apiError{status: http.StatusBadRequest, code: "SerializationException", message: err.Error()}
 		}
 		return nil
 	}
@@ -191,7 +196,7 @@ func (s *Server) handle(r *http.Request) (string, any, *apiError) {
 		out, err := s.describe(in)
 		return op, out, err
 	}
-	return op, nil, &apiError{http.StatusBadRequest, "UnknownOperationException", op + " is not served by sagemakertest"}
+	return op, nil, &apiError{status: http.StatusBadRequest, code: "UnknownOperationException", message: op + " is not served by sagemakertest"}
 }
 
 // checkAuth requires a SigV4 Authorization header scoped to sagemaker, as
@@ -199,10 +204,10 @@ func (s *Server) handle(r *http.Request) (string, any, *apiError) {
 func checkAuth(r *http.Request) *apiError {
 	a := r.Header.Get("Authorization")
 	if a == "" {
-		return &apiError{http.StatusForbidden, "MissingAuthenticationTokenException", "Missing Authentication Token"}
+		return &apiError{status: http.StatusForbidden, code: "MissingAuthenticationTokenException", message: "Missing Authentication Token"}
 	}
 	if !strings.HasPrefix(a, "AWS4-HMAC-SHA256 Credential=") || !strings.Contains(a, "/sagemaker/aws4_request") || r.Header.Get("X-Amz-Date") == "" {
-		return &apiError{http.StatusForbidden, "IncompleteSignatureException", "not a SigV4 signature for sagemaker"}
+		return &apiError{status: http.StatusForbidden, code: "IncompleteSignatureException", message: "not a SigV4 signature for sagemaker"}
 	}
 	return nil
 }
@@ -218,7 +223,7 @@ func (s *Server) fault(op, resource string) *apiError {
 					s.faults = slices.Delete(s.faults, i, i+1)
 				}
 			}
-			return &apiError{f.Status, f.Code, f.Message}
+			return &apiError{status: f.Status, code: f.Code, message: f.Message, hang: f.Hang}
 		}
 	}
 	return nil
