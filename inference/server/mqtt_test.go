@@ -19,17 +19,9 @@ import (
 // TestMQTTBridge scores readings arriving over a real broker on loopback and
 // checks the predictions and the error answers.
 func TestMQTTBridge(t *testing.T) {
-	b, err := broker.New(broker.Config{Listen: "127.0.0.1:0", HTTPListen: ""})
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := b.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
-	url := "tcp://" + b.Addr()
+	url := startTestBroker(ctx, t)
 	slot := &inference.Slot{}
 	slot.Swap(engine(t, apsmodels.V1(), nil), 0)
 	defer slot.Close()
@@ -49,23 +41,8 @@ func TestMQTTBridge(t *testing.T) {
 	}
 	defer br.Close()
 
-	errs := make(chan map[string]string, 16)
-	preds := make(chan server.PredictionMessage, 16)
-	c := paho.NewClient(paho.NewClientOptions().AddBroker(url).SetClientID("test-sensor"))
-	if tok := c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-		t.Fatal(tok.Error())
-	}
-	defer c.Disconnect(100)
-	c.Subscribe("t/errors", 0, func(_ paho.Client, m paho.Message) {
-		var e map[string]string
-		json.Unmarshal(m.Payload(), &e)
-		errs <- e
-	}).Wait()
-	c.Subscribe("t/predictions", 0, func(_ paho.Client, m paho.Message) {
-		var p server.PredictionMessage
-		json.Unmarshal(m.Payload(), &p)
-		preds <- p
-	}).Wait()
+	sn := newSensor(t, url, "test-sensor")
+	c, errs, preds := sn.c, sn.errs, sn.preds
 
 	g := slot.Current().Meta().Golden[0]
 	feats, _ := g.Features.MarshalJSON()
@@ -251,17 +228,9 @@ func TestMQTTOnPredictionBeforeAnswer(t *testing.T) {
 // past MaxInflight are shed at once with an error naming them, not queued
 // on goroutines without end.
 func TestMQTTBridgeLimits(t *testing.T) {
-	b, err := broker.New(broker.Config{Listen: "127.0.0.1:0", HTTPListen: ""})
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := b.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
-	url := "tcp://" + b.Addr()
+	url := startTestBroker(ctx, t)
 	slot := &inference.Slot{}
 	slot.Swap(engine(t, apsmodels.V1(), nil), 0)
 	defer slot.Close()
@@ -276,23 +245,8 @@ func TestMQTTBridgeLimits(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer br.Close()
-	errs := make(chan map[string]string, 16)
-	preds := make(chan server.PredictionMessage, 16)
-	c := paho.NewClient(paho.NewClientOptions().AddBroker(url).SetClientID("test-burst"))
-	if tok := c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-		t.Fatal(tok.Error())
-	}
-	defer c.Disconnect(100)
-	c.Subscribe("t/errors", 0, func(_ paho.Client, m paho.Message) {
-		var e map[string]string
-		json.Unmarshal(m.Payload(), &e)
-		errs <- e
-	}).Wait()
-	c.Subscribe("t/predictions", 0, func(_ paho.Client, m paho.Message) {
-		var p server.PredictionMessage
-		json.Unmarshal(m.Payload(), &p)
-		preds <- p
-	}).Wait()
+	sn := newSensor(t, url, "test-burst")
+	c, errs, preds := sn.c, sn.errs, sn.preds
 	next := func(what string) map[string]string {
 		t.Helper()
 		select {
@@ -331,4 +285,48 @@ func TestMQTTBridgeLimits(t *testing.T) {
 	case <-ctx.Done():
 		t.Fatal("the first reading was never answered")
 	}
+}
+
+// startTestBroker starts a broker on a free port for the test's life and
+// returns its URL.
+func startTestBroker(ctx context.Context, t *testing.T) string {
+	t.Helper()
+	b, err := broker.New(broker.Config{Listen: "127.0.0.1:0", HTTPListen: ""})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	return "tcp://" + b.Addr()
+}
+
+// sensor is a client on the readings side: what it publishes, and the
+// errors and predictions it gets back.
+type sensor struct {
+	c     paho.Client
+	errs  chan map[string]string
+	preds chan server.PredictionMessage
+}
+
+func newSensor(t *testing.T, url, id string) *sensor {
+	t.Helper()
+	s := &sensor{errs: make(chan map[string]string, 16), preds: make(chan server.PredictionMessage, 16)}
+	s.c = paho.NewClient(paho.NewClientOptions().AddBroker(url).SetClientID(id))
+	if tok := s.c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	t.Cleanup(func() { s.c.Disconnect(100) })
+	s.c.Subscribe("t/errors", 0, func(_ paho.Client, m paho.Message) {
+		var e map[string]string
+		json.Unmarshal(m.Payload(), &e)
+		s.errs <- e
+	}).Wait()
+	s.c.Subscribe("t/predictions", 0, func(_ paho.Client, m paho.Message) {
+		var p server.PredictionMessage
+		json.Unmarshal(m.Payload(), &p)
+		s.preds <- p
+	}).Wait()
+	return s
 }
