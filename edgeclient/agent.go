@@ -122,7 +122,9 @@ func New(cfg Config) (*Agent, error) {
 	a.srv = server.New(server.Config{Addr: cfg.HTTP, Logger: a.log}, a.slot, a.reg)
 	a.registerForwardMetrics()
 	a.registerLinkMetrics()
-	a.rts = &runtimes{inprocess: inprocess.New(a.slot, inference.Options{IntraOpThreads: cfg.Inference.Threads}, cfg.Inference.Batch, a.srv.ObserveBatch)}
+	inproc := inprocess.New(a.slot, inference.Options{IntraOpThreads: cfg.Inference.Threads}, cfg.Inference.Batch, a.srv.ObserveBatch)
+	inproc.Limits.MaxModelBytes = cfg.Inference.MaxModelBytes
+	a.rts = &runtimes{inprocess: inproc}
 	a.tls, _ = cfg.Fleet.TLS.Build() // checked by Validate
 	dlTLS := a.tls
 	if u, err := url.Parse(cfg.Fleet.Broker); err == nil && (u.Scheme == "ssl" || u.Scheme == "tls" || u.Scheme == "mqtts" || u.Scheme == "tcps" || u.Scheme == "wss") {

@@ -205,6 +205,11 @@ type InferenceConfig struct {
 	// `linkedge setup` puts it. The agent never fetches it: serving must
 	// not wait for a network, so a missing library fails the start at once.
 	ONNXRuntime string `yaml:"onnxruntime"`
+	// MaxModelBytes bounds a bundle's model.onnx, which is unpacked into
+	// memory to load it; a larger one fails the update for good (it is
+	// checked from the archive's header, before anything is read).
+	// Default 1 GiB.
+	MaxModelBytes int64 `yaml:"max_model_bytes"`
 }
 
 // LoadConfig reads truck.yaml strictly: an unknown key is an error, so a

@@ -6,6 +6,7 @@ package inprocess
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 
@@ -20,6 +21,9 @@ type Runtime struct {
 	opts    inference.Options
 	batch   inference.BatchConfig
 	observe inference.BatchObserver
+	// Limits bound what a bundle may unpack to (model.onnx is held in
+	// memory to load it). Zero fields take bundle's defaults.
+	Limits bundle.Limits
 
 	sw runtime.Switch
 }
@@ -59,8 +63,13 @@ func (c *candidate) Close() error {
 // metadata and runs the golden samples, so a candidate that exists is one
 // that passed them once.
 func (r *Runtime) Stage(ctx context.Context, spec runtime.Spec) (runtime.Candidate, error) {
-	b, err := bundle.Open(spec.Bundle)
+	b, err := bundle.OpenWithLimits(spec.Bundle, r.Limits)
 	if err != nil {
+		if errors.Is(err, bundle.ErrTooLarge) {
+			// Signed, and too large for this truck's setting: it will not
+			// fit the next time either.
+			return nil, fmt.Errorf("%w: %w (inference.max_model_bytes)", runtime.ErrUnhealthy, err)
+		}
 		return nil, err
 	}
 	if b.Meta != nil && (b.Meta.Name != spec.Model || b.Meta.Version != spec.Version) {

@@ -5,9 +5,11 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/linkedge/linkedge/edgeclient/runtime"
+	"github.com/linkedge/linkedge/edgeclient/update"
 	"github.com/linkedge/linkedge/inference"
 	"github.com/linkedge/linkedge/inference/apsmodels"
 	"github.com/linkedge/linkedge/inference/bundle"
@@ -66,4 +68,25 @@ func TestStageActivate(t *testing.T) {
 	}
 	c2.Close()
 	c2.Close()
+}
+
+// A9: a bundle whose model.onnx is over the truck's cap fails before it is
+// read into memory, as a verdict on the model (ErrUnhealthy: the update
+// fails for good), not as a passing hiccup retried for ever.
+func TestStageRefusesAModelOverTheCap(t *testing.T) {
+	ctx := context.Background()
+	if err := inference.Init(ctx, ""); err != nil {
+		t.Fatal(err)
+	}
+	slot := &inference.Slot{}
+	defer slot.Close()
+	rt := New(slot, inference.Options{}, inference.BatchConfig{}, nil)
+	rt.Limits.MaxModelBytes = 1 << 10
+	_, err := rt.Stage(ctx, runtime.Spec{Model: "aps-failure", Version: 1, Bundle: write(t, apsmodels.V1())})
+	if !errors.Is(err, runtime.ErrUnhealthy) || !errors.Is(err, bundle.ErrTooLarge) || !strings.Contains(err.Error(), "max_model_bytes") {
+		t.Fatalf("got %v, want a too-large refusal naming inference.max_model_bytes", err)
+	}
+	if update.Classify(ctx, err) != update.Permanent {
+		t.Fatalf("classified %v, want permanent", update.Classify(ctx, err))
+	}
 }
