@@ -10,7 +10,9 @@ import (
 // Lookup describes one model package by ARN: the pipeline hook knows the
 // ARN its RegisterModel step created, and needs the group and version.
 func Lookup(ctx context.Context, client API, arn string) (Package, error) {
-	r := &Registry{cfg: Config{Client: client}}
+	cfg := Config{Client: client}
+	cfg.setDefaults() // the call's deadline among them
+	r := &Registry{cfg: cfg}
 	p, err := r.describe(ctx, arn)
 	if err != nil {
 		return Package{}, fmt.Errorf("model package %s: %w", arn, err)

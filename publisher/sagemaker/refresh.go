@@ -82,7 +82,7 @@ func (r *Registry) listApproved(ctx context.Context, group string) ([]types.Mode
 	})
 	var out []types.ModelPackageSummary
 	for pages.HasMorePages() {
-		callCtx, cancel := context.WithTimeout(ctx, r.cfg.CallTimeout)
+		callCtx, cancel := r.callContext(ctx, r.cfg.CallTimeout)
 		page, err := pages.NextPage(callCtx)
 		cancel()
 		if err != nil {
@@ -126,7 +126,7 @@ func (r *Registry) resolve(ctx context.Context, group, arn string) (publisher.Ve
 
 // describe calls DescribeModelPackage and maps the answer.
 func (r *Registry) describe(ctx context.Context, arn string) (Package, error) {
-	ctx, cancel := context.WithTimeout(ctx, r.cfg.CallTimeout)
+	ctx, cancel := r.callContext(ctx, r.cfg.CallTimeout)
 	defer cancel()
 	out, err := r.cfg.Client.DescribeModelPackage(ctx, &sm.DescribeModelPackageInput{ModelPackageName: aws.String(arn)})
 	if err != nil {
@@ -142,7 +142,7 @@ func (r *Registry) describe(ctx context.Context, arn string) (Package, error) {
 // cache when the object's ETag is one already read for this package, else
 // by reading the object once.
 func (r *Registry) artifact(ctx context.Context, p Package, loc s3dist.Location) (s3dist.Artifact, error) {
-	headCtx, cancel := context.WithTimeout(ctx, r.cfg.CallTimeout)
+	headCtx, cancel := r.callContext(ctx, r.cfg.CallTimeout)
 	head, err := r.cfg.Artifacts.Head(headCtx, loc)
 	cancel()
 	if err != nil {
@@ -156,7 +156,7 @@ func (r *Registry) artifact(ctx context.Context, p Package, loc s3dist.Location)
 		}
 		return s3dist.Artifact{Head: s3dist.Head{ETag: head.ETag, VersionID: e.VersionID, Size: e.Size}, SHA256: e.SHA256}, nil
 	}
-	inspectCtx, cancel := context.WithTimeout(ctx, r.cfg.InspectTimeout)
+	inspectCtx, cancel := r.callContext(ctx, r.cfg.InspectTimeout)
 	a, err := r.cfg.Artifacts.Inspect(inspectCtx, loc, head.ETag)
 	cancel()
 	if err == nil {
@@ -185,3 +185,12 @@ type rememberedProblem string
 
 func (p rememberedProblem) Error() string        { return string(p) }
 func (p rememberedProblem) Is(target error) bool { return target == s3dist.ErrInvalidBundle }
+
+// callContext bounds one call by d; zero (a Config that skipped its
+// defaults) leaves ctx's own deadline, rather than one already past.
+func (r *Registry) callContext(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc) {
+	if d <= 0 {
+		return context.WithCancel(ctx)
+	}
+	return context.WithTimeout(ctx, d)
+}
