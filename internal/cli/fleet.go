@@ -141,7 +141,7 @@ func runFleetTo(ctx context.Context, out, notes io.Writer, broker, user, pass st
 		o.SetTLSConfig(tlsCfg)
 	}
 	c := paho.NewClient(o.AddBroker(broker).SetClientID(fmt.Sprintf("linkedge-fleet-%d", time.Now().UnixNano()%1e6)).
-		SetUsername(user).SetPassword(pass).SetAutoReconnect(true).SetMaxReconnectInterval(5*time.Second).
+		SetUsername(user).SetPassword(pass).SetAutoReconnect(true).SetMaxReconnectInterval(5 * time.Second).
 		SetOnConnectHandler(subscribe).
 		SetConnectionLostHandler(func(_ paho.Client, err error) {
 			mu.Lock()

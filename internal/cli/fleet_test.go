@@ -117,7 +117,9 @@ func TestFleetWatchSurvivesBrokerRestart(t *testing.T) {
 	var out, notes syncBuffer
 	wctx, stop := context.WithCancel(ctx)
 	done := make(chan error, 1)
-	go func() { done <- runFleetTo(wctx, &out, &notes, url, "", "", tlsconfig.Client{}, 200*time.Millisecond, true) }()
+	go func() {
+		done <- runFleetTo(wctx, &out, &notes, url, "", "", tlsconfig.Client{}, 200*time.Millisecond, true)
+	}()
 	defer func() {
 		stop()
 		select {
