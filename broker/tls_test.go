@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	paho "github.com/eclipse/paho.mqtt.golang"
+
 	"github.com/linkedge/linkedge/internal/tlsconfig"
 	"github.com/linkedge/linkedge/internal/tlsconfig/tlstest"
 )
@@ -104,14 +106,7 @@ func TestMutualTLS(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		o := clientOpts(b.Addr()).SetConnectTimeout(2 * time.Second)
-		o.Servers = nil
-		o.AddBroker("ssl://" + b.Addr()).SetTLSConfig(cfg)
-		cl, err := tryConnect(t, o)
-		if err == nil {
-			cl.Disconnect(0)
-		}
-		return err
+		return tryTLS(t, b.Addr(), cfg, clientOpts(b.Addr()))
 	}
 	cert, key := ca.Client(t, "truck-1")
 	if err := dial(tlsconfig.Client{CAFile: ca.File, CertFile: cert, KeyFile: key}); err != nil {
@@ -155,17 +150,11 @@ func TestTLSBindUsername(t *testing.T) {
 		t.Fatal(err)
 	}
 	dial := func(user string) error {
-		o := clientOpts(b.Addr()).SetConnectTimeout(2 * time.Second).SetUsername(user).SetPassword(user + "-pw")
+		o := clientOpts(b.Addr()).SetUsername(user).SetPassword(user + "-pw")
 		if user != "fleet" {
 			o.SetClientID("linkedge-truck-" + user)
 		}
-		o.Servers = nil
-		o.AddBroker("ssl://" + b.Addr()).SetTLSConfig(cfg)
-		cl, err := tryConnect(t, o)
-		if err == nil {
-			cl.Disconnect(0)
-		}
-		return err
+		return tryTLS(t, b.Addr(), cfg, o)
 	}
 	if err := dial("t1"); err != nil {
 		t.Fatalf("t1 with t1's certificate: %v", err)
@@ -175,4 +164,17 @@ func TestTLSBindUsername(t *testing.T) {
 			t.Errorf("t1's certificate logged in as %s", user)
 		}
 	}
+}
+
+// tryTLS connects o to the broker at addr over TLS with cfg (a 2 s connect
+// timeout), disconnects, and returns the connect error.
+func tryTLS(t *testing.T, addr string, cfg *tls.Config, o *paho.ClientOptions) error {
+	t.Helper()
+	o.Servers = nil
+	o.AddBroker("ssl://" + addr).SetTLSConfig(cfg).SetConnectTimeout(2 * time.Second)
+	cl, err := tryConnect(t, o)
+	if err == nil {
+		cl.Disconnect(0)
+	}
+	return err
 }

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/linkedge/linkedge/publisher/localreg"
 )
 
 func TestArtifactServer(t *testing.T) {
@@ -26,23 +28,7 @@ func TestArtifactServer(t *testing.T) {
 	sha := hex.EncodeToString(sum[:])
 	etag := `"` + sha + `"`
 
-	srv, err := NewArtifactServer(e.reg, "127.0.0.1:0", "", prometheus.NewRegistry(), testLogger())
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve() }()
-	t.Cleanup(func() {
-		// Not t.Context(): it is already cancelled when cleanups run.
-		ctx, cancel := context.WithTimeout(context.Background(), waitFor)
-		defer cancel()
-		if err := srv.Shutdown(ctx); err != nil {
-			t.Error(err)
-		}
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	})
+	srv := serveArtifacts(t, e.reg, prometheus.NewRegistry())
 	base := "http://" + srv.Addr()
 	url := base + "/artifacts/aps/1/model.tar.gz"
 	if got, _, _ := srv.URL(t.Context(), Version{Model: "aps", Version: 1}); got != url {
@@ -157,18 +143,7 @@ func TestArtifactServerMetricsEndpoint(t *testing.T) {
 // /healthz answers 503 with the registry's reason while its view is stale
 // (issue 12 #2), and 200 again once it is not.
 func TestHealthzReportsStaleRegistry(t *testing.T) {
-	srv, err := NewArtifactServer(nil, "127.0.0.1:0", "", nil, testLogger())
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve() }()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), waitFor)
-		defer cancel()
-		srv.Shutdown(ctx)
-		<-done
-	})
+	srv := serveArtifacts(t, nil, nil)
 	url := "http://" + srv.Addr() + "/healthz"
 	get(t, url, nil, 200)
 	var stale atomic.Pointer[error]
@@ -179,11 +154,40 @@ func TestHealthzReportsStaleRegistry(t *testing.T) {
 		return nil
 	})
 	get(t, url, nil, 200)
-	err = fmt.Errorf("the SageMaker view is stale: aps-failure (last read 4h0m0s ago)")
+	err := fmt.Errorf("the SageMaker view is stale: aps-failure (last read 4h0m0s ago)")
 	stale.Store(&err)
 	if body := get(t, url, nil, 503); !bytes.Contains(body, []byte(`"status":"stale"`)) || !bytes.Contains(body, []byte("aps-failure")) {
 		t.Fatalf("stale healthz: %s", body)
 	}
 	stale.Store(nil)
 	get(t, url, nil, 200)
+}
+
+// serveArtifacts runs an artifact server on a free port until the test
+// ends; its stop is bounded by waitFor.
+func serveArtifacts(t *testing.T, reg *localreg.Registry, gatherer prometheus.Gatherer) *ArtifactServer {
+	t.Helper()
+	srv, err := NewArtifactServer(reg, "127.0.0.1:0", "", gatherer, testLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve() }()
+	t.Cleanup(func() {
+		// Not t.Context(): it is already cancelled when cleanups run.
+		ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+		defer cancel()
+		if err := srv.Shutdown(ctx); err != nil {
+			t.Error(err)
+		}
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Error(err)
+			}
+		case <-time.After(waitFor):
+			t.Error("the artifact server did not stop")
+		}
+	})
+	return srv
 }

@@ -203,7 +203,8 @@ func (b *MQTTBridge) onReading(_ paho.Client, msg paho.Message) {
 		// Shed, not queued: paho gives every message a goroutine of its
 		// own, so waiting here would pile them up.
 		b.count.WithLabelValues("shed").Inc()
-		b.publishError(b.idOr(readingID(msg.Payload(), len(msg.Payload()))), fmt.Errorf("%w: %d readings are being scored already; this one was dropped: send fewer at once, or rows in batches over HTTP",
+		// Shedding must stay cheap: the id is read from a small reading only.
+		b.publishError(b.idOr(readingID(msg.Payload(), 4096)), fmt.Errorf("%w: %d readings are being scored already; this one was dropped: send fewer at once, or rows in batches over HTTP",
 			ErrOverloaded, b.cfg.MaxInflight))
 		return
 	}

@@ -42,25 +42,25 @@ func TestMQTTBridge(t *testing.T) {
 	defer br.Close()
 
 	sn := newSensor(t, url, "test-sensor")
-	c, errs, preds := sn.c, sn.errs, sn.preds
+	c := sn.c
+	onPrediction := func(what string) server.PredictionMessage {
+		t.Helper()
+		select {
+		case p := <-got:
+			return p
+		case <-ctx.Done():
+			t.Fatalf("OnPrediction not called for %s", what)
+			return server.PredictionMessage{}
+		}
+	}
 
 	g := slot.Current().Meta().Golden[0]
 	feats, _ := g.Features.MarshalJSON()
 	c.Publish("t/readings", 0, false, `{"id":"r-1","features":`+string(feats)+`}`)
-	select {
-	case p := <-preds:
-		if p.ID != "r-1" || p.Model != "aps-failure" || p.ModelVersion != 1 || p.Label != g.Label || p.Time == "" {
-			t.Fatalf("prediction %+v, want id r-1, v1, %s", p, g.Label)
-		}
-	case <-ctx.Done():
-		t.Fatal("no prediction")
+	if p := sn.nextPrediction(ctx, t, "r-1"); p.ID != "r-1" || p.Model != "aps-failure" || p.ModelVersion != 1 || p.Label != g.Label || p.Time == "" {
+		t.Fatalf("prediction %+v, want id r-1, v1, %s", p, g.Label)
 	}
-	select {
-	case p := <-got:
-		seen = append(seen, p)
-	case <-ctx.Done():
-		t.Fatal("OnPrediction not called")
-	}
+	seen = append(seen, onPrediction("r-1"))
 
 	for _, tc := range []struct{ payload, want string }{
 		{`{"id":"r-2","features":[1,2]}`, "reading has 2 features"},
@@ -76,45 +76,31 @@ func TestMQTTBridge(t *testing.T) {
 		{`{"id":"r-9","csv":"1,2"}`, "reading has 2 features"},
 	} {
 		c.Publish("t/readings", 0, false, tc.payload)
-		select {
-		case e := <-errs:
-			if !strings.Contains(e["error"], tc.want) {
-				t.Fatalf("error %q, want it to mention %q", e["error"], tc.want)
-			}
-			// The reading's own id, whenever it has one (issue 12 #4).
-			var sent struct {
-				ID string `json:"id"`
-			}
-			if json.Unmarshal([]byte(tc.payload), &sent) == nil && sent.ID != "" && e["id"] != sent.ID {
-				t.Fatalf("error for %s carries id %q, want %q", tc.payload, e["id"], sent.ID)
-			}
-		case <-ctx.Done():
-			t.Fatalf("no error answer for %s", tc.payload)
+		e := sn.nextError(ctx, t, tc.payload)
+		if !strings.Contains(e["error"], tc.want) {
+			t.Fatalf("error %q, want it to mention %q", e["error"], tc.want)
+		}
+		// The reading's own id, whenever it has one (issue 12 #4).
+		var sent struct {
+			ID string `json:"id"`
+		}
+		if json.Unmarshal([]byte(tc.payload), &sent) == nil && sent.ID != "" && e["id"] != sent.ID {
+			t.Fatalf("error for %s carries id %q, want %q", tc.payload, e["id"], sent.ID)
 		}
 	}
 	// A CSV row with an id of its own (issue 12 #5: plain CSV readings are
 	// numbered in the order they are scored, which under a burst is not
 	// the order they arrived in).
 	c.Publish("t/readings", 0, false, `{"id":"csv-1","csv":"`+strings.TrimSuffix(strings.Repeat("na,", len(slot.Current().Meta().Features)), ",")+`"}`)
-	select {
-	case p := <-preds:
-		if p.ID != "csv-1" {
-			t.Fatalf("prediction %+v, want csv-1", p)
-		}
-	case <-ctx.Done():
-		t.Fatal("no prediction for a CSV reading with an id")
+	if p := sn.nextPrediction(ctx, t, "a CSV reading with an id"); p.ID != "csv-1" {
+		t.Fatalf("prediction %+v, want csv-1", p)
 	}
-	<-got
+	onPrediction("csv-1")
 	// Still serving after the bad readings, by feature name this time, with
 	// the value forms JSON over HTTP takes too ("na", "60", null).
 	c.Publish("t/readings", 0, false, `{"id":"r-5","values":{"aa_000":"60","ab_000":"na","ac_000":null}}`)
-	select {
-	case p := <-preds:
-		if p.ID != "r-5" {
-			t.Fatalf("prediction %+v", p)
-		}
-	case <-ctx.Done():
-		t.Fatal("no prediction after bad readings")
+	if p := sn.nextPrediction(ctx, t, "r-5, after the bad readings"); p.ID != "r-5" {
+		t.Fatalf("prediction %+v", p)
 	}
 	if len(seen) != 1 {
 		t.Fatalf("OnPrediction saw %d", len(seen))
@@ -246,17 +232,8 @@ func TestMQTTBridgeLimits(t *testing.T) {
 	}
 	defer br.Close()
 	sn := newSensor(t, url, "test-burst")
-	c, errs, preds := sn.c, sn.errs, sn.preds
-	next := func(what string) map[string]string {
-		t.Helper()
-		select {
-		case e := <-errs:
-			return e
-		case <-ctx.Done():
-			t.Fatalf("no error for %s", what)
-			return nil
-		}
-	}
+	c := sn.c
+	next := func(what string) map[string]string { t.Helper(); return sn.nextError(ctx, t, what) }
 
 	big := `{"id":"big","values":{"aa_000":1},"pad":"` + strings.Repeat("x", 9<<10) + `"}`
 	c.Publish("t/readings", 0, false, big)
@@ -277,13 +254,8 @@ func TestMQTTBridgeLimits(t *testing.T) {
 		}
 	}
 	unblock()
-	select {
-	case p := <-preds:
-		if p.ID != "first" {
-			t.Fatalf("prediction %+v, want the first reading's", p)
-		}
-	case <-ctx.Done():
-		t.Fatal("the first reading was never answered")
+	if p := sn.nextPrediction(ctx, t, "the first reading"); p.ID != "first" {
+		t.Fatalf("prediction %+v, want the first reading's", p)
 	}
 }
 
@@ -329,4 +301,28 @@ func newSensor(t *testing.T, url, id string) *sensor {
 		s.preds <- p
 	}).Wait()
 	return s
+}
+
+// nextError waits (until ctx ends) for the next error answer.
+func (s *sensor) nextError(ctx context.Context, t *testing.T, what string) map[string]string {
+	t.Helper()
+	select {
+	case e := <-s.errs:
+		return e
+	case <-ctx.Done():
+		t.Fatalf("no error answer for %s", what)
+		return nil
+	}
+}
+
+// nextPrediction waits (until ctx ends) for the next prediction.
+func (s *sensor) nextPrediction(ctx context.Context, t *testing.T, what string) server.PredictionMessage {
+	t.Helper()
+	select {
+	case p := <-s.preds:
+		return p
+	case <-ctx.Done():
+		t.Fatalf("no prediction for %s", what)
+		return server.PredictionMessage{}
+	}
 }

@@ -739,8 +739,8 @@ func alertRows() [][]byte {
 	return out
 }
 
-// agentCounter reads one of the agent's counters, by the value of one
-// label.
+// agentCounter reads one of the agent's counters: the series whose label
+// has value, or with label "" the first series.
 func agentCounter(a *edgeclient.Agent, name, label, value string) float64 {
 	mfs, err := a.Registry().Gather()
 	if err != nil {
@@ -751,6 +751,9 @@ func agentCounter(a *edgeclient.Agent, name, label, value string) float64 {
 			continue
 		}
 		for _, m := range mf.GetMetric() {
+			if label == "" {
+				return m.GetCounter().GetValue()
+			}
 			for _, l := range m.GetLabel() {
 				if l.GetName() == label && l.GetValue() == value {
 					return m.GetCounter().GetValue()
@@ -763,16 +766,7 @@ func agentCounter(a *edgeclient.Agent, name, label, value string) float64 {
 
 // forwarded reads the agent's linkedge_agent_forwarded_total.
 func forwarded(a *edgeclient.Agent) float64 {
-	mfs, err := a.Registry().Gather()
-	if err != nil {
-		return 0
-	}
-	for _, mf := range mfs {
-		if mf.GetName() == "linkedge_agent_forwarded_total" && len(mf.GetMetric()) > 0 {
-			return mf.GetMetric()[0].GetCounter().GetValue()
-		}
-	}
-	return 0
+	return agentCounter(a, "linkedge_agent_forwarded_total", "", "")
 }
 
 // measure fills each phase's estimate and capture. The MQTT connection

@@ -43,7 +43,7 @@ the view is stale.`,
   linkedge fleet --broker tcp://fleet:1883 --username ops --password … --watch`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return runFleetTo(cmd.Context(), cmd.OutOrStdout(), cmd.ErrOrStderr(), broker, user, pass, tc, wait, watch)
+			return runFleet(cmd.Context(), cmd.OutOrStdout(), cmd.ErrOrStderr(), broker, user, pass, tc, wait, watch)
 		},
 	}
 	fl := cmd.Flags()
@@ -58,13 +58,9 @@ the view is stale.`,
 	return cmd
 }
 
-func runFleet(ctx context.Context, out io.Writer, broker, user, pass string, tc tlsconfig.Client, wait time.Duration, watch bool) error {
-	return runFleetTo(ctx, out, io.Discard, broker, user, pass, tc, wait, watch)
-}
-
-// runFleetTo is runFleet with a writer for the notes on the connection
-// (stderr in the command).
-func runFleetTo(ctx context.Context, out, notes io.Writer, broker, user, pass string, tc tlsconfig.Client, wait time.Duration, watch bool) error {
+// runFleet prints the fleet table to out, and notes on the connection
+// (stderr in the command) to notes.
+func runFleet(ctx context.Context, out, notes io.Writer, broker, user, pass string, tc tlsconfig.Client, wait time.Duration, watch bool) error {
 	var mu sync.Mutex
 	trucks := map[string]status.Status{}
 	releases := map[string]announced{}

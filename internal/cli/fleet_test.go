@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
 	"strings"
 	"sync"
 	"testing"
@@ -52,7 +53,7 @@ func TestFleetTable(t *testing.T) {
 		t.Fatal(tok.Error())
 	}
 	var out bytes.Buffer
-	if err := runFleet(ctx, &out, url, "", "", tlsconfig.Client{}, 500*time.Millisecond, false); err != nil {
+	if err := runFleet(ctx, &out, io.Discard, url, "", "", tlsconfig.Client{}, 500*time.Millisecond, false); err != nil {
 		t.Fatal(err)
 	}
 	for _, want := range []string{"release aps-failure: stable v1, canary v2 for groups early and 5% of the other trucks (serial 17)", "truck-1  true", "v2", "truck-2", "downloading", "50%", "paused", "17/1200", "truck-3"} {
@@ -118,7 +119,7 @@ func TestFleetWatchSurvivesBrokerRestart(t *testing.T) {
 	wctx, stop := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() {
-		done <- runFleetTo(wctx, &out, &notes, url, "", "", tlsconfig.Client{}, 200*time.Millisecond, true)
+		done <- runFleet(wctx, &out, &notes, url, "", "", tlsconfig.Client{}, 200*time.Millisecond, true)
 	}()
 	defer func() {
 		stop()

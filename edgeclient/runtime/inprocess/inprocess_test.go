@@ -23,14 +23,21 @@ func write(t *testing.T, data []byte) string {
 	return p
 }
 
-func TestStageActivate(t *testing.T) {
-	ctx := context.Background()
-	if err := inference.Init(ctx, ""); err != nil {
+// newRuntime starts ONNX Runtime and returns a runtime over an empty slot,
+// closed when the test ends.
+func newRuntime(t *testing.T) (*Runtime, *inference.Slot) {
+	t.Helper()
+	if err := inference.Init(context.Background(), ""); err != nil {
 		t.Fatal(err)
 	}
 	slot := &inference.Slot{}
-	defer slot.Close()
-	rt := New(slot, inference.Options{}, inference.BatchConfig{}, nil)
+	t.Cleanup(func() { slot.Close() })
+	return New(slot, inference.Options{}, inference.BatchConfig{}, nil), slot
+}
+
+func TestStageActivate(t *testing.T) {
+	ctx := context.Background()
+	rt, slot := newRuntime(t)
 	v1 := runtime.Spec{Model: "aps-failure", Version: 1, Bundle: write(t, apsmodels.V1())}
 	v2 := runtime.Spec{Model: "aps-failure", Version: 2, Bundle: write(t, apsmodels.V2())}
 
@@ -75,12 +82,7 @@ func TestStageActivate(t *testing.T) {
 // fails for good), not as a passing hiccup retried for ever.
 func TestStageRefusesAModelOverTheCap(t *testing.T) {
 	ctx := context.Background()
-	if err := inference.Init(ctx, ""); err != nil {
-		t.Fatal(err)
-	}
-	slot := &inference.Slot{}
-	defer slot.Close()
-	rt := New(slot, inference.Options{}, inference.BatchConfig{}, nil)
+	rt, _ := newRuntime(t)
 	rt.Limits.MaxModelBytes = 1 << 10
 	_, err := rt.Stage(ctx, runtime.Spec{Model: "aps-failure", Version: 1, Bundle: write(t, apsmodels.V1())})
 	if !errors.Is(err, runtime.ErrUnhealthy) || !errors.Is(err, bundle.ErrTooLarge) || !strings.Contains(err.Error(), "max_model_bytes") {
