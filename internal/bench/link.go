@@ -62,6 +62,11 @@ type LinkConfig struct {
 	// AlertGap is the pause after each alert's acknowledgement, so that
 	// alerts travel one by one as sparse alerts do. Default 100 ms.
 	AlertGap time.Duration
+	// Burst is how many alerts are measured in one burst: readings that
+	// make alerts sent as fast as the agent scores them, so the forwarder
+	// batches them (forward.max_batch per message). Default 1,000;
+	// negative skips the burst.
+	Burst int
 	// Transports to run: TransportTCP, TransportMTLS. Default both.
 	Transports []string
 	// Tcpdump also captures the truck's side of the link on lo and reports
@@ -104,6 +109,10 @@ func (c *LinkConfig) setDefaults() {
 	if c.AlertGap <= 0 {
 		c.AlertGap = 100 * time.Millisecond
 	}
+	if c.Burst == 0 {
+		c.Burst = 1000
+	}
+	c.Burst = max(c.Burst, 0)
 	if len(c.Transports) == 0 {
 		c.Transports = []string{TransportTCP, TransportMTLS}
 	}
@@ -171,6 +180,9 @@ type LinkResult struct {
 	// Alerts: AlertCount alerts forwarded one by one.
 	Alerts     LinkPhase
 	AlertCount int
+	// Burst: BurstCount alerts made at once and forwarded in batches.
+	Burst      LinkPhase
+	BurstCount int
 	// StatusBytes is the size of an idle truck's status document, Expected
 	// the idle rate (bytes/s) the configured intervals predict.
 	StatusBytes int
@@ -261,6 +273,9 @@ type linkRun struct {
 	agentCfg   edgeclient.Config
 	local      paho.Client
 	localPreds atomic.Int64
+	// alertRows are the readings that made alerts in the alerts phase,
+	// which the burst sends again.
+	alertRows [][]byte
 	// quietFor is how long the link must be silent for a phase to end: 1 s,
 	// or less with a status interval so short that it never is.
 	quietFor time.Duration
@@ -343,6 +358,12 @@ func runLinkTransport(ctx context.Context, cfg LinkConfig, transport, dir string
 		return nil, err
 	}
 	res.AlertCount = cfg.Alerts
+	if cfg.Burst > 0 {
+		if res.Burst, err = r.burst(ctx, cfg.Burst); err != nil {
+			return nil, err
+		}
+		res.BurstCount = cfg.Burst
+	}
 	res.FullHandshakes = int(agentCounter(r.agent, "linkedge_agent_fleet_tls_handshakes_total", "resumed", "false"))
 	res.Resumed = int(agentCounter(r.agent, "linkedge_agent_fleet_tls_handshakes_total", "resumed", "true"))
 
@@ -699,6 +720,7 @@ func (r *linkRun) alerts(ctx context.Context) (LinkPhase, error) {
 		if r.agent.Status().Alerts == alerts0 {
 			continue // not an alert: it stays on the truck
 		}
+		r.alertRows = append(r.alertRows, rows[i%len(rows)])
 		count++
 		// An alert waits up to the profile's batch delay for company (a
 		// minute on satellite) before it goes out.
@@ -717,6 +739,42 @@ func (r *linkRun) alerts(ctx context.Context) (LinkPhase, error) {
 		return LinkPhase{}, err
 	}
 	r.logf("alerts: %d/%d forwarded", count, n)
+	return LinkPhase{From: from, To: time.Now()}, nil
+}
+
+// burst publishes n readings that made alerts in [linkRun.alerts] on the
+// truck's local bus as fast as the agent scores them (at most burstWindow
+// unanswered), so the forwarder sends them in batches, and waits until all
+// n were forwarded and the link is quiet.
+func (r *linkRun) burst(ctx context.Context, n int) (LinkPhase, error) {
+	if len(r.alertRows) == 0 {
+		return LinkPhase{}, errors.New("alert burst: no reading made an alert")
+	}
+	const burstWindow = 64 // well under the agent's max_inflight
+	r.logf("alert burst: %d alerts at once", n)
+	fwd0, alerts0, preds0 := forwarded(r.agent), r.agent.Status().Alerts, r.localPreds.Load()
+	from := time.Now()
+	for i := range n {
+		sent := int64(i)
+		if err := waitUntil(ctx, 30*time.Second, "the agent to score the burst", func() bool { return r.localPreds.Load()-preds0 > sent-burstWindow }); err != nil {
+			return LinkPhase{}, err
+		}
+		r.local.Publish(topics.LocalReadings(benchModel), topics.LocalReadingsQoS, false, r.alertRows[i%len(r.alertRows)])
+	}
+	if err := waitUntil(ctx, 60*time.Second, "the burst's predictions", func() bool { return r.localPreds.Load()-preds0 >= int64(n) }); err != nil {
+		return LinkPhase{}, err
+	}
+	if got := r.agent.Status().Alerts - alerts0; got != int64(n) {
+		return LinkPhase{}, fmt.Errorf("alert burst: %d of %d readings made alerts", got, n)
+	}
+	limit := r.agentCfg.WithDefaults().Forward.BatchDelay + 60*time.Second
+	if err := waitUntil(ctx, limit, "the burst to be forwarded", func() bool { return forwarded(r.agent) >= fwd0+float64(n) }); err != nil {
+		return LinkPhase{}, err
+	}
+	if err := r.quiet(ctx); err != nil {
+		return LinkPhase{}, err
+	}
+	r.logf("alert burst: %d/%d forwarded", n, n)
 	return LinkPhase{From: from, To: time.Now()}, nil
 }
 
@@ -800,6 +858,9 @@ func (r *linkRun) measure(res *LinkResult, end time.Time, pkts []Packet) {
 		fill(&res.Reconnects[i])
 	}
 	fill(&res.Alerts)
+	if res.BurstCount > 0 {
+		fill(&res.Burst)
+	}
 }
 
 // cloudKeepAlive is the proxy setting for a modelled keepalive (0: none).
@@ -859,6 +920,8 @@ type Figures struct {
 	Reconnect      float64 // median bytes per reconnect
 	ReconnectRange [2]float64
 	Per1000Alerts  float64
+	// Per1000Burst is 1,000 alerts made in one burst.
+	Per1000Burst float64
 }
 
 // Estimated are the figures from the proxies' counts.
@@ -894,6 +957,9 @@ func (r LinkResult) figures(total func(LinkPhase) int64) Figures {
 	}
 	if r.AlertCount > 0 {
 		f.Per1000Alerts = lessIdle(total(r.Alerts), rate, r.Alerts.Duration()) / float64(r.AlertCount) * 1000
+	}
+	if r.BurstCount > 0 {
+		f.Per1000Burst = lessIdle(total(r.Burst), rate, r.Burst.Duration()) / float64(r.BurstCount) * 1000
 	}
 	return f
 }

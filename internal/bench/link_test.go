@@ -19,7 +19,7 @@ func TestLinkSmoke(t *testing.T) {
 	defer cancel()
 	start := time.Now()
 	rep, err := RunLink(ctx, LinkConfig{
-		Transports: []string{TransportTCP}, Idle: 3 * time.Second, Reconnects: 1, Alerts: 5, AlertGap: 50 * time.Millisecond,
+		Transports: []string{TransportTCP}, Idle: 3 * time.Second, Reconnects: 1, Alerts: 5, AlertGap: 50 * time.Millisecond, Burst: 200,
 		StatusInterval: 500 * time.Millisecond, Probation: 500 * time.Millisecond, PublisherPoll: 100 * time.Millisecond,
 		Dir: t.TempDir(),
 	})
@@ -56,6 +56,14 @@ func TestLinkSmoke(t *testing.T) {
 		t.Errorf("reconnect: %+v, want one connection carrying at least a CONNECT and a status", rc)
 	case r.Alerts.Wire.Payload[0] < int64(r.AlertCount)*150 || f.Per1000Alerts == 0:
 		t.Errorf("alerts: %d bytes up for %d alerts, want at least 150 each", r.Alerts.Wire.Payload[0], r.AlertCount)
+	case r.BurstCount != 200 || r.Burst.Wire.Payload[0] < 200*100:
+		t.Errorf("burst: %d bytes up for %d alerts, want 200 alerts of at least 100 B", r.Burst.Wire.Payload[0], r.BurstCount)
+	}
+	// A burst goes out in batches: per alert, it must cost well under an
+	// alert sent alone (its own PUBLISH, PUBACK and segments).
+	perAlone := float64(r.Alerts.Wire.Total()) / float64(r.AlertCount)
+	if perBurst := float64(r.Burst.Wire.Total()) / float64(r.BurstCount); perBurst > 0.75*perAlone {
+		t.Errorf("burst: %.0f B per alert, alone %.0f B: the burst was not batched", perBurst, perAlone)
 	}
 	if md := rep.Markdown(); !strings.Contains(md, "| plain TCP | idle |") || !strings.Contains(md, "per 30-day month") {
 		t.Errorf("Markdown lacks its rows:\n%s", md)
@@ -73,7 +81,7 @@ func TestLinkSmokeKeepaliveCycles(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	rep, err := RunLink(ctx, LinkConfig{
-		Transports: []string{TransportTCP}, Reconnects: 1, Alerts: 1, AlertGap: 50 * time.Millisecond,
+		Transports: []string{TransportTCP}, Reconnects: 1, Alerts: 1, AlertGap: 50 * time.Millisecond, Burst: -1,
 		StatusInterval: 2 * time.Hour, KeepAlive: 2 * time.Second, Probation: 500 * time.Millisecond, PublisherPoll: 100 * time.Millisecond,
 		Dir: t.TempDir(),
 	})

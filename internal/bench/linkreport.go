@@ -65,7 +65,10 @@ func (rep *LinkReport) Markdown() string {
 	row(fmt.Sprintf("one reconnect (median of %d)", rep.Config.Reconnects), func(f Figures, _ LinkResult) string {
 		return fmt.Sprintf("%s B", fmtInt(f.Reconnect))
 	})
-	row(fmt.Sprintf("1,000 forwarded alerts (from %d)", rep.Config.Alerts), func(f Figures, _ LinkResult) string { return fmtInt(f.Per1000Alerts) + " B" })
+	row(fmt.Sprintf("1,000 forwarded alerts, one at a time (from %d)", rep.Config.Alerts), func(f Figures, _ LinkResult) string { return fmtInt(f.Per1000Alerts) + " B" })
+	if rep.Config.Burst > 0 {
+		row(fmt.Sprintf("1,000 forwarded alerts, in one burst (from %d)", rep.Config.Burst), func(f Figures, _ LinkResult) string { return fmtInt(f.Per1000Burst) + " B" })
+	}
 	b.WriteString("\nMB = 10⁶ bytes. Every figure is IP bytes (payload and IPv4/TCP headers, both ways) on the truck's side of the link; " +
 		"the update, reconnect and alert figures have the idle traffic of their own window subtracted.\n\n")
 
@@ -129,6 +132,12 @@ func (rep *LinkReport) Markdown() string {
 			name string
 			p    LinkPhase
 		}{fmt.Sprintf("%d alerts", r.AlertCount), r.Alerts})
+		if r.BurstCount > 0 {
+			phases = append(phases, struct {
+				name string
+				p    LinkPhase
+			}{fmt.Sprintf("burst of %d alerts", r.BurstCount), r.Burst})
+		}
 		for _, ph := range phases {
 			w := ph.p.Wire
 			name := ph.name

@@ -148,6 +148,7 @@ Progress goes to stderr. With the defaults it takes about 25 minutes per transpo
 	fl.IntVar(&cfg.Reconnects, "reconnects", 3, "link cuts to measure; the table shows the median")
 	fl.IntVar(&cfg.Alerts, "alerts", 100, "alerts to forward; the table scales them to 1,000")
 	fl.DurationVar(&cfg.AlertGap, "alert-gap", 100*time.Millisecond, "pause after each alert is acknowledged")
+	fl.IntVar(&cfg.Burst, "burst", 1000, "alerts made at once and forwarded in batches (negative: none); the table scales them to 1,000")
 	fl.StringSliceVar(&cfg.Transports, "transport", []string{bench.TransportTCP, bench.TransportMTLS}, "transports to run: tcp, mtls")
 	fl.BoolVar(&cfg.Tcpdump, "tcpdump", false, "also capture the truck's side of the link with tcpdump on lo, and report the real IP bytes")
 	fl.StringVar(&cfg.Profile, "profile", "", "agent link.profile: cellular (the agent's default), wifi or satellite")
