@@ -125,6 +125,9 @@ func New(cfg Config) (*Agent, error) {
 	inproc := inprocess.New(a.slot, inference.Options{IntraOpThreads: cfg.Inference.Threads}, cfg.Inference.Batch, a.srv.ObserveBatch)
 	inproc.Limits.MaxModelBytes = cfg.Inference.MaxModelBytes
 	a.rts = &runtimes{inprocess: inproc}
+	if cfg.Runtime != nil {
+		a.rts = &runtimes{inprocess: cfg.Runtime}
+	}
 	a.tls, _ = cfg.Fleet.TLS.Build() // checked by Validate
 	dlTLS := a.tls
 	if u, err := url.Parse(cfg.Fleet.Broker); err == nil && (u.Scheme == "ssl" || u.Scheme == "tls" || u.Scheme == "mqtts" || u.Scheme == "tcps" || u.Scheme == "wss") {
@@ -167,18 +170,10 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 			a.Close()
 		}
 	}()
-	lib := a.cfg.Inference.ONNXRuntime
-	if lib == "" {
-		p, err := ortlib.Find()
-		if err != nil {
-			// Fetching it here (as `linkedge setup` does) would make a
-			// truck's start wait on a 110 MB download.
-			return fmt.Errorf("onnx runtime: %w; install the library with the agent and name it in inference.onnxruntime (or %s)", err, ortlib.EnvVar)
+	if a.cfg.Runtime == nil {
+		if err := a.loadONNXRuntime(ctx); err != nil {
+			return err
 		}
-		lib = p
-	}
-	if err := inference.Init(ctx, lib); err != nil {
-		return err
 	}
 	if a.cfg.Containers.Enabled {
 		cli, err := icontainer.Connect(ctx)
@@ -243,8 +238,10 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 			a.log.Info("predictions from an earlier run wait to be forwarded", "count", n)
 		}
 	}
-	if err := a.srv.Start(); err != nil {
-		return err
+	if a.cfg.HTTP != "off" {
+		if err := a.srv.Start(); err != nil {
+			return err
+		}
 	}
 	if err := a.startLocalBus(ctx); err != nil {
 		return err
@@ -272,7 +269,25 @@ func (a *Agent) Start(ctx context.Context) (err error) {
 	return nil
 }
 
+// loadONNXRuntime loads the library the in-process runtime needs.
+func (a *Agent) loadONNXRuntime(ctx context.Context) error {
+	lib := a.cfg.Inference.ONNXRuntime
+	if lib == "" {
+		p, err := ortlib.Find()
+		if err != nil {
+			// Fetching it here (as `linkedge setup` does) would make a
+			// truck's start wait on a 110 MB download.
+			return fmt.Errorf("onnx runtime: %w; install the library with the agent and name it in inference.onnxruntime (or %s)", err, ortlib.EnvVar)
+		}
+		lib = p
+	}
+	return inference.Init(ctx, lib)
+}
+
 func (a *Agent) startLocalBus(ctx context.Context) error {
+	if a.cfg.LocalBroker.Listen == "off" && a.cfg.LocalBroker.External == "" {
+		return nil // no local bus: applications use the HTTP endpoint
+	}
 	url := a.cfg.LocalBroker.External
 	if a.cfg.LocalBroker.Listen != "off" {
 		b, err := broker.New(broker.Config{Listen: a.cfg.LocalBroker.Listen, DataDir: a.cfg.LocalBroker.DataDir, HTTPListen: "", Logger: a.log.With("part", "local-broker")})

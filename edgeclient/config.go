@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/linkedge/linkedge/edgeclient/hold"
+	"github.com/linkedge/linkedge/edgeclient/runtime"
 	"github.com/linkedge/linkedge/inference"
 	"github.com/linkedge/linkedge/internal/config"
 	"github.com/linkedge/linkedge/internal/release"
@@ -35,7 +36,9 @@ type Config struct {
 	TrustedKeys []string `yaml:"trusted_keys"`
 	// Fleet is the connection to the fleet broker.
 	Fleet FleetConfig `yaml:"fleet"`
-	// HTTP is the stable local inference address. Default 127.0.0.1:8080.
+	// HTTP is the stable local inference address. Default 127.0.0.1:8080;
+	// "off" serves no HTTP endpoint (a truck whose applications use the
+	// local bus alone).
 	HTTP string `yaml:"http"`
 	// LocalBroker is the truck's own MQTT bus.
 	LocalBroker LocalBrokerConfig `yaml:"local_broker"`
@@ -83,6 +86,11 @@ type Config struct {
 	// Keys, when set, are used instead of reading TrustedKeys (for
 	// embedding the agent, as the demo does).
 	Keys []ed25519.PublicKey `yaml:"-"`
+	// Runtime, when set, runs every version in place of the in-process
+	// ONNX runtime and containers, and the agent does not load ONNX
+	// Runtime: simulated trucks (`linkedge bench fleet`) run the real fleet
+	// side with a runtime that loads nothing.
+	Runtime runtime.Runtime `yaml:"-"`
 }
 
 // FleetConfig is the fleet broker connection.
@@ -173,7 +181,8 @@ func (f ForwardConfig) alerts() bool { return f.Alerts == nil || *f.Alerts }
 // LocalBrokerConfig is the truck-local MQTT bus.
 type LocalBrokerConfig struct {
 	// Listen runs an embedded broker on this address. Default
-	// 127.0.0.1:1883. Set "off" to use External instead.
+	// 127.0.0.1:1883. Set "off" to use External instead, or, with no
+	// External, to run without a local bus (applications use HTTP).
 	Listen string `yaml:"listen"`
 	// External is the URL of a local broker that already runs on the truck
 	// (used when Listen is "off").
@@ -328,8 +337,8 @@ func (c *Config) Validate() error {
 	} else if err := c.Fleet.TLS.CheckScheme(c.Fleet.Broker); err != nil {
 		errs = append(errs, fmt.Errorf("fleet.tls: %w", err))
 	}
-	if c.LocalBroker.Listen == "off" && c.LocalBroker.External == "" {
-		errs = append(errs, errors.New(`local_broker: with listen "off", set external to the truck's broker URL`))
+	if c.LocalBroker.Listen == "off" && c.LocalBroker.External == "" && c.HTTP == "off" && c.Runtime == nil {
+		errs = append(errs, errors.New(`local_broker: with listen "off" and http "off" the truck would serve nothing; set local_broker.external to the truck's broker URL or give http an address`))
 	}
 	if len(c.Keys) == 0 {
 		if len(c.TrustedKeys) == 0 {

@@ -36,7 +36,7 @@ func TestLoadConfig(t *testing.T) {
 		{"fleet tls missing ca", "truck: t1\nmodel: m\ntrusted_keys: [" + keyFile + "]\nfleet: {broker: ssl://x:8883, tls: {ca_file: /nope/ca.pem}}\n", "fleet.tls: invalid tls settings: ca_file"},
 		{"fleet tls with tcp", "truck: t1\nmodel: m\ntrusted_keys: [" + keyFile + "]\nfleet: {broker: tcp://x:1883, tls: {ca_file: " + caFile + "}}\n", "not a TLS URL"},
 		{"fleet tls cert without key", "truck: t1\nmodel: m\ntrusted_keys: [" + keyFile + "]\nfleet: {broker: ssl://x:8883, tls: {cert_file: " + certFile + "}}\n", "cert_file and key_file must be set together"},
-		{"local off without external", "truck: t1\nmodel: m\ntrusted_keys: [" + keyFile + "]\nfleet: {broker: tcp://x:1883}\nlocal_broker: {listen: \"off\"}\n", "external"},
+		{"no local bus and no http", "truck: t1\nmodel: m\ntrusted_keys: [" + keyFile + "]\nfleet: {broker: tcp://x:1883}\nlocal_broker: {listen: \"off\"}\nhttp: \"off\"\n", "serve nothing"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

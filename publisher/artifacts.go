@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -60,6 +61,8 @@ type ArtifactServer struct {
 	log  *slog.Logger
 	// health, if set, is asked by /healthz: an error makes it 503.
 	health atomic.Pointer[func() error]
+	// sent counts artifact bytes served (linkedge_publisher_artifact_bytes_total).
+	sent atomic.Int64
 }
 
 // SetHealth makes /healthz answer 503 with fn's error while fn returns one
@@ -97,7 +100,12 @@ func NewArtifactServer(reg *localreg.Registry, listen, baseURL string, gatherer 
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
 	if gatherer != nil {
-		mux.Handle("GET /metrics", promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{}))
+		own := prometheus.NewRegistry()
+		own.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "linkedge_publisher_artifact_bytes_total",
+			Help: "Bytes of artifacts the artifact server sent (bodies only).",
+		}, func() float64 { return float64(s.sent.Load()) }))
+		mux.Handle("GET /metrics", promhttp.HandlerFor(prometheus.Gatherers{gatherer, own}, promhttp.HandlerOpts{}))
 	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		jsonError(w, http.StatusNotFound, "no such path; artifacts are at /artifacts/{model}/{version}/model.tar.gz")
@@ -200,7 +208,33 @@ func (s *ArtifactServer) serveArtifact(w http.ResponseWriter, r *http.Request) {
 		// each); a server may ignore Range, so the whole file it is.
 		r.Header.Del("Range")
 	}
-	http.ServeContent(w, r, localreg.ArtifactFile, st.ModTime(), f)
+	http.ServeContent(&countingWriter{ResponseWriter: w, n: &s.sent}, r, localreg.ArtifactFile, st.ModTime(), f)
+}
+
+// countingWriter adds the body bytes written to n.
+type countingWriter struct {
+	http.ResponseWriter
+	n *atomic.Int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	k, err := c.ResponseWriter.Write(p)
+	c.n.Add(int64(k))
+	return k, err
+}
+
+// ReadFrom keeps net/http's sendfile path, which ServeContent takes through
+// io.Copy, for the thundering herd of a fleet downloading at once.
+func (c *countingWriter) ReadFrom(r io.Reader) (int64, error) {
+	var k int64
+	var err error
+	if rf, ok := c.ResponseWriter.(io.ReaderFrom); ok {
+		k, err = rf.ReadFrom(r)
+	} else {
+		k, err = io.Copy(c.ResponseWriter, r)
+	}
+	c.n.Add(k)
+	return k, err
 }
 
 // maxRanges is the most byte ranges one request may ask for.

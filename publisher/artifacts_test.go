@@ -125,10 +125,13 @@ func TestArtifactServerMetricsEndpoint(t *testing.T) {
 	s := subscribe(t, b.Addr(), "aps")
 	p := start(t, e.config(b.Addr()))
 	s.next()
+	art := get(t, "http://"+p.ArtifactAddr()+"/artifacts/aps/1/model.tar.gz", nil, 200)
+	sent := fmt.Sprintf("linkedge_publisher_artifact_bytes_total %d\n", len(art))
 	deadline := time.Now().Add(waitFor)
 	for {
 		body := get(t, "http://"+p.ArtifactAddr()+"/metrics", nil, 200)
-		if bytes.Contains(body, []byte(`linkedge_publisher_announcements_total{model="aps"} 1`)) &&
+		if bytes.Contains(body, []byte(sent)) &&
+			bytes.Contains(body, []byte(`linkedge_publisher_announcements_total{model="aps"} 1`)) &&
 			bytes.Contains(body, []byte(`linkedge_publisher_broker_connected 1`)) &&
 			bytes.Contains(body, []byte(`linkedge_publisher_last_announce_timestamp_seconds{model="aps"}`)) {
 			return

@@ -365,15 +365,29 @@ func (s *session) watchRetained(c paho.Client) {
 	}()
 }
 
-// retainedSerial returns the serial the broker retains for model, and
-// whether the view is settled enough to act on (subscribed for a while).
-func (s *session) retainedSerial(model string) (serial int64, settled bool) {
+// retainedSerial returns the serial the broker retains for model, when the
+// subscription behind the view was acknowledged, and whether the view is
+// settled enough to act on (subscribed for a while: the retained messages
+// follow the SUBACK on the wire).
+func (s *session) retainedSerial(model string) (serial int64, since time.Time, settled bool) {
 	s.retMu.Lock()
 	defer s.retMu.Unlock()
 	if s.watchSince.IsZero() || time.Since(s.watchSince) < retainedGrace {
-		return 0, false
+		return 0, time.Time{}, false
 	}
-	return s.retained[model], true
+	return s.retained[model], s.watchSince, true
+}
+
+// rewatch subscribes to the release topics again, so that the broker sends
+// what it retains now: a view taken after an announcement, instead of
+// waiting for the announcement's own echo.
+func (s *session) rewatch() {
+	s.mu.Lock()
+	c := s.client
+	s.mu.Unlock()
+	if c != nil && c.IsConnectionOpen() {
+		s.watchRetained(c)
+	}
 }
 
 func newSession(cfg *Config, log *slog.Logger, m *metrics, onUp, onFailure func()) *session {

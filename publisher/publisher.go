@@ -61,6 +61,9 @@ type Publisher struct {
 	// canary failures), the last problem logged, so a problem that lasts is
 	// logged once and not every poll. Only the poll loop touches it.
 	reported map[string]string
+	// rewatched is when lostByBroker last asked for a fresh view of the
+	// retained releases.
+	rewatched time.Time
 }
 
 // failuresKey is the reported key of the canary failures' persistence; it
@@ -545,13 +548,33 @@ func (p *Publisher) poll(ctx context.Context) {
 
 // lostByBroker reports whether the broker's retained release for model is
 // missing or older than the last one acknowledged.
+//
+// Only a view subscribed after the acknowledgement can say so: the broker
+// sends what it retains right behind the SUBACK. An older view learns of the
+// announcement from its echo (the publisher is subscribed to its own
+// release topics), which a broker busy with thousands of trucks may deliver
+// seconds later; taking the wait for the echo as a loss announced the
+// release again to every truck. If no echo came within echoWait, a fresh
+// subscription looks.
 func (p *Publisher) lostByBroker(model string, last *Announcement) bool {
-	if time.Since(last.AckedAt) < retainedGrace {
-		return false // our own retained copy may still be on its way back
+	serial, since, settled := p.sess.retainedSerial(model)
+	if !settled || serial >= last.Serial {
+		return false
 	}
-	serial, settled := p.sess.retainedSerial(model)
-	return settled && serial < last.Serial
+	if since.After(last.AckedAt) {
+		return true
+	}
+	if now := time.Now(); now.Sub(last.AckedAt) > echoWait && now.Sub(p.rewatched) > echoWait {
+		p.rewatched = now
+		p.sess.rewatch()
+	}
+	return false
 }
+
+// echoWait is how long the echo of an announcement may take before the
+// publisher looks at the broker's retained release with a new
+// subscription.
+const echoWait = 10 * time.Second
 
 func announcedOf(st *State, model string) *Announcement {
 	if ms := st.Models[model]; ms != nil {

@@ -17,7 +17,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -28,6 +27,7 @@ import (
 	"github.com/linkedge/linkedge/inference/bundle"
 	"github.com/linkedge/linkedge/internal/netsim"
 	"github.com/linkedge/linkedge/internal/release"
+	"github.com/linkedge/linkedge/internal/testbin"
 )
 
 const (
@@ -35,53 +35,15 @@ const (
 	truck = "truck-1"
 )
 
-// The linkedge binary, built once per test process.
-var (
-	binOnce sync.Once
-	binDir  string
-	binPath string
-	binErr  error
-)
-
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if binDir != "" {
-		os.RemoveAll(binDir)
-	}
+	testbin.Cleanup()
 	os.Exit(code)
 }
 
-// linkedgeBin builds the linkedge command once. Every part runs as a child
-// process of it, so that the test can SIGKILL any of them.
-func linkedgeBin(t *testing.T) string {
-	t.Helper()
-	binOnce.Do(func() {
-		// CHAOS_BIN runs the suite against a linkedge binary built
-		// elsewhere, e.g. from a committed revision for comparison.
-		if p := os.Getenv("CHAOS_BIN"); p != "" {
-			binPath = p
-			return
-		}
-		if binDir, binErr = os.MkdirTemp("", "linkedge-chaos-bin-"); binErr != nil {
-			return
-		}
-		goCmd, err := exec.LookPath("go")
-		if err != nil {
-			goCmd = filepath.Join(runtime.GOROOT(), "bin", "go")
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-		defer cancel()
-		binPath = filepath.Join(binDir, "linkedge")
-		cmd := exec.CommandContext(ctx, goCmd, "build", "-o", binPath, "github.com/linkedge/linkedge")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			binErr = fmt.Errorf("build linkedge: %w\n%s", err, out)
-		}
-	})
-	if binErr != nil {
-		t.Fatal(binErr)
-	}
-	return binPath
-}
+// linkedgeBin is the linkedge command. Every part runs as a child process
+// of it, so that the test can SIGKILL any of them.
+func linkedgeBin(t *testing.T) string { return testbin.Linkedge(t) }
 
 // bundleInfo is what the test knows of a committed demo bundle.
 type bundleInfo struct {

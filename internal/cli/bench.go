@@ -25,7 +25,7 @@ func newBenchCmd() *cobra.Command {
 suite is measured side by side, so compare the ratios between its rows: absolute numbers
 move with whatever else the machine is doing. "bench link" counts bytes, which do not.`,
 	}
-	cmd.AddCommand(newBenchInferenceCmd(), newBenchLinkCmd(), newBenchFloorCmd())
+	cmd.AddCommand(newBenchInferenceCmd(), newBenchLinkCmd(), newBenchFleetCmd(), newBenchFloorCmd())
 	return cmd
 }
 
@@ -159,6 +159,70 @@ Progress goes to stderr. With the defaults it takes about 25 minutes per transpo
 	fl.DurationVar(&cfg.CloudTCPKeepAlive, "tcp-keepalive-cloud", 0, "TCP keepalive on the broker's side of the MQTT connection (0: none, as the broker sets; Go's default would be 15s)")
 	fl.StringVar(&cfg.Dir, "dir", "", "folder for the parts' state (default: a temporary folder, removed)")
 	fl.BoolVar(&logs, "logs", false, "show the broker's, publisher's and agent's logs (at --log-level)")
+	return cmd
+}
+
+func newBenchFleetCmd() *cobra.Command {
+	var cfg bench.FleetConfig
+	var noStaged bool
+	cmd := &cobra.Command{
+		Use:   "fleet",
+		Short: "A fleet of simulated trucks against a real broker and publisher: update times, CPU, memory, drops",
+		Long: `Fleet starts "linkedge broker" and "linkedge publisher" (a local registry) as child
+processes and --trucks simulated trucks in this process. Each simulated truck is the real
+agent's fleet side: its persistent MQTT session with a last will, release signature
+checks, the resumable download with its sha256 check, its status and event reports; only
+the model runtime is a no-op (no ONNX Runtime, no HTTP endpoint, no local bus).
+
+Scenarios, in order:
+  connect          every truck starts (--connect-rate a second) and reports online
+  update           v1 approved: every truck downloads, verifies and reports it committed
+  staged rollout   the publisher restarted with --canary-percent; v2 approved: the canary
+                   commits, the publisher promotes after --canary-soak, every truck commits
+  broker restart   the broker stopped (SIGTERM) and started on its data: every truck
+                   reconnects and reports online again
+  publisher kill   v3 approved; once the first canary truck committed, the publisher is
+                   killed (SIGKILL) and started again; every truck must still commit v3
+
+For each: the time from its start until each truck reached the goal, as a separate MQTT
+client subscribed to every status saw it (p50, p99, max); broker, publisher and load CPU
+and peak RSS (from /proc); messages the broker dropped (its inflight and write-buffer
+drop counters); release documents the fleet saw (distinct serials: one per announcement,
+so a re-announcement shows); artifact bytes the publisher's server sent.
+
+It prints Markdown. Progress goes to stderr.`,
+		Example: `  linkedge bench fleet --trucks 1000
+  linkedge bench fleet --trucks 10000 --connect-rate 1000
+  linkedge bench fleet --trucks 1000 --link-rate 250000   # 2 Mbit/s per truck: downloads overlap`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cfg.Progress = os.Stderr
+			if noStaged {
+				cfg.CanaryPercent = -1
+			}
+			rep, err := bench.RunFleet(cmd.Context(), cfg)
+			if err != nil {
+				return err
+			}
+			command := cmd.CommandPath()
+			cmd.Flags().Visit(func(f *pflag.Flag) { command += " --" + f.Name + "=" + f.Value.String() })
+			kernel, _ := os.ReadFile("/proc/sys/kernel/osrelease")
+			fmt.Fprintf(cmd.OutOrStdout(), "\n**Command:** `%s`  \n**Machine:** %s/%s, %d CPUs, kernel %s, %s  \n**Date:** %s; the run took %s.\n\n%s",
+				command, runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), strings.TrimSpace(string(kernel)), runtime.Version(),
+				time.Now().UTC().Format("2006-01-02 15:04 MST"), rep.Elapsed.Round(time.Second), rep.Markdown())
+			return nil
+		},
+	}
+	fl := cmd.Flags()
+	fl.IntVar(&cfg.Trucks, "trucks", 1000, "simulated trucks")
+	fl.IntVar(&cfg.ConnectRate, "connect-rate", 500, "trucks started per second")
+	fl.Int64Var(&cfg.LinkRate, "link-rate", 0, "download rate per truck, bytes/s (0: unlimited)")
+	fl.IntVar(&cfg.CanaryPercent, "canary-percent", 5, "canary of the staged-rollout scenarios")
+	fl.DurationVar(&cfg.CanarySoak, "canary-soak", 5*time.Second, "how long the canary runs before promotion")
+	fl.BoolVar(&noStaged, "no-staged", false, "skip the staged-rollout and publisher-kill scenarios")
+	fl.BoolVar(&cfg.NoRestarts, "no-restarts", false, "skip the broker restart and the publisher kill")
+	fl.DurationVar(&cfg.Probation, "probation", time.Second, "the trucks' probation")
+	fl.StringVar(&cfg.Dir, "dir", "", "folder for the parts' state and logs (default: a temporary folder, removed)")
 	return cmd
 }
 

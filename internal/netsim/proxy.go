@@ -32,6 +32,7 @@ type Proxy struct {
 
 	rate     atomic.Int64 // bytes per second per direction, 0 = unlimited
 	up, down limiter      // client→target and target→client
+	perConn  bool         // each connection has limiters of its own
 
 	count    counters
 	observer atomic.Pointer[func(Event)]
@@ -53,7 +54,15 @@ const dialTimeout = 10 * time.Second
 // Option configures a [Proxy].
 type Option func(*options)
 
-type options struct{ keepAlive time.Duration }
+type options struct {
+	keepAlive time.Duration
+	perConn   bool
+}
+
+// PerConnection makes [Proxy.SetRate] limit each connection on its own
+// instead of all of them together: many trucks, each on its own link,
+// behind one proxy.
+func PerConnection() Option { return func(o *options) { o.perConn = true } }
 
 // KeepAlive sets the TCP keepalive of the connections the proxy accepts, so
 // that the client's side of the link sees the probes the real server would
@@ -75,12 +84,13 @@ func New(target string, opts ...Option) (*Proxy, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	p := &Proxy{
-		target: target,
-		ln:     ln,
-		ctx:    ctx,
-		cancel: cancel,
-		online: true,
-		links:  make(map[*link]struct{}),
+		target:  target,
+		ln:      ln,
+		ctx:     ctx,
+		cancel:  cancel,
+		online:  true,
+		links:   make(map[*link]struct{}),
+		perConn: o.perConn,
 	}
 	p.wg.Add(1)
 	go p.acceptLoop()
@@ -211,8 +221,12 @@ func (p *Proxy) serve(l *link) {
 
 	var wg sync.WaitGroup
 	wg.Add(2)
-	go func() { defer wg.Done(); p.pipe(l, up, l.client, &p.up, Up) }()
-	go func() { defer wg.Done(); p.pipe(l, l.client, up, &p.down, Down) }()
+	upLim, downLim := &p.up, &p.down
+	if p.perConn {
+		upLim, downLim = &limiter{}, &limiter{}
+	}
+	go func() { defer wg.Done(); p.pipe(l, up, l.client, upLim, Up) }()
+	go func() { defer wg.Done(); p.pipe(l, l.client, up, downLim, Down) }()
 	wg.Wait()
 }
 

@@ -287,3 +287,46 @@ func TestCloseStopsEverything(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TestRatePerConnection: with PerConnection, every connection gets the
+// whole rate to itself, and is still held to it.
+func TestRatePerConnection(t *testing.T) {
+	const total = 100 << 10
+	const rate = 100_000
+	payload := bytes.Repeat([]byte("m"), total)
+	p, err := New(startServer(t, func(c net.Conn) { c.Write(payload) }).addr(), PerConnection())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	p.SetRate(rate)
+	type result struct {
+		n   int
+		d   time.Duration
+		err error
+	}
+	results := make(chan result, 2)
+	for range 2 {
+		c := dial(t, p)
+		c.SetDeadline(time.Now().Add(30 * time.Second))
+		go func() {
+			start := time.Now()
+			got, err := io.ReadAll(c)
+			results <- result{len(got), time.Since(start), err}
+		}()
+	}
+	for range 2 {
+		select {
+		case r := <-results:
+			if r.err != nil || r.n != total {
+				t.Fatalf("read %d bytes, err %v; want %d", r.n, r.err, total)
+			}
+			// Held to the rate: 100 KiB at 100 KB/s is about a second.
+			if r.d < 800*time.Millisecond {
+				t.Errorf("%d bytes at %d B/s took %v, want about 1s", total, rate, r.d)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatal("downloads did not finish")
+		}
+	}
+}

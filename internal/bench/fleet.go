@@ -1,0 +1,733 @@
+package bench
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/linkedge/linkedge/edgeclient"
+	"github.com/linkedge/linkedge/inference/apsmodels"
+	"github.com/linkedge/linkedge/inference/bundle"
+	"github.com/linkedge/linkedge/internal/release"
+	"github.com/linkedge/linkedge/internal/status"
+	"github.com/linkedge/linkedge/internal/topics"
+	"github.com/linkedge/linkedge/publisher/localreg"
+)
+
+// FleetConfig configures `linkedge bench fleet`. Zero values take the
+// defaults.
+type FleetConfig struct {
+	// Trucks is how many simulated trucks run. Default 1,000.
+	Trucks int
+	// ConnectRate is how many trucks start per second. Default 500.
+	ConnectRate int
+	// LinkRate limits each truck's download, bytes per second, through a
+	// proxy in the bench process (0: unlimited), so downloads overlap as on
+	// a real fleet.
+	LinkRate int64
+	// CanaryPercent is the staged rollout's canary. Default 5; negative
+	// skips the staged-rollout and publisher-restart scenarios.
+	CanaryPercent int
+	// CanarySoak is how long the canary runs before promotion. Default 5 s.
+	CanarySoak time.Duration
+	// NoRestarts skips the broker restart (and the publisher restart).
+	NoRestarts bool
+	// Probation is the agents' probation. Default 1 s: the bench measures
+	// the fleet side, and a truck's probation only adds its own length.
+	Probation time.Duration
+	// Exe is the linkedge binary the broker and the publisher run as;
+	// default this process's executable.
+	Exe string
+	// Dir holds every part's state and logs; default a temporary folder,
+	// removed afterwards.
+	Dir string
+	// TruckDir holds the simulated trucks' data directories. Default a
+	// temporary folder in /dev/shm (tmpfs) when there is one, else in Dir:
+	// every real truck has a disk of its own, and thousands of trucks'
+	// fsyncs queued on one shared disk would measure that disk instead of
+	// the fleet. The agents' code path (atomic writes, fsyncs) is the same.
+	TruckDir string
+	// Progress receives one line per step; nil discards.
+	Progress io.Writer
+	// Logger receives the simulated trucks' warnings and errors; default
+	// a file in Dir.
+	Logger *slog.Logger
+}
+
+func (c *FleetConfig) setDefaults() {
+	if c.Trucks <= 0 {
+		c.Trucks = 1000
+	}
+	if c.ConnectRate <= 0 {
+		c.ConnectRate = 500
+	}
+	if c.CanaryPercent == 0 {
+		c.CanaryPercent = 5
+	}
+	if c.CanarySoak <= 0 {
+		c.CanarySoak = 5 * time.Second
+	}
+	if c.Probation <= 0 {
+		c.Probation = time.Second
+	}
+	if c.Progress == nil {
+		c.Progress = io.Discard
+	}
+}
+
+// FleetPhase is one scenario's outcome.
+type FleetPhase struct {
+	Name string
+	// Goal says what each truck had to do.
+	Goal string
+	// Trucks is how many had to; Done how many did within the limit.
+	Trucks, Done int
+	// Latencies from the phase's start to each truck's goal, sorted.
+	Latencies []time.Duration
+	Elapsed   time.Duration
+	// CPU used and peak RSS sampled during the phase, per process.
+	Broker, Publisher, Load procUsage
+	// Dropped is what the broker dropped during the phase: QoS 1 messages
+	// over a client's in-flight quota and messages over a full write
+	// buffer.
+	Dropped int64
+	// Releases counts release documents (distinct serials) the fleet saw
+	// during the phase.
+	Releases int
+	// ArtifactBytes is what the publisher's artifact server sent.
+	ArtifactBytes int64
+	Note          string
+}
+
+// Percentile returns the p-th percentile (0–100) of the latencies.
+func (p FleetPhase) Percentile(q float64) time.Duration {
+	if len(p.Latencies) == 0 {
+		return 0
+	}
+	i := int(float64(len(p.Latencies)-1) * q / 100)
+	return p.Latencies[i]
+}
+
+// FleetReport is the outcome of `linkedge bench fleet`.
+type FleetReport struct {
+	Config   FleetConfig
+	Artifact int64 // bytes of one bundle
+	Phases   []FleetPhase
+	// ConnectedRSS is the broker's RSS with every truck connected and idle.
+	ConnectedRSS int64
+	Elapsed      time.Duration
+}
+
+// fleetRun is one run of the fleet bench.
+type fleetRun struct {
+	cfg      FleetConfig
+	dir      string
+	broker   *child
+	pub      *child
+	pubArgs  []string
+	brokerAd string // MQTT address
+	brokerHT string // health and metrics address
+	artAddr  string
+	reg      *localreg.Registry
+	verifier *release.Verifier
+	agents   []*edgeclient.Agent
+	mon      *fleetMonitor
+	rate     *rateProxy
+	artifact int64
+	truckTmp string // a TruckDir of the run's own
+	// artBase is what publishers that were stopped had sent: the counter
+	// starts over with every publisher process.
+	artBase int64
+}
+
+// RunFleet runs the fleet bench: a broker and a publisher as child
+// processes, and cfg.Trucks simulated trucks in this process, each the real
+// agent (its MQTT session, release verification, resumable download, digest
+// check and reports) with a no-op model runtime; then the scenarios.
+func RunFleet(ctx context.Context, cfg FleetConfig) (rep *FleetReport, err error) {
+	cfg.setDefaults()
+	start := time.Now()
+	r := &fleetRun{cfg: cfg, dir: cfg.Dir}
+	if r.dir == "" {
+		if r.dir, err = os.MkdirTemp("", "linkedge-bench-fleet-"); err != nil {
+			return nil, err
+		}
+		defer os.RemoveAll(r.dir)
+	}
+	if cfg.Exe == "" {
+		if cfg.Exe, err = os.Executable(); err != nil {
+			return nil, err
+		}
+		r.cfg.Exe = cfg.Exe
+	}
+	defer func() {
+		if cerr := r.close(); err == nil && cerr != nil {
+			err = cerr
+		}
+	}()
+	if r.cfg.TruckDir == "" {
+		base := r.dir
+		if fi, err := os.Stat("/dev/shm"); err == nil && fi.IsDir() {
+			base = "/dev/shm"
+		}
+		if r.cfg.TruckDir, err = os.MkdirTemp(base, "linkedge-bench-trucks-"); err != nil {
+			return nil, err
+		}
+		r.truckTmp = r.cfg.TruckDir // removed by close, after the trucks
+	}
+	if err := r.setup(ctx); err != nil {
+		return nil, err
+	}
+	rep = &FleetReport{Config: r.cfg, Artifact: r.artifact}
+	add := func(p FleetPhase, err error) error {
+		if err != nil {
+			return err
+		}
+		rep.Phases = append(rep.Phases, p)
+		r.logf("%s: %d/%d trucks, p50 %s, p99 %s, max %s", p.Name, p.Done, p.Trucks,
+			p.Percentile(50).Round(time.Millisecond), p.Percentile(99).Round(time.Millisecond), p.Percentile(100).Round(time.Millisecond))
+		return nil
+	}
+	if err := add(r.connect(ctx)); err != nil {
+		return nil, err
+	}
+	// Idle, connected: the broker's memory per truck.
+	if err := sleepCtx(ctx, 3*time.Second); err != nil {
+		return nil, err
+	}
+	r.broker.peakRSS()
+	rep.ConnectedRSS = r.broker.sample().RSS
+	if err := add(r.update(ctx, "update", 1, false)); err != nil {
+		return nil, err
+	}
+	if cfg.CanaryPercent > 0 {
+		if err := r.restartPublisher(ctx, syscall.SIGTERM, true); err != nil {
+			return nil, err
+		}
+		if err := add(r.update(ctx, fmt.Sprintf("staged rollout (%d %% canary, %s soak)", cfg.CanaryPercent, cfg.CanarySoak), 2, false)); err != nil {
+			return nil, err
+		}
+	}
+	if !cfg.NoRestarts {
+		if err := add(r.brokerRestart(ctx)); err != nil {
+			return nil, err
+		}
+		if cfg.CanaryPercent > 0 {
+			if err := add(r.update(ctx, "staged rollout, publisher killed during the canary", 3, true)); err != nil {
+				return nil, err
+			}
+		}
+	}
+	rep.Elapsed = time.Since(start)
+	return rep, nil
+}
+
+func (r *fleetRun) logf(format string, args ...any) {
+	fmt.Fprintf(r.cfg.Progress, "%s  "+format+"\n", append([]any{time.Now().Format("15:04:05")}, args...)...)
+}
+
+const fleetModel = "aps-failure"
+
+func fleetTruck(i int) string { return fmt.Sprintf("sim-%05d", i) }
+
+// setup writes the key and the registry, starts the broker, the publisher
+// and the monitor.
+func (r *fleetRun) setup(ctx context.Context) error {
+	if err := os.MkdirAll(r.dir, 0o700); err != nil {
+		return err
+	}
+	pubKey, privKey := release.GenerateKey()
+	keyFile := filepath.Join(r.dir, "publisher.key")
+	if err := release.WritePrivateKeyFile(keyFile, privKey); err != nil {
+		return err
+	}
+	r.verifier = &release.Verifier{Keys: []ed25519.PublicKey{pubKey}}
+	var err error
+	if r.reg, err = localreg.Open(filepath.Join(r.dir, "registry")); err != nil {
+		return err
+	}
+	// Versions 1–3, each a real bundle of the demo model.
+	for v := int64(1); v <= 3; v++ {
+		data := apsmodels.V1()
+		if v > 1 {
+			b, err := bundle.Read(bytes.NewReader(apsmodels.V2()), bundle.Limits{})
+			if err != nil {
+				return err
+			}
+			b.Meta.Version = v
+			var out bytes.Buffer
+			if err := bundle.Write(&out, b.Meta, b.ONNX); err != nil {
+				return err
+			}
+			data = out.Bytes()
+		}
+		r.artifact = max(r.artifact, int64(len(data)))
+		f := filepath.Join(r.dir, fmt.Sprintf("v%d.tar.gz", v))
+		if err := os.WriteFile(f, data, 0o600); err != nil {
+			return err
+		}
+		if _, err := r.reg.Add(ctx, f); err != nil {
+			return err
+		}
+	}
+
+	addrs := make([]string, 3)
+	for i := range addrs {
+		if addrs[i], err = freeAddr(); err != nil {
+			return err
+		}
+	}
+	r.brokerAd, r.brokerHT, r.artAddr = addrs[0], addrs[1], addrs[2]
+	r.broker = &child{name: "broker", exe: r.cfg.Exe, log: filepath.Join(r.dir, "broker.log"),
+		args: []string{"broker", "--listen", r.brokerAd, "--http", r.brokerHT, "--data", filepath.Join(r.dir, "broker")}}
+	if err := r.broker.start(); err != nil {
+		return err
+	}
+	if err := waitListening(ctx, r.broker, r.brokerAd, 30*time.Second); err != nil {
+		return err
+	}
+	artURL := "http://" + r.artAddr
+	if r.cfg.LinkRate > 0 {
+		if r.rate, err = newRateProxy(r.artAddr, r.cfg.LinkRate); err != nil {
+			return err
+		}
+		artURL = "http://" + r.rate.Addr()
+	}
+	r.pubArgs = []string{"publisher", "--broker", "tcp://" + r.brokerAd, "--registry", r.reg.Dir(), "--key", keyFile,
+		"--artifacts-listen", r.artAddr, "--artifacts-url", artURL, "--poll", "250ms"}
+	r.pub = &child{name: "publisher", exe: r.cfg.Exe, log: filepath.Join(r.dir, "publisher.log"), args: r.pubArgs}
+	if err := r.pub.start(); err != nil {
+		return err
+	}
+	if err := waitListening(ctx, r.pub, r.artAddr, 30*time.Second); err != nil {
+		return err
+	}
+	if r.mon, err = newFleetMonitor(ctx, "tcp://"+r.brokerAd, r.verifier); err != nil {
+		return err
+	}
+	r.logf("broker (pid %d) on %s, publisher (pid %d), artifact %d B", r.broker.cmd.Process.Pid, r.brokerAd, r.pub.cmd.Process.Pid, r.artifact)
+	return nil
+}
+
+// restartPublisher stops the publisher with sig and starts it again, with
+// the staged rollout when staged.
+func (r *fleetRun) restartPublisher(ctx context.Context, sig syscall.Signal, staged bool) error {
+	r.artBase = r.artifactBytes()
+	if err := r.pub.stop(sig, 30*time.Second); err != nil {
+		return err
+	}
+	args := slices.Clone(r.pubArgs)
+	if staged {
+		args = append(args, "--canary-percent", strconv.Itoa(r.cfg.CanaryPercent), "--canary-soak", r.cfg.CanarySoak.String())
+	}
+	r.pub.args = args
+	if err := r.pub.start(); err != nil {
+		return err
+	}
+	return waitListening(ctx, r.pub, r.artAddr, 30*time.Second)
+}
+
+// connect starts every truck at ConnectRate and waits until the monitor
+// saw each one's status online.
+func (r *fleetRun) connect(ctx context.Context) (FleetPhase, error) {
+	n := r.cfg.Trucks
+	logger := r.cfg.Logger
+	if logger == nil {
+		f, err := os.OpenFile(filepath.Join(r.dir, "trucks.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+		if err != nil {
+			return FleetPhase{}, err
+		}
+		defer f.Close() // the handler writes with the file's own calls; see below
+		logger = slog.New(slog.NewTextHandler(&lockedWriter{f: f}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	}
+	r.logf("starting %d trucks, %d a second", n, r.cfg.ConnectRate)
+	ph := r.begin("connect", "start, connect, report its status online", n)
+	pubKeys := r.verifier.Keys
+	tick := time.Second / time.Duration(r.cfg.ConnectRate)
+	next := time.Now()
+	for i := range n {
+		if d := time.Until(next); d > 0 {
+			if err := sleepCtx(ctx, d); err != nil {
+				return FleetPhase{}, err
+			}
+		}
+		next = next.Add(tick)
+		truck := fleetTruck(i)
+		a, err := edgeclient.New(edgeclient.Config{
+			Truck: truck, Model: fleetModel, DataDir: filepath.Join(r.cfg.TruckDir, truck), Keys: pubKeys,
+			Fleet: edgeclient.FleetConfig{Broker: "tcp://" + r.brokerAd},
+			HTTP:  "off", LocalBroker: edgeclient.LocalBrokerConfig{Listen: "off"},
+			Forward:   edgeclient.ForwardConfig{Alerts: new(bool)},
+			Runtime:   &noopRuntime{},
+			Probation: r.cfg.Probation, Logger: logger,
+		})
+		if err != nil {
+			return FleetPhase{}, fmt.Errorf("truck %s: %w", truck, err)
+		}
+		if err := a.Start(ctx); err != nil {
+			return FleetPhase{}, fmt.Errorf("truck %s: %w", truck, err)
+		}
+		r.agents = append(r.agents, a)
+		if (i+1)%max(n/5, 1) == 0 {
+			r.logf("connect: %d/%d started, %d reported online", i+1, n, r.mon.count(func(s truckView) bool { return s.online }))
+		}
+	}
+	return r.finish(ctx, ph, 2*time.Minute, func(s truckView, at time.Time) (time.Time, bool) { return at, s.online })
+}
+
+// update approves version and waits until every truck reported it
+// committed. With killPublisher, the publisher is killed (SIGKILL) once the
+// first canary truck committed, and started again.
+func (r *fleetRun) update(ctx context.Context, name string, version int64, killPublisher bool) (FleetPhase, error) {
+	ph := r.begin(name, fmt.Sprintf("report v%d committed", version), len(r.agents))
+	if _, err := r.reg.Approve(fleetModel, version, "bench"); err != nil {
+		return FleetPhase{}, err
+	}
+	r.logf("%s: v%d approved", name, version)
+	done := func(s truckView, at time.Time) (time.Time, bool) {
+		return at, s.version == version && s.phase == "committed"
+	}
+	if killPublisher {
+		if err := waitUntil(ctx, 2*time.Minute, "a canary truck to commit", func() bool {
+			return r.mon.count(func(s truckView) bool { _, ok := done(s, time.Time{}); return ok }) > 0
+		}); err != nil {
+			return FleetPhase{}, err
+		}
+		r.logf("%s: the canary commits; killing the publisher", name)
+		if err := r.restartPublisher(ctx, syscall.SIGKILL, true); err != nil {
+			return FleetPhase{}, err
+		}
+	}
+	limit := 3*time.Minute + r.cfg.CanarySoak
+	return r.finish(ctx, ph, limit, done)
+}
+
+// brokerRestart stops the broker (SIGTERM), starts it again on the same
+// data, and waits until every truck reported its status online again.
+func (r *fleetRun) brokerRestart(ctx context.Context) (FleetPhase, error) {
+	if err := r.broker.stop(syscall.SIGTERM, time.Minute); err != nil {
+		return FleetPhase{}, err
+	}
+	ph := r.begin("broker restart", "report its status online again, and have it retained", len(r.agents))
+	if err := r.broker.start(); err != nil {
+		return FleetPhase{}, err
+	}
+	if err := waitListening(ctx, r.broker, r.brokerAd, time.Minute); err != nil {
+		return FleetPhase{}, err
+	}
+	r.logf("broker restarted in %s", time.Since(ph.from).Round(time.Millisecond))
+	// The truck's own time stamp says when it reported: the monitor may
+	// read it later, as a retained message, after its own reconnect.
+	return r.finish(ctx, ph, 2*time.Minute, func(s truckView, _ time.Time) (time.Time, bool) {
+		return s.lastSeen, s.online && !s.lastSeen.Before(ph.from)
+	})
+}
+
+// phaseRun is a phase in progress.
+type phaseRun struct {
+	FleetPhase
+	from                time.Time
+	broker0, pub0, self procUsage
+	dropped0, art0      int64
+	serials0            int
+}
+
+func (r *fleetRun) begin(name, goal string, trucks int) *phaseRun {
+	r.broker.peakRSS()
+	r.pub.peakRSS()
+	p := &phaseRun{FleetPhase: FleetPhase{Name: name, Goal: goal, Trucks: trucks}, from: time.Now()}
+	p.broker0, p.pub0, p.self = r.broker.sample(), r.pub.sample(), selfUsage()
+	p.dropped0 = r.brokerDropped()
+	p.art0 = r.artifactBytes()
+	p.serials0 = r.mon.serials()
+	r.mon.mark(p.from)
+	return p
+}
+
+// finish waits until goal holds for every truck (or limit passes), sampling
+// the processes, and fills the phase.
+func (r *fleetRun) finish(ctx context.Context, p *phaseRun, limit time.Duration, goal goalFunc) (FleetPhase, error) {
+	deadline := time.Now().Add(limit)
+	at := map[string]time.Time{} // when each truck first met the goal
+	for {
+		for truck, t := range r.mon.reached(goal) {
+			if _, ok := at[truck]; !ok {
+				at[truck] = t
+			}
+		}
+		if len(at) >= p.Trucks || time.Now().After(deadline) {
+			break
+		}
+		if err := errors.Join(r.broker.alive(), r.pub.alive()); err != nil {
+			return FleetPhase{}, err
+		}
+		r.broker.sample()
+		r.pub.sample()
+		if err := sleepCtx(ctx, 100*time.Millisecond); err != nil {
+			return FleetPhase{}, err
+		}
+	}
+	p.Elapsed = time.Since(p.from)
+	b, pu, s := r.broker.sample(), r.pub.sample(), selfUsage()
+	p.Broker = procUsage{CPU: b.CPU - p.broker0.CPU, RSS: r.broker.peakRSS()}
+	p.Publisher = procUsage{CPU: pu.CPU - p.pub0.CPU, RSS: r.pub.peakRSS()}
+	p.Load = procUsage{CPU: s.CPU - p.self.CPU, RSS: s.RSS}
+	p.Dropped = r.brokerDropped() - p.dropped0
+	p.ArtifactBytes = r.artifactBytes() - p.art0
+	p.Releases = r.mon.serials() - p.serials0
+	p.Done = len(at)
+	for _, t := range at {
+		p.Latencies = append(p.Latencies, t.Sub(p.from))
+	}
+	slices.Sort(p.Latencies)
+	if p.Done < p.Trucks {
+		p.Note = fmt.Sprintf("%d trucks did not %s within %s", p.Trucks-p.Done, p.Goal, limit)
+	}
+	return p.FleetPhase, nil
+}
+
+// brokerDropped reads the broker's drop counters from its /metrics.
+func (r *fleetRun) brokerDropped() int64 {
+	m := scrape("http://" + r.brokerHT + "/metrics")
+	return int64(m["linkedge_broker_inflight_dropped_total"] + m["linkedge_broker_messages_dropped_total"])
+}
+
+// artifactBytes is what the artifact servers sent over the run: the
+// running one's counter, plus what those before it had sent (read just
+// before they stopped).
+func (r *fleetRun) artifactBytes() int64 {
+	m := scrape("http://" + r.artAddr + "/metrics")
+	return r.artBase + int64(m["linkedge_publisher_artifact_bytes_total"])
+}
+
+// scrape reads the unlabelled (or first) sample of every metric of a
+// Prometheus text page; nil on any error.
+func scrape(url string) map[string]float64 {
+	c := http.Client{Timeout: 5 * time.Second}
+	resp, err := c.Get(url)
+	if err != nil {
+		return nil
+	}
+	defer resp.Body.Close()
+	out := map[string]float64{}
+	sc := bufio.NewScanner(io.LimitReader(resp.Body, 8<<20))
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if line == "" || line[0] == '#' {
+			continue
+		}
+		name, rest, ok := strings.Cut(line, " ")
+		if !ok {
+			continue
+		}
+		if i := strings.IndexByte(name, '{'); i >= 0 {
+			name = name[:i]
+			if j := strings.LastIndexByte(line, '}'); j >= 0 {
+				rest = strings.TrimSpace(line[j+1:])
+			}
+		}
+		v, err := strconv.ParseFloat(strings.Fields(rest)[0], 64)
+		if err != nil {
+			continue
+		}
+		out[name] += v
+	}
+	return out
+}
+
+// close stops the trucks, the monitor, the publisher and the broker.
+func (r *fleetRun) close() error {
+	var errs []error
+	if r.mon != nil {
+		r.mon.close()
+	}
+	// The trucks close in parallel: one by one, 10,000 of them take long.
+	var wg sync.WaitGroup
+	var failed atomic.Int64
+	sem := make(chan struct{}, 64)
+	for _, a := range r.agents {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			if a.Close() != nil {
+				failed.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	if n := failed.Load(); n > 0 {
+		errs = append(errs, fmt.Errorf("%d trucks did not close cleanly", n))
+	}
+	if r.pub != nil {
+		errs = append(errs, r.pub.stop(syscall.SIGTERM, 30*time.Second))
+	}
+	if r.broker != nil {
+		errs = append(errs, r.broker.stop(syscall.SIGTERM, time.Minute))
+	}
+	if r.rate != nil {
+		errs = append(errs, r.rate.Close())
+	}
+	if r.truckTmp != "" {
+		errs = append(errs, os.RemoveAll(r.truckTmp))
+	}
+	return errors.Join(errs...)
+}
+
+func selfUsage() procUsage {
+	u, _ := readProc(os.Getpid())
+	return u
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(d):
+		return nil
+	}
+}
+
+// lockedWriter serialises the trucks' log writes to one file.
+type lockedWriter struct {
+	mu sync.Mutex
+	f  *os.File
+}
+
+func (w *lockedWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.f.Write(p)
+}
+
+// truckView is what the monitor last heard from one truck.
+type truckView struct {
+	online   bool
+	version  int64
+	phase    string
+	lastSeen time.Time // the truck's time of the report
+}
+
+// goalFunc reports whether a truck's view meets a phase's goal, and since
+// when; changed is when the view last changed (or the phase began).
+type goalFunc func(v truckView, changed time.Time) (time.Time, bool)
+
+// fleetMonitor watches the fleet as an operator's tool does: every truck's
+// status and every release document, from its own MQTT connection.
+type fleetMonitor struct {
+	c        paho.Client
+	verifier *release.Verifier
+
+	mu      sync.Mutex
+	trucks  map[string]truckView
+	changed map[string]time.Time // when each truck's view last changed
+	since   time.Time
+	seen    map[int64]bool // release serials
+}
+
+func newFleetMonitor(ctx context.Context, broker string, v *release.Verifier) (*fleetMonitor, error) {
+	m := &fleetMonitor{verifier: v, trucks: map[string]truckView{}, changed: map[string]time.Time{}, seen: map[int64]bool{}}
+	o := paho.NewClientOptions().AddBroker(broker).SetClientID("bench-fleet-monitor").SetCleanSession(true).
+		SetAutoReconnect(true).SetConnectRetry(true).SetConnectRetryInterval(500 * time.Millisecond).SetMaxReconnectInterval(time.Second).
+		SetOrderMatters(false).
+		SetOnConnectHandler(func(c paho.Client) {
+			c.SubscribeMultiple(map[string]byte{topics.AllTruckStatus(): 0, topics.AllModelReleases(): 0}, m.onMessage)
+		})
+	m.c = paho.NewClient(o)
+	if t := m.c.Connect(); !t.WaitTimeout(30*time.Second) || t.Error() != nil {
+		return nil, fmt.Errorf("monitor: connect: %v", t.Error())
+	}
+	return m, nil
+}
+
+func (m *fleetMonitor) onMessage(_ paho.Client, msg paho.Message) {
+	now := time.Now()
+	if _, ok := topics.ParseModelRelease(msg.Topic()); ok {
+		if r, err := m.verifier.Verify(msg.Payload()); err == nil {
+			m.mu.Lock()
+			m.seen[r.Serial] = true
+			m.mu.Unlock()
+		}
+		return
+	}
+	truck, ok := topics.ParseTruckStatus(msg.Topic())
+	if !ok {
+		return
+	}
+	s, err := status.Parse(msg.Payload())
+	if err != nil {
+		return
+	}
+	v := truckView{online: s.Online, version: s.Version, phase: s.Phase, lastSeen: s.LastSeen}
+	m.mu.Lock()
+	// A change is a change of state; a fresh time stamp alone is not.
+	if old := m.trucks[truck]; old.online != v.online || old.version != v.version || old.phase != v.phase || m.changed[truck].IsZero() {
+		m.changed[truck] = now
+	}
+	m.trucks[truck] = v
+	m.mu.Unlock()
+}
+
+// mark starts a phase: changes before t do not count for it.
+func (m *fleetMonitor) mark(t time.Time) {
+	m.mu.Lock()
+	m.since = t
+	m.mu.Unlock()
+}
+
+// reached returns, for every truck whose view meets goal, when it last
+// changed (the moment it met it).
+func (m *fleetMonitor) reached(goal goalFunc) map[string]time.Time {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := map[string]time.Time{}
+	for truck, v := range m.trucks {
+		at := m.changed[truck]
+		if at.Before(m.since) {
+			at = m.since // met it already when the phase began
+		}
+		if t, ok := goal(v, at); ok {
+			out[truck] = t
+		}
+	}
+	return out
+}
+
+func (m *fleetMonitor) count(f func(truckView) bool) int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	n := 0
+	for _, v := range m.trucks {
+		if f(v) {
+			n++
+		}
+	}
+	return n
+}
+
+func (m *fleetMonitor) serials() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return len(m.seen)
+}
+
+func (m *fleetMonitor) close() { m.c.Disconnect(250) }
