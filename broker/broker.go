@@ -113,6 +113,20 @@ func New(cfg Config) (*Broker, error) {
 	// MQTT 5 clients (Paho's) refuse an ack with the publish's user
 	// properties, and truck applications bring their own clients.
 	caps.Compatibilities.NoInheritedPropertiesOnAck = true
+	// QoS 1 messages awaiting a client's acknowledgement, per client: the
+	// whole packet-id space. mochi's default (8,192) dropped 15,392 status
+	// reports on their way to the publisher when 10,000 trucks updated at
+	// once; a truck is sent a handful of documents, so the bound costs only
+	// what a busy subscriber really has in flight.
+	caps.MaximumInflight = 65535
+	// Packets queued for a client's connection. mochi allocates the whole
+	// queue with every client: its default (8,192) cost 64 KB per truck,
+	// two thirds of the broker's memory with a connected fleet, for trucks
+	// that are sent a handful of documents. 1,024 still lets the publisher,
+	// the one busy reader, fall a thousand status reports behind on top
+	// of what its socket holds; linkedge_broker_messages_dropped_total
+	// counts any overflow.
+	caps.MaximumClientWritesPending = 1024
 	srv := mqtt.New(&mqtt.Options{
 		Capabilities: caps,
 		InlineClient: true, // the truck agent publishes and subscribes in-process

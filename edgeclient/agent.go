@@ -89,6 +89,7 @@ type Agent struct {
 	cancelRunning context.CancelFunc
 
 	dialer      fleetDialer
+	dialStop    chan struct{} // closed by Close: a reconnect's jitter wait ends
 	link        linkCounters
 	connected   chan struct{} // a fleet connection came up
 	statusDirty chan struct{} // the status changed
@@ -119,6 +120,8 @@ func New(cfg Config) (*Agent, error) {
 		connected: make(chan struct{}, 1), statusDirty: make(chan struct{}, 1),
 	}
 	close(a.offline) // offline until the first connect
+	a.dialStop = make(chan struct{})
+	a.dialer.jitter, a.dialer.stop = cfg.Fleet.ReconnectJitter, a.dialStop
 	a.srv = server.New(server.Config{Addr: cfg.HTTP, Logger: a.log}, a.slot, a.reg)
 	a.registerForwardMetrics()
 	a.registerLinkMetrics()
@@ -361,6 +364,9 @@ func (a *Agent) Close() error {
 func (a *Agent) close() {
 	step := func(s string) { a.closing.Store(s) }
 	step("stopping the updater")
+	if a.dialStop != nil { // nil in an agent built without New (tests)
+		close(a.dialStop)
+	}
 	if a.cancel != nil {
 		a.cancel()
 	}

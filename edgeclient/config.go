@@ -109,6 +109,12 @@ type FleetConfig struct {
 	KeepAlive time.Duration `yaml:"keep_alive"`
 	// MaxReconnectInterval bounds the reconnect backoff. Default 30s.
 	MaxReconnectInterval time.Duration `yaml:"max_reconnect_interval"`
+	// ReconnectJitter spreads reconnects after a lost connection: each
+	// attempt waits a random time up to this long first. When a broker
+	// restarts, every truck loses it at the same moment; without the
+	// jitter they would all come back in the same second. Default 5s;
+	// negative turns it off.
+	ReconnectJitter time.Duration `yaml:"reconnect_jitter"`
 	// HTTPProxy, e.g. http://proxy.depot:3128, carries artifact downloads;
 	// empty takes HTTPS_PROXY/HTTP_PROXY from the environment.
 	HTTPProxy string `yaml:"http_proxy"`
@@ -293,6 +299,10 @@ func (c *Config) setDefaults() {
 	if c.Fleet.MaxReconnectInterval <= 0 {
 		c.Fleet.MaxReconnectInterval = 30 * time.Second
 	}
+	if c.Fleet.ReconnectJitter == 0 {
+		c.Fleet.ReconnectJitter = 5 * time.Second
+	}
+	c.Fleet.ReconnectJitter = max(c.Fleet.ReconnectJitter, 0)
 	if c.Forward.MaxQueued <= 0 {
 		c.Forward.MaxQueued = 10000
 	}

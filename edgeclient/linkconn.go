@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/url"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 )
@@ -31,10 +33,51 @@ type fleetDialer struct {
 	// fullHandshakes and resumed count the TLS handshakes: a resumed one
 	// (a session ticket) costs a few hundred bytes instead of several KB.
 	fullHandshakes, resumed atomic.Int64
+	// jitter is the most a reconnect waits before it dials (see
+	// FleetConfig.ReconnectJitter); stop cuts the wait short when the
+	// agent closes.
+	jitter time.Duration
+	stop   <-chan struct{}
+	// connected is set by the first accepted CONNACK: later dials are
+	// reconnects.
+	connected atomic.Bool
+}
+
+// delay is how long the next dial waits: nothing before the first
+// connection, a random share of jitter before a reconnect.
+func (d *fleetDialer) delay() time.Duration {
+	if d.jitter <= 0 || !d.connected.Load() {
+		return 0
+	}
+	return rand.N(d.jitter)
+}
+
+// errDialerStopped is returned by a dial that the agent's Close cut short.
+var errDialerStopped = errors.New("fleet dialer: agent closing")
+
+// wait sleeps a random time up to jitter before a reconnect, so that a
+// fleet that lost its broker at one moment does not come back at one
+// moment.
+func (d *fleetDialer) wait() error {
+	pause := d.delay()
+	if pause <= 0 {
+		return nil
+	}
+	t := time.NewTimer(pause)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-d.stop:
+		return errDialerStopped
+	}
 }
 
 // open implements paho.OpenConnectionFunc.
 func (d *fleetDialer) open(uri *url.URL, o paho.ClientOptions) (net.Conn, error) {
+	if err := d.wait(); err != nil {
+		return nil, err
+	}
 	dialer := &net.Dialer{Timeout: o.ConnectTimeout, KeepAlive: -1}
 	d.sessionPresent.Store(false)
 	var conn net.Conn
@@ -73,6 +116,9 @@ func (c *connackConn) Read(p []byte) (int, error) {
 		c.n += k
 		if c.n == len(c.head) {
 			c.d.sessionPresent.Store(c.head[0] == 0x20 && c.head[1] == 2 && c.head[2]&1 == 1 && c.head[3] == 0)
+			if c.head[0] == 0x20 && c.head[1] == 2 && c.head[3] == 0 {
+				c.d.connected.Store(true)
+			}
 		}
 	}
 	return n, err

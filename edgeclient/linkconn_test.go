@@ -119,3 +119,40 @@ type timeoutErr struct{}
 func (timeoutErr) Error() string   { return "i/o timeout" }
 func (timeoutErr) Timeout() bool   { return true }
 func (timeoutErr) Temporary() bool { return true }
+
+// TestReconnectJitter: the first connection dials at once; reconnects wait
+// a random time below the jitter, spread over it (a broker restart must not
+// see the whole fleet in one second); Close ends a wait at once.
+func TestReconnectJitter(t *testing.T) {
+	stop := make(chan struct{})
+	d := &fleetDialer{jitter: 10 * time.Second, stop: stop}
+	if got := d.delay(); got != 0 {
+		t.Fatalf("first dial waits %s, want none", got)
+	}
+	d.connected.Store(true)
+	lo, hi := d.jitter, time.Duration(0)
+	for range 200 {
+		p := d.delay()
+		if p < 0 || p >= d.jitter {
+			t.Fatalf("reconnect waits %s, want within [0, %s)", p, d.jitter)
+		}
+		lo, hi = min(lo, p), max(hi, p)
+	}
+	if hi-lo < d.jitter/2 {
+		t.Errorf("200 reconnect waits spread over only %s–%s of %s", lo, hi, d.jitter)
+	}
+	if (&fleetDialer{jitter: 0}).delay() != 0 {
+		t.Error("jitter off still waits")
+	}
+	done := make(chan error, 1)
+	go func() { done <- d.wait() }()
+	close(stop)
+	select {
+	case err := <-done:
+		if !errors.Is(err, errDialerStopped) {
+			t.Fatalf("wait after stop: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a reconnect's wait did not end when the agent closed")
+	}
+}

@@ -422,9 +422,9 @@ func (r *fleetRun) update(ctx context.Context, name string, version int64, killP
 // brokerRestart stops the broker (SIGTERM), starts it again on the same
 // data, and waits until every truck reported its status online again.
 func (r *fleetRun) brokerRestart(ctx context.Context) (FleetPhase, error) {
-	if err := r.broker.stop(syscall.SIGTERM, time.Minute); err != nil {
-		return FleetPhase{}, err
-	}
+	stopFrom := time.Now()
+	stopErr := r.broker.stop(syscall.SIGTERM, time.Minute)
+	stopped := time.Since(stopFrom)
 	ph := r.begin("broker restart", "report its status online again, and have it retained", len(r.agents))
 	if err := r.broker.start(); err != nil {
 		return FleetPhase{}, err
@@ -432,12 +432,20 @@ func (r *fleetRun) brokerRestart(ctx context.Context) (FleetPhase, error) {
 	if err := waitListening(ctx, r.broker, r.brokerAd, time.Minute); err != nil {
 		return FleetPhase{}, err
 	}
-	r.logf("broker restarted in %s", time.Since(ph.from).Round(time.Millisecond))
+	r.logf("broker stopped in %s and started again in %s", stopped.Round(time.Millisecond), time.Since(ph.from).Round(time.Millisecond))
 	// The truck's own time stamp says when it reported: the monitor may
 	// read it later, as a retained message, after its own reconnect.
-	return r.finish(ctx, ph, 2*time.Minute, func(s truckView, _ time.Time) (time.Time, bool) {
+	p, err := r.finish(ctx, ph, 2*time.Minute, func(s truckView, _ time.Time) (time.Time, bool) {
 		return s.lastSeen, s.online && !s.lastSeen.Before(ph.from)
 	})
+	// A broker that does not stop cleanly is a finding, not the end of
+	// the run: the restart is what the trucks live through.
+	note := fmt.Sprintf("the broker took %s to stop", fmtSpan(stopped))
+	if stopErr != nil {
+		note += fmt.Sprintf(" and did not stop cleanly: %v", truncate(stopErr.Error(), 200))
+	}
+	p.Note = strings.TrimPrefix(strings.Join([]string{p.Note, note}, "; "), "; ")
+	return p, err
 }
 
 // phaseRun is a phase in progress.
@@ -591,6 +599,14 @@ func (r *fleetRun) close() error {
 		errs = append(errs, os.RemoveAll(r.truckTmp))
 	}
 	return errors.Join(errs...)
+}
+
+// truncate cuts s to at most n bytes, marking the cut.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
 }
 
 func selfUsage() procUsage {

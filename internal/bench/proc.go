@@ -87,20 +87,25 @@ func (c *child) stop(sig syscall.Signal, limit time.Duration) error {
 		return nil
 	}
 	cmd.Process.Signal(sig)
+	var timedOut error
 	select {
 	case <-done:
 	case <-time.After(limit):
 		cmd.Process.Kill()
+		timedOut = fmt.Errorf("%s did not stop within %s of %s; killed", c.name, limit, sig)
 		select {
 		case <-done:
 		case <-time.After(5 * time.Second):
+			return fmt.Errorf("%s: not gone 5 s after SIGKILL", c.name)
 		}
-		return fmt.Errorf("%s did not stop within %s of %s; killed", c.name, limit, sig)
 	}
 	c.mu.Lock()
 	c.cmd = nil
 	err := c.waitErr
 	c.mu.Unlock()
+	if timedOut != nil {
+		return timedOut
+	}
 	var ee *exec.ExitError
 	if sig == syscall.SIGKILL || errors.As(err, &ee) && !ee.Exited() {
 		return nil // killed: the exit status says so
