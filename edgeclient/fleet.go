@@ -206,6 +206,19 @@ func (a *Agent) onFleetMessage(_ paho.Client, m paho.Message) {
 		last = fs.LastPinSerial
 	}
 	if r.Serial < last {
+		a.mu.Lock()
+		current := a.fleetRel
+		if pin {
+			current = a.pinRel
+		}
+		a.mu.Unlock()
+		if r.SameTargets(current) {
+			// An equivalent document signed a moment earlier, delivered
+			// after the one accepted: two publishers running at once for
+			// availability. Not a rollback, nothing to report.
+			a.log.Debug("an older release with the same targets; ignoring it", "serial", r.Serial, "accepted", last)
+			return
+		}
 		a.refuse(r.Serial, release.CheckNewer(r, last))
 		return
 	}

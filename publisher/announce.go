@@ -57,6 +57,9 @@ type Announcer struct {
 	Logger *slog.Logger
 	// Now is the clock; default time.Now.
 	Now func() time.Time
+	// Replica is the publisher's replica number (see Config.Replica): its
+	// serials end in it modulo MaxReplicas.
+	Replica int
 	// OnAnnounce, if set, is called after each acknowledged announcement,
 	// on the announcing goroutine (keep it quick).
 	OnAnnounce func(model string, version int64, serial int64)
@@ -98,9 +101,11 @@ func (a *Announcer) Announce(ctx context.Context, v Version, p Policy) (*release
 // and nothing is due.
 //
 // Serials follow one rule: serial = max(highest serial ever signed for the
-// model + 1, Unix milliseconds now). The highest serial is recorded before
+// model + 1, Unix milliseconds now), rounded up to end in the publisher's
+// replica number modulo MaxReplicas. The highest serial is recorded before
 // the document is sent, so neither a crash, nor a restart, nor a second
-// publisher (which starts from the clock) ever reuses one. The whole call
+// publisher (which starts from the clock and has a replica number of its
+// own) ever reuses one. The whole call
 // holds the state file's lock, so concurrent announcers take turns.
 func (a *Announcer) AnnouncePlan(ctx context.Context, pl Plan, p Policy) (*release.Release, error) {
 	v := pl.Stable
@@ -255,7 +260,7 @@ func (a *Announcer) sign(ctx context.Context, pl Plan, last int64, now time.Time
 	rel := &release.Release{
 		Schema:    release.Schema,
 		Model:     v.Model,
-		Serial:    nextSerial(last, now),
+		Serial:    nextSerial(last, now, a.Replica),
 		IssuedAt:  issued,
 		ExpiresAt: expires,
 		Stable:    stable,
@@ -290,9 +295,17 @@ func due(last *Announcement, pl Plan, now time.Time) bool {
 	return !last.MatchesPlan(pl) || !now.Before(last.ResignAt())
 }
 
-// nextSerial is the serial rule; see [Announcer.Announce].
-func nextSerial(last int64, now time.Time) int64 {
-	return max(last+1, now.UnixMilli())
+// MaxReplicas is how many publishers can run at once with serials that
+// never collide (see Config.Replica).
+const MaxReplicas = 16
+
+// nextSerial is the serial rule; see [Announcer.AnnouncePlan]: the least
+// serial above last and not below the clock that ends in replica, modulo
+// MaxReplicas. Rounding up keeps serials increasing; the residue keeps two
+// publishers that sign in the same millisecond apart.
+func nextSerial(last int64, now time.Time, replica int) int64 {
+	s := max(last+1, now.UnixMilli())
+	return s + (int64(replica)-s%MaxReplicas+MaxReplicas)%MaxReplicas
 }
 
 func (a *Announcer) now() time.Time {

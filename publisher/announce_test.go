@@ -70,11 +70,12 @@ func TestAnnouncerPolicyAndSerials(t *testing.T) {
 	if r, err := a.Announce(ctx, testVersion(1), IfDue); r != nil || err != nil {
 		t.Fatalf("nothing due, but Announce = %v, %v", r, err)
 	}
-	// The clock going backwards never makes a serial repeat.
+	// The clock going backwards never makes a serial repeat: the next
+	// serial ending in this publisher's replica number (0) is taken.
 	now = now.Add(-time.Hour)
 	r2, err := a.Announce(ctx, testVersion(1), Always)
-	if err != nil || r2.Serial != r1.Serial+1 {
-		t.Fatalf("Always after the clock went back: serial %v, %v; want %d", r2, err, r1.Serial+1)
+	if err != nil || r2.Serial != r1.Serial+MaxReplicas {
+		t.Fatalf("Always after the clock went back: serial %v, %v; want %d", r2, err, r1.Serial+MaxReplicas)
 	}
 	// Just before two thirds of the validity: not due; at it: due.
 	now = r2.IssuedAt.Add(20*time.Hour - time.Millisecond)
@@ -108,7 +109,7 @@ func TestAnnouncerFailures(t *testing.T) {
 	// The retry, in the same millisecond, still gets a new serial.
 	s.err = nil
 	r, err := a.Announce(t.Context(), testVersion(1), IfDue)
-	if err != nil || r.Serial != now.UnixMilli()+1 {
+	if err != nil || r.Serial != now.UnixMilli()+MaxReplicas {
 		t.Fatalf("retry: %v, %v", r, err)
 	}
 }

@@ -62,6 +62,12 @@ type Config struct {
 	// "linkedge-publisher". Its session is persistent, so run one service
 	// per id. PublishOnce appends "-once-{random}".
 	ClientID string `yaml:"client_id"`
+	// Replica tells publishers that run at once for availability apart
+	// (same registry and key, each with its own client id and state file):
+	// every serial a publisher signs ends, modulo MaxReplicas, in its
+	// replica number, so two of them never sign the same serial. 0 to
+	// MaxReplicas-1; default 0.
+	Replica int `yaml:"replica"`
 	// Username and Password authenticate to the broker (a user with the
 	// publisher role); empty means anonymous.
 	Username string `yaml:"username"`
@@ -253,6 +259,9 @@ func (c *Config) validate(needBackend bool) error {
 	}
 	if len(cc.ClientID) > 128 {
 		bad("client_id: %d bytes, limit 128", len(cc.ClientID))
+	}
+	if cc.Replica < 0 || cc.Replica >= MaxReplicas {
+		bad("replica: %d: want 0 to %d, a different one for each publisher that runs at once", cc.Replica, MaxReplicas-1)
 	}
 	sageMaker := cc.RegistryKind == RegistryKindSageMaker
 	switch cc.RegistryKind {

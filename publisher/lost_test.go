@@ -16,21 +16,23 @@ func TestLostByBroker(t *testing.T) {
 	tests := []struct {
 		name     string
 		serial   int64 // retained serial in the view
+		echoed   int64 // highest serial the view saw
 		since    time.Time
 		acked    time.Time
 		lost     bool
 		rewatchs bool
 	}{
-		{"echo late, view from before the ack", 5, ack.Add(-time.Minute), ack, false, false},
-		{"view from after the ack lacks it", 5, ack.Add(time.Second), ack, true, false},
-		{"view from after the ack has nothing", 0, ack.Add(time.Second), ack, true, false},
-		{"view has it", 7, ack.Add(-time.Minute), ack, false, false},
-		{"view not settled yet", 5, now.Add(-retainedGrace / 2), ack, false, false},
-		{"no echo for long: look again", 5, now.Add(-time.Hour), now.Add(-echoWait - time.Second), false, true},
+		{"echo late, view from before the ack", 5, 5, ack.Add(-time.Minute), ack, false, false},
+		{"view from after the ack lacks it", 5, 5, ack.Add(time.Second), ack, true, false},
+		{"view from after the ack has nothing", 0, 0, ack.Add(time.Second), ack, true, false},
+		{"view has it", 7, 7, ack.Add(-time.Minute), ack, false, false},
+		{"an older document replaced ours after its echo", 6, 7, ack.Add(-time.Minute), ack, true, false},
+		{"view not settled yet", 5, 7, now.Add(-retainedGrace / 2), ack, false, false},
+		{"no echo for long: look again", 5, 5, now.Add(-time.Hour), now.Add(-echoWait - time.Second), false, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			s := &session{retained: map[string]int64{"m": tt.serial}, watchSince: tt.since}
+			s := &session{retained: map[string]int64{"m": tt.serial}, echoed: map[string]int64{"m": tt.echoed}, watchSince: tt.since}
 			if tt.serial == 0 {
 				delete(s.retained, "m")
 			}

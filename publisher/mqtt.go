@@ -92,6 +92,7 @@ type session struct {
 	// persistence has lost them, and the publisher announces them again.
 	retMu      sync.Mutex
 	retained   map[string]int64 // model → serial of the retained document
+	echoed     map[string]int64 // model → highest serial the current subscription saw
 	watchSince time.Time        // when the current subscription was made; zero while down
 
 	// What the trucks report, for staged rollouts: each truck's last
@@ -337,7 +338,7 @@ const retainedGrace = 2 * time.Second
 // serial of what the broker retains.
 func (s *session) watchRetained(c paho.Client) {
 	s.retMu.Lock()
-	s.retained, s.watchSince = map[string]int64{}, time.Time{}
+	s.retained, s.echoed, s.watchSince = map[string]int64{}, map[string]int64{}, time.Time{}
 	s.retMu.Unlock()
 	tok := c.Subscribe(topics.AllModelReleases(), topics.ReleaseQoS, func(_ paho.Client, m paho.Message) {
 		defer m.Ack()
@@ -355,6 +356,7 @@ func (s *session) watchRetained(c paho.Client) {
 			return
 		}
 		s.retained[model] = doc.Serial
+		s.echoed[model] = max(s.echoed[model], doc.Serial)
 	})
 	go func() {
 		if tok.WaitTimeout(10*time.Second) && tok.Error() == nil {
@@ -365,17 +367,18 @@ func (s *session) watchRetained(c paho.Client) {
 	}()
 }
 
-// retainedSerial returns the serial the broker retains for model, when the
-// subscription behind the view was acknowledged, and whether the view is
-// settled enough to act on (subscribed for a while: the retained messages
-// follow the SUBACK on the wire).
-func (s *session) retainedSerial(model string) (serial int64, since time.Time, settled bool) {
+// retainedSerial returns the serial the broker retains for model, the
+// highest serial the subscription behind the view has seen, when that
+// subscription was acknowledged, and whether the view is settled enough to
+// act on (subscribed for a while: the retained messages follow the SUBACK
+// on the wire).
+func (s *session) retainedSerial(model string) (serial, echoed int64, since time.Time, settled bool) {
 	s.retMu.Lock()
 	defer s.retMu.Unlock()
 	if s.watchSince.IsZero() || time.Since(s.watchSince) < retainedGrace {
-		return 0, time.Time{}, false
+		return 0, 0, time.Time{}, false
 	}
-	return s.retained[model], s.watchSince, true
+	return s.retained[model], s.echoed[model], s.watchSince, true
 }
 
 // rewatch subscribes to the release topics again, so that the broker sends

@@ -50,7 +50,7 @@ func PublishOnce(ctx context.Context, cfg Config, model string, version int64) (
 		return nil, err
 	}
 	defer conn.close()
-	a := &Announcer{Key: key, Distributor: dist, State: NewStateFile(cfg.StateFile), Sender: conn,
+	a := &Announcer{Key: key, Distributor: dist, State: NewStateFile(cfg.StateFile), Sender: conn, Replica: cfg.Replica,
 		TTL: cfg.ReleaseTTL, Logger: cfg.Logger, OnAnnounce: cfg.OnAnnounce, metrics: m}
 	return a.Announce(ctx, v, Always)
 }

@@ -85,7 +85,7 @@ func Unpin(ctx context.Context, cfg Config, truck, model string) (*release.Relea
 	}
 	now := time.Now()
 	issued := now.UTC().Truncate(time.Millisecond)
-	rel := &release.Release{Schema: release.Schema, Model: model, Serial: nextSerial(0, now), IssuedAt: issued,
+	rel := &release.Release{Schema: release.Schema, Model: model, Serial: nextSerial(0, now, 0), IssuedAt: issued,
 		ExpiresAt: issued.Add(cfg.ReleaseTTL), Truck: truck, Clear: true}
 	doc, err := release.Sign(rel, key)
 	if err != nil {

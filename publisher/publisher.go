@@ -114,7 +114,7 @@ func New(cfg Config) (*Publisher, error) {
 		dist = cfg.Distributor
 	}
 	p.sess = newSession(&p.cfg, p.log, p.metrics, p.poke, p.poke)
-	p.ann = &Announcer{Key: key, Distributor: dist, State: state, Sender: p.sess, TTL: cfg.ReleaseTTL,
+	p.ann = &Announcer{Key: key, Distributor: dist, State: state, Sender: p.sess, TTL: cfg.ReleaseTTL, Replica: cfg.Replica,
 		Logger: p.log, OnAnnounce: cfg.OnAnnounce, metrics: p.metrics}
 	if gd, ok := dist.(GrantDistributor); ok && (cfg.SageMaker == nil || !cfg.SageMaker.URLsInRelease) {
 		if p.grants, err = newGrantServer(key, gd, p.sess.SendGrant, p.log.With("part", "grants"), p.promReg); err != nil {
@@ -517,7 +517,7 @@ func (p *Publisher) poll(ctx context.Context) {
 			// Announced and acknowledged, but the broker no longer holds it
 			// (it restarted without persistence): trucks that connect now
 			// would get nothing. Announce it again, under a new serial.
-			p.log.Warn("the broker lost the retained release; announcing it again", "model", m, "version", pl.Stable.Version, "serial", last.Serial)
+			p.log.Warn("the broker retains an older release than the last acknowledged (it lost ours, or another publisher's replaced it); announcing it again", "model", m, "version", pl.Stable.Version, "serial", last.Serial, "retained_serial", p.retainedNow(m))
 			p.setDoing(fmt.Sprintf("announcing %s version %d again", m, pl.Stable.Version))
 			if _, err := p.ann.AnnouncePlan(ctx, pl, Always); err != nil && ctx.Err() == nil {
 				p.report(m, "re-announcement failed; retrying on the next poll", "model", m, "err", err)
@@ -554,14 +554,17 @@ func (p *Publisher) poll(ctx context.Context) {
 // announcement from its echo (the publisher is subscribed to its own
 // release topics), which a broker busy with thousands of trucks may deliver
 // seconds later; taking the wait for the echo as a loss announced the
-// release again to every truck. If no echo came within echoWait, a fresh
-// subscription looks.
+// release again to every truck. Once the echo came, a lower serial after it
+// means the broker now retains an older document: another publisher's, for
+// the same plan, signed a moment before ours but sent after it; announcing
+// again puts the newest document back, so the fleet converges on one. If no
+// echo came within echoWait, a fresh subscription looks.
 func (p *Publisher) lostByBroker(model string, last *Announcement) bool {
-	serial, since, settled := p.sess.retainedSerial(model)
+	serial, echoed, since, settled := p.sess.retainedSerial(model)
 	if !settled || serial >= last.Serial {
 		return false
 	}
-	if since.After(last.AckedAt) {
+	if since.After(last.AckedAt) || echoed >= last.Serial {
 		return true
 	}
 	if now := time.Now(); now.Sub(last.AckedAt) > echoWait && now.Sub(p.rewatched) > echoWait {
@@ -569,6 +572,12 @@ func (p *Publisher) lostByBroker(model string, last *Announcement) bool {
 		p.sess.rewatch()
 	}
 	return false
+}
+
+// retainedNow is the serial the broker retains for model, as last seen.
+func (p *Publisher) retainedNow(model string) int64 {
+	serial, _, _, _ := p.sess.retainedSerial(model)
+	return serial
 }
 
 // echoWait is how long the echo of an announcement may take before the

@@ -44,6 +44,7 @@ type publisherFlags struct {
 	tlsCA          string
 	tlsCert        string
 	tlsKey         string
+	replica        int
 	// sm are the SageMaker flags of `publisher` and `publish`; nil for
 	// commands that work with the local registry only (`pin`).
 	sm *sagemakerFlags
@@ -67,6 +68,7 @@ func (f *publisherFlags) register(cmd *cobra.Command) {
 	fl.StringVar(&f.tlsCA, "tls-ca", "", "PEM CA file to trust for the broker besides the system roots (tls.ca_file)")
 	fl.StringVar(&f.tlsCert, "tls-cert", "", "PEM client certificate for a broker that requires mutual TLS (tls.cert_file)")
 	fl.StringVar(&f.tlsKey, "tls-key", "", "PEM key of --tls-cert (tls.key_file)")
+	fl.IntVar(&f.replica, "replica", 0, fmt.Sprintf("with publishers running at once for availability, a number of each one's own, 0-%d: no two sign the same serial (replica)", publisher.MaxReplicas-1))
 }
 
 // publisherConfig builds the config: file, then flags, then environment.
@@ -95,6 +97,7 @@ func (f *publisherFlags) publisherConfig(cmd *cobra.Command) (publisher.Config, 
 	override(cmd, "poll", &cfg.PollInterval, f.poll)
 	override(cmd, "ttl", &cfg.ReleaseTTL, f.ttl)
 	override(cmd, "publish-timeout", &cfg.PublishTimeout, f.publishTimeout)
+	override(cmd, "replica", &cfg.Replica, f.replica)
 	if f.sm != nil {
 		f.sm.apply(cmd, &cfg)
 	}

@@ -51,3 +51,24 @@ func CheckNewer(r *Release, lastSerial int64) error {
 	}
 	return nil
 }
+
+// SameTargets reports whether r and o send every truck to the same bytes:
+// the same stable and canary artifacts, runtimes and canary selection. URLs
+// and validity may differ: two publishers running at once sign equivalent
+// documents, each with its own artifact server and serial.
+func (r *Release) SameTargets(o *Release) bool {
+	if r == nil || o == nil || r.Model != o.Model || r.Truck != o.Truck || r.Clear != o.Clear || !sameTarget(r.Stable, o.Stable) {
+		return false
+	}
+	if (r.Canary == nil) != (o.Canary == nil) {
+		return false
+	}
+	if r.Canary == nil {
+		return true
+	}
+	return r.Canary.Percent == o.Canary.Percent && slices.Equal(r.Canary.Groups, o.Canary.Groups) && sameTarget(r.Canary.Target, o.Canary.Target)
+}
+
+func sameTarget(a, b Target) bool {
+	return a.Version == b.Version && a.Artifact.SHA256 == b.Artifact.SHA256 && a.Artifact.Size == b.Artifact.Size && a.Runtime == b.Runtime
+}

@@ -3,7 +3,9 @@ package release
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
+	"time"
 )
 
 func TestTargetForDistribution(t *testing.T) {
@@ -128,5 +130,41 @@ func TestCheckNewer(t *testing.T) {
 		if err != nil && !errors.Is(err, ErrStale) {
 			t.Errorf("error %v does not wrap ErrStale", err)
 		}
+	}
+}
+
+func TestSameTargets(t *testing.T) {
+	base := func() *Release {
+		return &Release{Model: "m", Serial: 10, Stable: Target{Version: 2, Artifact: Artifact{URL: "http://a/x", SHA256: strings.Repeat("a", 64), Size: 9}, Runtime: Runtime{Kind: RuntimeInProcess}},
+			Canary: &Canary{Target: Target{Version: 3, Artifact: Artifact{URL: "http://a/y", SHA256: strings.Repeat("b", 64), Size: 8}, Runtime: Runtime{Kind: RuntimeInProcess}}, Percent: 5}}
+	}
+	for _, tt := range []struct {
+		name string
+		edit func(r *Release)
+		same bool
+	}{
+		{"another publisher's copy: other URL, serial, validity", func(r *Release) {
+			r.Serial, r.Stable.Artifact.URL, r.Canary.Artifact.URL, r.IssuedAt = 9, "http://b/x", "http://b/y", r.IssuedAt.Add(time.Second)
+		}, true},
+		{"another stable version", func(r *Release) { r.Stable.Version, r.Stable.Artifact.SHA256 = 1, strings.Repeat("c", 64) }, false},
+		{"other bytes, same version", func(r *Release) { r.Stable.Artifact.SHA256 = strings.Repeat("c", 64) }, false},
+		{"no canary", func(r *Release) { r.Canary = nil }, false},
+		{"another canary share", func(r *Release) { r.Canary.Percent = 50 }, false},
+		{"canary groups", func(r *Release) { r.Canary.Groups = []string{"early"} }, false},
+		{"a pin", func(r *Release) { r.Truck = "t1" }, false},
+		{"another runtime", func(r *Release) {
+			r.Stable.Runtime = Runtime{Kind: RuntimeContainer, Image: "x@sha256:" + strings.Repeat("d", 64)}
+		}, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			o := base()
+			tt.edit(o)
+			if got := base().SameTargets(o); got != tt.same {
+				t.Errorf("SameTargets = %v, want %v", got, tt.same)
+			}
+		})
+	}
+	if base().SameTargets(nil) {
+		t.Error("a release has the same targets as none")
 	}
 }
