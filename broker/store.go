@@ -4,8 +4,9 @@ import (
 	"errors"
 	"sync"
 
+	"hash/maphash"
+
 	mqtt "github.com/mochi-mqtt/server/v2"
-	"github.com/mochi-mqtt/server/v2/hooks/storage/bolt"
 	"github.com/mochi-mqtt/server/v2/packets"
 )
 
@@ -16,8 +17,9 @@ var errStoreClosed = errors.New("broker storage closed")
 
 var _ mqtt.Hook = (*boltStore)(nil)
 
-// boltStore is mochi's bolt storage hook with the defects that matter to
-// LinkEdge fixed (mochi v2.7.9, hooks/storage/bolt):
+// boltStore is the broker's storage: kvHook (mochi's bolt records, written
+// in shared transactions) with the defects of mochi's bolt hook that matter
+// to LinkEdge fixed (mochi v2.7.9, hooks/storage/bolt):
 //
 //   - The hook saves queued (inflight) messages without their packet id, so
 //     after a restart every queued message of a session came back with id 0,
@@ -43,18 +45,27 @@ var _ mqtt.Hook = (*boltStore)(nil)
 //   - The $SYS counters were written every second (an fsync each) only to be
 //     read back at start; they are instead recomputed from the loaded state.
 type boltStore struct {
-	*bolt.Hook
+	*kvHook
 	srv *mqtt.Server
 
 	mu         sync.RWMutex
 	closed     bool
 	persistent map[string]bool // while loading: ids of stored persistent sessions
 
-	qos sync.Mutex // serialises writes and removals of queued-message records
+	// qos serialises writes and removals of one client's queued-message
+	// records (see OnQosPublish), striped by client id: unrelated clients
+	// never wait on each other, so their writes can share a transaction.
+	qos  [64]sync.Mutex
+	seed maphash.Seed
 }
 
 func newBoltStore(srv *mqtt.Server) *boltStore {
-	return &boltStore{Hook: new(bolt.Hook), srv: srv}
+	return &boltStore{kvHook: new(kvHook), srv: srv, seed: maphash.MakeSeed()}
+}
+
+// qosLock is the stripe of qos that guards client id's records.
+func (s *boltStore) qosLock(id string) *sync.Mutex {
+	return &s.qos[maphash.String(s.seed, id)%uint64(len(s.qos))]
 }
 
 // ID implements mqtt.Hook.
@@ -62,7 +73,7 @@ func (s *boltStore) ID() string { return "linkedge-bolt" }
 
 // Provides implements mqtt.Hook.
 func (s *boltStore) Provides(b byte) bool {
-	return b != mqtt.OnSysInfoTick && s.Hook.Provides(b)
+	return b != mqtt.OnSysInfoTick && s.kvHook.Provides(b)
 }
 
 // Stop implements mqtt.Hook; it closes the database once.
@@ -73,7 +84,7 @@ func (s *boltStore) Stop() error {
 		return nil
 	}
 	s.closed = true
-	return s.Hook.Stop()
+	return s.kvHook.Stop()
 }
 
 // session runs fn unless the store is closed or cl is the inline client,
@@ -115,19 +126,19 @@ func (s *boltStore) open(fn func()) {
 // The overrides below only add the guards described on boltStore.
 
 func (s *boltStore) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
-	s.persistentSession(cl, func() { s.Hook.OnSessionEstablished(cl, pk) })
+	s.persistentSession(cl, func() { s.kvHook.OnSessionEstablished(cl, pk) })
 }
 func (s *boltStore) OnWillSent(cl *mqtt.Client, pk packets.Packet) {
-	s.persistentSession(cl, func() { s.Hook.OnWillSent(cl, pk) })
+	s.persistentSession(cl, func() { s.kvHook.OnWillSent(cl, pk) })
 }
 func (s *boltStore) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
-	s.session(cl, func() { s.Hook.OnDisconnect(cl, err, expire) })
+	s.session(cl, func() { s.kvHook.OnDisconnect(cl, err, expire) })
 }
 func (s *boltStore) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
-	s.persistentSession(cl, func() { s.Hook.OnSubscribed(cl, pk, codes) })
+	s.persistentSession(cl, func() { s.kvHook.OnSubscribed(cl, pk, codes) })
 }
 func (s *boltStore) OnUnsubscribed(cl *mqtt.Client, pk packets.Packet) {
-	s.persistentSession(cl, func() { s.Hook.OnUnsubscribed(cl, pk) })
+	s.persistentSession(cl, func() { s.kvHook.OnUnsubscribed(cl, pk) })
 }
 
 // Queued-message records are keyed by client id and packet id, and mochi
@@ -145,9 +156,10 @@ func (s *boltStore) OnQosPublish(cl *mqtt.Client, pk packets.Packet, sent int64,
 		return
 	}
 	s.persistentSession(cl, func() {
-		s.qos.Lock()
-		defer s.qos.Unlock()
-		s.Hook.OnQosPublish(cl, pk, sent, resends)
+		mu := s.qosLock(cl.ID)
+		mu.Lock()
+		defer mu.Unlock()
+		s.kvHook.OnQosPublish(cl, pk, sent, resends)
 	})
 }
 func (s *boltStore) OnQosComplete(cl *mqtt.Client, pk packets.Packet) {
@@ -155,12 +167,13 @@ func (s *boltStore) OnQosComplete(cl *mqtt.Client, pk packets.Packet) {
 }
 
 func (s *boltStore) removeQos(cl *mqtt.Client, pk packets.Packet) {
-	s.qos.Lock()
-	defer s.qos.Unlock()
+	mu := s.qosLock(cl.ID)
+	mu.Lock()
+	defer mu.Unlock()
 	if held, ok := cl.State.Inflight.Get(pk.PacketID); ok && outgoing(held) {
 		return // the key now belongs to a message still in flight to cl
 	}
-	s.Hook.OnQosComplete(cl, pk)
+	s.kvHook.OnQosComplete(cl, pk)
 }
 
 // OnQosDropped keeps the record when cl has been taken over: the message was
@@ -175,14 +188,14 @@ func (s *boltStore) OnQosDropped(cl *mqtt.Client, pk packets.Packet) {
 	s.persistentSession(cl, func() { s.removeQos(cl, pk) })
 }
 func (s *boltStore) OnClientExpired(cl *mqtt.Client) {
-	s.session(cl, func() { s.Hook.OnClientExpired(cl) })
+	s.session(cl, func() { s.kvHook.OnClientExpired(cl) })
 }
 
 // OnRetainMessage is not limited to network clients: retained messages
 // published in-process must survive a restart too.
 func (s *boltStore) OnRetainMessage(cl *mqtt.Client, pk packets.Packet, r int64) {
-	s.open(func() { s.Hook.OnRetainMessage(cl, pk, r) })
+	s.open(func() { s.kvHook.OnRetainMessage(cl, pk, r) })
 }
 func (s *boltStore) OnRetainedExpired(filter string) {
-	s.open(func() { s.Hook.OnRetainedExpired(filter) })
+	s.open(func() { s.kvHook.OnRetainedExpired(filter) })
 }

@@ -19,7 +19,7 @@ func (s *boltStore) StoredClients() ([]storage.Client, error) {
 	if s.closed {
 		return nil, errStoreClosed
 	}
-	all, err := s.Hook.StoredClients()
+	all, err := s.kvHook.StoredClients()
 	if err != nil {
 		return nil, err
 	}
@@ -44,7 +44,7 @@ func (s *boltStore) StoredSubscriptions() ([]storage.Subscription, error) {
 	if s.closed {
 		return nil, errStoreClosed
 	}
-	all, err := s.Hook.StoredSubscriptions()
+	all, err := s.kvHook.StoredSubscriptions()
 	if err != nil || s.persistent == nil {
 		return all, err
 	}
@@ -55,7 +55,7 @@ func (s *boltStore) StoredSubscriptions() ([]storage.Subscription, error) {
 			continue
 		}
 		orphan := &mqtt.Client{ID: sub.Client}
-		s.Hook.OnUnsubscribed(orphan, packets.Packet{Filters: packets.Subscriptions{{Filter: sub.Filter}}})
+		s.kvHook.OnUnsubscribed(orphan, packets.Packet{Filters: packets.Subscriptions{{Filter: sub.Filter}}})
 	}
 	return out, nil
 }
@@ -66,7 +66,7 @@ func (s *boltStore) StoredInflightMessages() ([]storage.Message, error) {
 	if s.closed {
 		return nil, errStoreClosed
 	}
-	all, err := s.Hook.StoredInflightMessages()
+	all, err := s.kvHook.StoredInflightMessages()
 	if err != nil {
 		return nil, err
 	}
@@ -78,11 +78,11 @@ func (s *boltStore) StoredInflightMessages() ([]storage.Message, error) {
 			m.PacketID = packetIDFromKey(m.ID)
 		}
 		if m.PacketID == 0 {
-			s.Hook.Log.Warn("dropping stored message without packet id", "key", m.ID)
+			s.kvHook.Log.Warn("dropping stored message without packet id", "key", m.ID)
 			continue
 		}
 		if persistent != nil && !persistent[m.Client] {
-			s.Hook.OnQosComplete(&mqtt.Client{ID: m.Client}, packets.Packet{PacketID: m.PacketID})
+			s.kvHook.OnQosComplete(&mqtt.Client{ID: m.Client}, packets.Packet{PacketID: m.PacketID})
 			continue
 		}
 		out = append(out, m)
@@ -110,7 +110,7 @@ func (s *boltStore) StoredRetainedMessages() ([]storage.Message, error) {
 	if s.closed {
 		return nil, errStoreClosed
 	}
-	return s.Hook.StoredRetainedMessages()
+	return s.kvHook.StoredRetainedMessages()
 }
 
 // StoredSysInfo returns the gauges mochi restores at start (subscriptions,
