@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"crypto/ed25519"
 	"errors"
 	"fmt"
@@ -319,7 +320,7 @@ func (r *fleetRun) setup(ctx context.Context) error {
 	if err := waitListening(ctx, r.pub, r.artAddr, 30*time.Second); err != nil {
 		return err
 	}
-	if r.mon, err = newFleetMonitor(ctx, "tcp://"+r.brokerAd, r.verifier); err != nil {
+	if r.mon, err = newFleetMonitor(ctx, r.cfg.Exe, "tcp://"+r.brokerAd, filepath.Join(r.dir, "monitor.log"), r.verifier); err != nil {
 		return err
 	}
 	r.logf("broker (pid %d) on %s, publisher (pid %d), artifact %d B", r.broker.cmd.Process.Pid, r.brokerAd, r.pub.cmd.Process.Pid, r.artifact)
@@ -648,48 +649,78 @@ type truckView struct {
 type goalFunc func(v truckView, changed time.Time) (time.Time, bool)
 
 // fleetMonitor watches the fleet as an operator's tool does: every truck's
-// status and every release document, from its own MQTT connection.
+// status and every release document, from its own MQTT connection, in a
+// process of its own (RunFleetMonitor, `linkedge bench fleet-monitor`): in
+// the load generator's process, beside 10,000 agents, it read too slowly,
+// and the broker dropped thousands of reports to it.
 type fleetMonitor struct {
-	c        paho.Client
+	proc     *child
 	verifier *release.Verifier
+	done     chan struct{} // the reader ended
 
 	mu      sync.Mutex
 	trucks  map[string]truckView
 	changed map[string]time.Time // when each truck's view last changed
 	since   time.Time
 	seen    map[int64]bool // release serials
+	ready   bool           // the monitor subscribed
 }
 
-func newFleetMonitor(ctx context.Context, broker string, v *release.Verifier) (*fleetMonitor, error) {
-	m := &fleetMonitor{verifier: v, trucks: map[string]truckView{}, changed: map[string]time.Time{}, seen: map[int64]bool{}}
-	o := paho.NewClientOptions().AddBroker(broker).SetClientID("bench-fleet-monitor").SetCleanSession(true).
-		SetAutoReconnect(true).SetConnectRetry(true).SetConnectRetryInterval(500 * time.Millisecond).SetMaxReconnectInterval(time.Second).
-		SetOrderMatters(false).
-		SetOnConnectHandler(func(c paho.Client) {
-			c.SubscribeMultiple(map[string]byte{topics.AllTruckStatus(): 0, topics.AllModelReleases(): 0}, m.onMessage)
-		})
-	m.c = paho.NewClient(o)
-	if t := m.c.Connect(); !t.WaitTimeout(30*time.Second) || t.Error() != nil {
-		return nil, fmt.Errorf("monitor: connect: %v", t.Error())
+func newFleetMonitor(ctx context.Context, exe, broker, logFile string, v *release.Verifier) (*fleetMonitor, error) {
+	m := &fleetMonitor{verifier: v, trucks: map[string]truckView{}, changed: map[string]time.Time{}, seen: map[int64]bool{}, done: make(chan struct{})}
+	m.proc = &child{name: "fleet monitor", exe: exe, log: logFile, args: []string{"bench", "fleet-monitor", "--broker", broker}}
+	out, err := m.proc.startPiped()
+	if err != nil {
+		return nil, err
 	}
-	return m, nil
+	go func() {
+		defer close(m.done)
+		if c, ok := out.(io.Closer); ok {
+			defer c.Close()
+		}
+		sc := bufio.NewScanner(out)
+		sc.Buffer(make([]byte, 64<<10), status.MaxSize*2+256)
+		for sc.Scan() {
+			m.observe(sc.Bytes())
+		}
+	}()
+	if err := waitUntil(ctx, 30*time.Second, "the fleet monitor to subscribe", func() bool {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		return m.ready || m.proc.alive() != nil
+	}); err != nil {
+		return nil, err
+	}
+	return m, m.proc.alive()
 }
 
-func (m *fleetMonitor) onMessage(_ paho.Client, msg paho.Message) {
-	now := time.Now()
-	if _, ok := topics.ParseModelRelease(msg.Topic()); ok {
-		if r, err := m.verifier.Verify(msg.Payload()); err == nil {
+// observe takes one line of the monitor process: "ready", or a topic, the
+// Unix nanoseconds it arrived at, and the message.
+func (m *fleetMonitor) observe(line []byte) {
+	if string(line) == "ready" {
+		m.mu.Lock()
+		m.ready = true
+		m.mu.Unlock()
+		return
+	}
+	var o monitorLine
+	if json.Unmarshal(line, &o) != nil {
+		return
+	}
+	at := time.Unix(0, o.At)
+	if _, ok := topics.ParseModelRelease(o.Topic); ok {
+		if r, err := m.verifier.Verify(o.Payload); err == nil {
 			m.mu.Lock()
 			m.seen[r.Serial] = true
 			m.mu.Unlock()
 		}
 		return
 	}
-	truck, ok := topics.ParseTruckStatus(msg.Topic())
+	truck, ok := topics.ParseTruckStatus(o.Topic)
 	if !ok {
 		return
 	}
-	s, err := status.Parse(msg.Payload())
+	s, err := status.Parse(o.Payload)
 	if err != nil {
 		return
 	}
@@ -697,10 +728,78 @@ func (m *fleetMonitor) onMessage(_ paho.Client, msg paho.Message) {
 	m.mu.Lock()
 	// A change is a change of state; a fresh time stamp alone is not.
 	if old := m.trucks[truck]; old.online != v.online || old.version != v.version || old.phase != v.phase || m.changed[truck].IsZero() {
-		m.changed[truck] = now
+		m.changed[truck] = at
 	}
 	m.trucks[truck] = v
 	m.mu.Unlock()
+}
+
+// monitorLine is one message the monitor process saw.
+type monitorLine struct {
+	Topic   string `json:"t"`
+	At      int64  `json:"at"` // Unix nanoseconds
+	Payload []byte `json:"p"`
+}
+
+// RunFleetMonitor subscribes to every truck's status and every release on
+// broker and writes each message to w as a JSON line (after a "ready"
+// line), with the time it arrived, until ctx is done: the fleet bench's
+// observer, in a process of its own.
+func RunFleetMonitor(ctx context.Context, broker string, w io.Writer) error {
+	bw := bufio.NewWriterSize(w, 64<<10)
+	var mu sync.Mutex
+	ready := make(chan struct{}, 1)
+	o := paho.NewClientOptions().AddBroker(broker).SetClientID("bench-fleet-monitor").SetCleanSession(true).
+		SetAutoReconnect(true).SetConnectRetry(true).SetConnectRetryInterval(500 * time.Millisecond).SetMaxReconnectInterval(time.Second).
+		SetOrderMatters(true).
+		SetOnConnectHandler(func(c paho.Client) {
+			tok := c.SubscribeMultiple(map[string]byte{topics.AllTruckStatus(): 0, topics.AllModelReleases(): 0}, func(_ paho.Client, msg paho.Message) {
+				line, _ := json.Marshal(monitorLine{Topic: msg.Topic(), At: time.Now().UnixNano(), Payload: msg.Payload()})
+				mu.Lock()
+				bw.Write(append(line, '\n'))
+				mu.Unlock()
+			})
+			go func() {
+				if tok.WaitTimeout(30*time.Second) && tok.Error() == nil {
+					select {
+					case ready <- struct{}{}:
+					default:
+					}
+				}
+			}()
+		})
+	c := paho.NewClient(o)
+	if t := c.Connect(); !t.WaitTimeout(30*time.Second) || t.Error() != nil {
+		return fmt.Errorf("fleet monitor: connect: %v", t.Error())
+	}
+	defer c.Disconnect(250)
+	select {
+	case <-ready:
+	case <-ctx.Done():
+		return nil
+	case <-time.After(30 * time.Second):
+		return errors.New("fleet monitor: the subscription was not acknowledged within 30s")
+	}
+	mu.Lock()
+	bw.WriteString("ready\n")
+	bw.Flush()
+	mu.Unlock()
+	// Flush often: the bench times what it reads.
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+			mu.Lock()
+			err := bw.Flush()
+			mu.Unlock()
+			if err != nil {
+				return nil // the bench went away
+			}
+		}
+	}
 }
 
 // mark starts a phase: changes before t do not count for it.
@@ -746,4 +845,10 @@ func (m *fleetMonitor) serials() int {
 	return len(m.seen)
 }
 
-func (m *fleetMonitor) close() { m.c.Disconnect(250) }
+func (m *fleetMonitor) close() {
+	m.proc.stop(syscall.SIGTERM, 10*time.Second)
+	select {
+	case <-m.done:
+	case <-time.After(5 * time.Second):
+	}
+}

@@ -25,7 +25,7 @@ func newBenchCmd() *cobra.Command {
 suite is measured side by side, so compare the ratios between its rows: absolute numbers
 move with whatever else the machine is doing. "bench link" counts bytes, which do not.`,
 	}
-	cmd.AddCommand(newBenchInferenceCmd(), newBenchLinkCmd(), newBenchFleetCmd(), newBenchFloorCmd())
+	cmd.AddCommand(newBenchInferenceCmd(), newBenchLinkCmd(), newBenchFleetCmd(), newBenchFleetMonitorCmd(), newBenchFloorCmd())
 	return cmd
 }
 
@@ -223,6 +223,23 @@ It prints Markdown. Progress goes to stderr.`,
 	fl.BoolVar(&cfg.NoRestarts, "no-restarts", false, "skip the broker restart and the publisher kill")
 	fl.DurationVar(&cfg.Probation, "probation", time.Second, "the trucks' probation")
 	fl.StringVar(&cfg.Dir, "dir", "", "folder for the parts' state and logs (default: a temporary folder, removed)")
+	return cmd
+}
+
+// newBenchFleetMonitorCmd is the observer `bench fleet` runs as a child
+// process; hidden, since its output is for the bench.
+func newBenchFleetMonitorCmd() *cobra.Command {
+	var broker string
+	cmd := &cobra.Command{
+		Use:    "fleet-monitor",
+		Short:  "Print every truck status and release on a broker as JSON lines (the fleet bench's observer)",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return bench.RunFleetMonitor(cmd.Context(), broker, cmd.OutOrStdout())
+		},
+	}
+	cmd.Flags().StringVar(&broker, "broker", "", "broker URL")
 	return cmd
 }
 
