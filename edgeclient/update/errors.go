@@ -27,7 +27,8 @@ const (
 	// misbehaved (404, 5xx, a captive-portal page, wrong size or sha256,
 	// a timeout, a container engine error). Retried with jittered
 	// exponential backoff, for ever; a new release or a reconnect retries
-	// at once. Free.
+	// at once. Free. A URL whose source answered badly MaxURLFailures
+	// times is tried only every DeadURLRetry ([ErrDeadURL]).
 	Transient
 	// Permanent: the model itself is bad on this truck. It does not load,
 	// fails its golden samples, or fails probation on served requests. The
@@ -65,6 +66,11 @@ var (
 	// reason and will not be tried again; only a different target (another
 	// artifact, runtime or image) moves the truck. It wraps ErrPermanent.
 	ErrGivenUp = fmt.Errorf("%w; given up", ErrPermanent)
+	// ErrDeadURL means the target's artifact URL answered badly
+	// MaxURLFailures times: it is tried again only every DeadURLRetry,
+	// and a newer document naming the artifact at another URL is tried at
+	// once. It comes with ErrTransient.
+	ErrDeadURL = errors.New("artifact url is dead")
 )
 
 // classed carries a Class through wrapping.

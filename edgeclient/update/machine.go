@@ -6,12 +6,15 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
+	"net/url"
 	"os"
 	"slices"
 	"time"
 
 	"github.com/linkedge/linkedge/edgeclient/runtime"
 	"github.com/linkedge/linkedge/internal/backoff"
+	"github.com/linkedge/linkedge/internal/download"
 	"github.com/linkedge/linkedge/internal/release"
 )
 
@@ -49,6 +52,21 @@ type Machine struct {
 	// RetryMin and RetryMax bound the jittered exponential backoff between
 	// tries of a failing target. Defaults 5 s and 15 min.
 	RetryMin, RetryMax time.Duration
+	// MaxURLFailures is how many downloads from one artifact URL may end
+	// on the source's bad answer (an HTTP error status, a wrong size or
+	// sha256, a refused redirect) before the URL counts as dead: the
+	// backoff above stops for it, and it is tried only every
+	// DeadURLRetry, so that a hostile or dead source is not asked for
+	// ever. Connection errors, stalls and a dropped link never count: a
+	// truck is often offline, and must not give a good source up for it.
+	// The count starts again when the URL sends bytes of the file, and a
+	// newer document naming the artifact at another URL is tried at once.
+	// Counts are kept in update.json. Default 8.
+	MaxURLFailures int
+	// DeadURLRetry is how often a dead URL is tried again (less up to a
+	// tenth, so that a fleet does not come back at once), so that a source
+	// that is back is found. Default 6 h.
+	DeadURLRetry time.Duration
 	// Hold, when set, says whether the switch must wait (the truck's
 	// safety hold) and why. Downloads and checks go on; only the switch
 	// waits, in phase Held, and Apply returns ErrDeferred.
@@ -76,6 +94,13 @@ func (m *Machine) log() *slog.Logger {
 
 func (m *Machine) maxAttempts() int { return cmp.Or(max(m.MaxAttempts, 0), 3) }
 func (m *Machine) maxCrashes() int  { return cmp.Or(max(m.MaxCrashes, 0), 5) }
+func (m *Machine) maxURLFailures() int {
+	return cmp.Or(max(m.MaxURLFailures, 0), 8)
+}
+func (m *Machine) deadURLRetry() time.Duration {
+	return cmp.Or(max(m.DeadURLRetry, 0), 6*time.Hour)
+}
+func (m *Machine) dead(s *Source) bool { return s.Failures >= m.maxURLFailures() }
 
 // save writes r before the phase it names runs.
 func (m *Machine) save(r *Record, p Phase) error {
@@ -280,14 +305,23 @@ func (m *Machine) GivenUp(t Target) (FailedTarget, bool) {
 }
 
 // NextTry is when the next try of t is due after a failure; zero when it
-// is due now. A release with another serial (a re-announcement) is due now.
+// is due now. A release with another serial (a re-announcement) is due now,
+// unless the artifact must still be downloaded from a URL that is dead
+// (see MaxURLFailures): that waits for the URL's own retry.
 func (m *Machine) NextTry(t Target) time.Time {
 	rec, err := m.Store.Record()
-	if err != nil || rec == nil || rec.Target.Key() != t.Key() || rec.Target.Serial != t.Serial {
+	if err != nil || rec == nil || rec.Target.Key() != t.Key() {
 		return time.Time{}
 	}
-	if rec.Phase != Retrying && rec.Phase != Failed && rec.Phase != RolledBack {
-		return time.Time{}
+	var dead time.Time
+	if s := rec.source(t.Artifact.URL); s != nil && m.dead(s) && !m.Store.HasArtifact(t) {
+		dead = s.RetryAt
+	}
+	if rec.Target.Serial != t.Serial || (rec.Phase != Retrying && rec.Phase != Failed && rec.Phase != RolledBack) {
+		return dead
+	}
+	if dead.After(rec.RetryAt) {
+		return dead
 	}
 	return rec.RetryAt
 }
@@ -369,11 +403,18 @@ func (m *Machine) run(ctx, link context.Context, rec *Record) (Record, error) {
 		}
 	}
 	if !m.Store.HasArtifact(t) {
+		if s := rec.source(t.Artifact.URL); s != nil && m.dead(s) && m.now().Before(s.RetryAt) {
+			return m.deadURL(rec, s) // not due: the source is not asked
+		}
 		if err := m.save(rec, Downloading); err != nil {
 			return m.fail(ctx, rec, err)
 		}
 		last := time.Time{}
+		start := int64(-1) // bytes held when the download began
 		err := m.Fetch(link, t, dst, func(done, total int64) {
+			if start < 0 {
+				start = done
+			}
 			rec.Downloaded, rec.Total = done, total
 			if m.OnChange != nil && time.Since(last) > 250*time.Millisecond {
 				last = time.Now()
@@ -381,8 +422,14 @@ func (m *Machine) run(ctx, link context.Context, rec *Record) (Record, error) {
 			}
 		})
 		if err != nil {
-			return m.fail(link, rec, fmt.Errorf("download: %w", err))
+			err = fmt.Errorf("download: %w", err)
+			if s := m.sourceFailed(link, rec, err, start >= 0 && rec.Downloaded > start); s != nil {
+				m.count(rec, Transient)
+				return m.deadURL(rec, s)
+			}
+			return m.fail(link, rec, err)
 		}
+		rec.Sources = nil // the file came: no source is in doubt any more
 		// Fetch verified size and digest before the file got its name.
 		if err := m.save(rec, Verifying); err != nil {
 			return m.fail(ctx, rec, err)
@@ -486,6 +533,62 @@ func (m *Machine) run(ctx, link context.Context, rec *Record) (Record, error) {
 	}
 	m.log().Info("update committed", "model", t.Model, "version", t.Version, "serial", t.Serial)
 	return *rec, nil
+}
+
+// sourceFailed counts a failed download against the target's URL when the
+// source answered badly (download.SourceAnswered), and returns the URL's
+// entry once that makes it dead. A download that got bytes of the file
+// before it failed shows the source alive, so its count starts again,
+// unless the failure says those bytes were wrong.
+func (m *Machine) sourceFailed(link context.Context, rec *Record, err error, progressed bool) *Source {
+	if Classify(link, err) == Interrupted {
+		return nil
+	}
+	u := rec.Target.Artifact.URL
+	wrong := errors.Is(err, download.ErrDigestMismatch) || errors.Is(err, download.ErrSizeMismatch) || errors.Is(err, download.ErrTooLarge)
+	if s := rec.source(u); s != nil && progressed && !wrong {
+		s.Failures, s.LastError, s.RetryAt = 0, "", time.Time{}
+	}
+	if !download.SourceAnswered(err) {
+		return nil
+	}
+	s := rec.addSource(u)
+	s.Failures++
+	s.LastError = err.Error()
+	if !m.dead(s) {
+		return nil
+	}
+	d := m.deadURLRetry()
+	s.RetryAt = m.now().Add(d - rand.N(d/10+1))
+	return s
+}
+
+// deadURL ends a try of a target whose URL is dead: the update waits, in
+// phase Retrying, for the URL's rare retry or for a newer document that
+// names the artifact at another URL.
+func (m *Machine) deadURL(rec *Record, s *Source) (Record, error) {
+	t := rec.Target
+	cause := fmt.Errorf("%w: %s answered badly %d times since it last sent bytes of the file (last: %s); it is tried again every %s, next at %s; a newer release or pin naming sha256 %s at another url is used at once",
+		ErrDeadURL, redactURL(s.URL), s.Failures, s.LastError, m.deadURLRetry(), s.RetryAt.Format(time.RFC3339), t.Artifact.SHA256)
+	rec.Error, rec.Class = cause.Error(), Transient.String()
+	rec.RetryAt = s.RetryAt
+	m.log().Warn("artifact url is dead; it is tried again only rarely", "model", t.Model, "version", t.Version,
+		"url", redactURL(s.URL), "failures", s.Failures, "retry_at", s.RetryAt.Format(time.RFC3339), "last_error", s.LastError)
+	if err := m.save(rec, Retrying); err != nil {
+		m.log().Error("cannot record the update's state", "err", err)
+	}
+	return *rec, Mark(Transient, fmt.Errorf("update to %s v%d: %w", t.Model, t.Version, cause))
+}
+
+// redactURL drops what may be secret in a URL (a presigned query, user
+// info) before it is logged or reported.
+func redactURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(unparsable url)"
+	}
+	u.User, u.RawQuery, u.ForceQuery, u.Fragment, u.RawFragment = nil, "", false, "", ""
+	return u.String()
 }
 
 func (m *Machine) held() (bool, string) {

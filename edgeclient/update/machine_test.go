@@ -138,12 +138,16 @@ func newHarness(t *testing.T, dir string) *harness {
 }
 
 func (h *harness) target(version, serial int64) Target {
-	b := []byte{byte(version), 'x', 'y'}
+	return h.targetAt(version, serial, "http://x/y", []byte{byte(version), 'x', 'y'})
+}
+
+// targetAt is a target whose artifact is b, at url.
+func (h *harness) targetAt(version, serial int64, url string, b []byte) Target {
 	sum := sha256.Sum256(b)
 	sha := hex.EncodeToString(sum[:])
 	h.blobs[sha] = b
 	tg := Target{Model: "m", Serial: serial, Version: version,
-		Artifact: release.Artifact{URL: "http://x/y", SHA256: sha, Size: int64(len(b)), MediaType: release.MediaTypeBundle},
+		Artifact: release.Artifact{URL: url, SHA256: sha, Size: int64(len(b)), MediaType: release.MediaTypeBundle},
 		Runtime:  release.Runtime{Kind: release.RuntimeInProcess}}
 	// Signed as the publisher would, but already expired: documents kept
 	// at rest are checked without their validity window.

@@ -19,6 +19,7 @@
 package update
 
 import (
+	"slices"
 	"time"
 
 	"github.com/linkedge/linkedge/edgeclient/runtime"
@@ -135,6 +136,9 @@ type Record struct {
 	// Checked is set once the candidate passed its health check while the
 	// switch was held, so later tries during the hold stage nothing.
 	Checked bool `json:"checked,omitempty"`
+	// Sources are the artifact URLs of the target that answered badly,
+	// newest last (at most maxSources); see Machine.MaxURLFailures.
+	Sources []Source `json:"sources,omitempty"`
 	// Class of the last error, when there is one.
 	Class     string    `json:"class,omitempty"`
 	StartedAt time.Time `json:"started_at"`
@@ -143,6 +147,47 @@ type Record struct {
 	Downloaded int64  `json:"downloaded,omitempty"`
 	Total      int64  `json:"total,omitempty"`
 	Error      string `json:"error,omitempty"`
+}
+
+// Source counts the bad answers of one artifact URL, as a signed document
+// names it (for a grant, the release's URL, not the short-lived one).
+type Source struct {
+	URL string `json:"url"`
+	// Failures counts the downloads from URL that ended on the source's
+	// answer (an HTTP error status, a wrong size or sha256, a refused
+	// redirect) since it last sent bytes of the file. Connection errors
+	// and stalls do not count. MaxURLFailures of them make it dead.
+	Failures int `json:"failures"`
+	// LastError is the last such answer.
+	LastError string `json:"last_error,omitempty"`
+	// RetryAt is when a dead URL is tried again.
+	RetryAt time.Time `json:"retry_at,omitzero"`
+}
+
+// maxSources bounds Record.Sources: a target changes URL only with a new
+// signed document.
+const maxSources = 4
+
+// source returns the record's entry for url, or nil.
+func (r *Record) source(url string) *Source {
+	for i := range r.Sources {
+		if r.Sources[i].URL == url {
+			return &r.Sources[i]
+		}
+	}
+	return nil
+}
+
+// addSource returns the entry for url, made if there is none.
+func (r *Record) addSource(url string) *Source {
+	if s := r.source(url); s != nil {
+		return s
+	}
+	if len(r.Sources) >= maxSources {
+		r.Sources = slices.Delete(r.Sources, 0, len(r.Sources)-maxSources+1)
+	}
+	r.Sources = append(r.Sources, Source{URL: url})
+	return &r.Sources[len(r.Sources)-1]
 }
 
 // Installed is what the truck runs: installed.json.

@@ -22,6 +22,7 @@ var errRestart = errors.New("starting over from zero")
 // backoff between failed attempts.
 func (fe *fetcher) download() error {
 	bo := backoff.Backoff{Min: fe.opt.MinBackoff, Max: fe.opt.MaxBackoff}
+	answers := 0 // error answers in a row, for MaxStatusRetries
 	for fe.off < fe.size {
 		if err := fe.ctx.Err(); err != nil {
 			return fe.interrupted(err)
@@ -44,6 +45,14 @@ func (fe *fetcher) download() error {
 		}
 		if fe.res.Downloaded > before {
 			bo.Reset()
+			answers = 0
+		}
+		if errors.Is(err, ErrHTTPStatus) {
+			answers++
+			if fe.opt.MaxStatusRetries > 0 && answers > fe.opt.MaxStatusRetries {
+				return fmt.Errorf("giving up after %d error answers in a row with %d of %d bytes: %w",
+					answers, fe.off, fe.size, err)
+			}
 		}
 		var delay time.Duration
 		if !errors.Is(err, errRestart) {
@@ -65,7 +74,7 @@ func (fe *fetcher) interrupted(err error) error {
 // attempt sends one request and copies its body into the partial file. It
 // returns nil once the partial file holds all size bytes.
 func (fe *fetcher) attempt() error {
-	ctx, cancel := context.WithCancelCause(fe.ctx)
+	ctx, cancel := context.WithCancelCause(withBinding(fe.ctx))
 	defer cancel(nil)
 	// Armed before the request, so a server that accepts the connection
 	// and never answers counts as a stall too.

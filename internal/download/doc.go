@@ -18,9 +18,13 @@
 //     [ErrDigestMismatch] and the bytes are deleted.
 //   - Patient but not stuck. Connection errors, 5xx, 408, 429 and stalls
 //     (no byte for [Options.StallTimeout]) are retried with jittered
-//     backoff, each attempt resuming where the last stopped. Answers that
+//     backoff, each attempt resuming where the last stopped (error answers
+//     at most [Options.MaxStatusRetries] times in a row). Answers that
 //     cannot improve by asking again (404, 403, a wrong digest) are returned
-//     at once.
+//     at once; [SourceAnswered] tells them from a failing link.
+//   - Kept out of the truck. A redirect from a public host to a loopback,
+//     private or link-local address is refused, when it arrives and again
+//     at the connection, where the name was resolved anew ([ErrRedirect]).
 //   - Cancellable. When the caller cancels the context (the truck went
 //     offline, the agent is stopping) Fetch returns promptly and leaves the
 //     partial file for the next call.

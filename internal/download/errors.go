@@ -28,9 +28,21 @@ var (
 	// ErrBusy: another Fetch in this process is writing the same dst.
 	ErrBusy = errors.New("another download to the same file is in progress")
 	// ErrRedirect: the server redirected the download somewhere it may not
-	// go (the truck's own networks), or too many times.
+	// go (the truck's own networks, checked when the redirect arrives and
+	// again at the connection), or too many times.
 	ErrRedirect = errors.New("redirect refused")
 )
+
+// SourceAnswered reports whether err says that the artifact source
+// answered, and badly: an HTTP error status, a size or SHA-256 other than
+// the announced one, a redirect refused. Asking the same URL again is then
+// likely to get the same answer, and a caller may count it against the
+// URL. Connection errors, stalls and cancellations say nothing about the
+// source (the truck's own link may be down) and are false.
+func SourceAnswered(err error) bool {
+	return errors.Is(err, ErrHTTPStatus) || errors.Is(err, ErrDigestMismatch) || errors.Is(err, ErrSizeMismatch) ||
+		errors.Is(err, ErrTooLarge) || errors.Is(err, ErrRedirect)
+}
 
 // HTTPStatusError reports a response status Fetch cannot use. It matches
 // [ErrHTTPStatus] with errors.Is.

@@ -434,6 +434,49 @@ func TestMaxAttempts(t *testing.T) {
 	}
 }
 
+// MaxStatusRetries ends a call on error answers in a row, so that the
+// caller can count them; bytes of the file between them start the count
+// again.
+func TestMaxStatusRetries(t *testing.T) {
+	data, sha := artifact(1000, 16)
+	for _, tc := range []struct {
+		name     string
+		answers  []int // status of request n; -1 sends half the file and drops, 0 serves it
+		wantErr  bool
+		requests int32
+	}{
+		{"503 for ever", []int{503, 503, 503, 503, 503, 503}, true, 3},
+		{"bytes between start the count again", []int{503, 503, -1, 503, 503, 0}, false, 6},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newServer(t, func(w http.ResponseWriter, r *http.Request, n int) {
+				switch code := tc.answers[min(n, len(tc.answers))-1]; code {
+				case 0:
+					serveFile(w, r, data, `"v1"`, time.Time{})
+				case -1:
+					serveFile(dropAfter(w, 500), r, data, `"v1"`, time.Time{})
+				default:
+					http.Error(w, "down", code)
+				}
+			})
+			o := opts(t, s)
+			o.MaxStatusRetries = 2
+			dst := dstPath(t)
+			err := Fetch(t.Context(), s.url("/m"), dst, int64(len(data)), sha, o)
+			var he *HTTPStatusError
+			if tc.wantErr != (err != nil) || (err != nil && (!errors.As(err, &he) || he.StatusCode != 503 || !SourceAnswered(err))) {
+				t.Fatalf("err = %v, want error %v (a 503)", err, tc.wantErr)
+			}
+			if n := s.requests.Load(); n != tc.requests {
+				t.Errorf("%d requests, want %d", n, tc.requests)
+			}
+			if !tc.wantErr {
+				assertFile(t, dst, data)
+			}
+		})
+	}
+}
+
 // A connection that goes silent is abandoned after StallTimeout and the
 // next attempt resumes.
 func TestStall(t *testing.T) {

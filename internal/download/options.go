@@ -8,8 +8,11 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -33,6 +36,15 @@ type Options struct {
 	// MaxAttempts caps the HTTP requests of one call; 0 means retry until
 	// the context is done (the caller cancels when the truck goes offline).
 	MaxAttempts int
+
+	// MaxStatusRetries caps the retries of error answers (408, 429, 5xx)
+	// in a row, with no byte of the file received between them: the
+	// answer after that many retries is returned. 0 means no cap
+	// (MaxAttempts still applies). A caller that keeps its own count of
+	// a source's bad answers (the truck's update machine) sets it, so that
+	// a source answering 503 for ever reaches that count; connection
+	// errors are no answers and stay retried here.
+	MaxStatusRetries int
 
 	// StallTimeout aborts an attempt that receives no byte (headers
 	// included) for this long, and retries it (default 60s). A TCP
@@ -76,6 +88,9 @@ func (o Options) withDefaults() Options {
 	if o.MaxAttempts < 0 {
 		o.MaxAttempts = 0
 	}
+	if o.MaxStatusRetries < 0 {
+		o.MaxStatusRetries = 0
+	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -103,9 +118,24 @@ func NewClient(proxy *url.URL, tlsCfg *tls.Config) *http.Client {
 	if tlsCfg != nil {
 		t.TLSClientConfig = tlsCfg.Clone()
 	}
+	// Which requests go through a proxy is noted on their binding: the
+	// proxy's address is then what is dialled, and is not checked.
+	proxyFor := t.Proxy
+	t.Proxy = func(req *http.Request) (*url.URL, error) {
+		var u *url.URL
+		var err error
+		if proxyFor != nil {
+			u, err = proxyFor(req)
+		}
+		if b := bindingOf(req.Context()); b != nil {
+			b.proxied.Store(u != nil)
+		}
+		return u, err
+	}
 	// No TCP keepalive probes: a download moves bytes or trips the stall
-	// timeout, and probes on a metered link are paid for.
-	t.DialContext = (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: -1}).DialContext
+	// timeout, and probes on a metered link are paid for. ControlContext
+	// sees the address actually connected to (see binding).
+	t.DialContext = (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: -1, ControlContext: refuseInternal}).DialContext
 	t.TLSHandshakeTimeout = 10 * time.Second
 	t.ResponseHeaderTimeout = 30 * time.Second
 	// An HTTP/2 connection that went silent would otherwise be reused by
@@ -123,18 +153,32 @@ const maxRedirects = 5
 // not trusted, and the truck's downloader must not become its way to the
 // truck's local services. A URL that starts on such an address (a depot
 // mirror the operator signed) may redirect within them. The check resolves
-// the name once; a name that resolves differently at the dial a moment
-// later is not caught.
+// the name once, for a clear early error; the transport resolves it again
+// when it dials, so a redirect that left a public host also binds the
+// request's connections to public addresses (see binding), and an answer
+// that changed in between (DNS rebinding) is refused at the connection.
+// The first host is the signed URL's: its DNS is trusted as far as the URL.
 func checkRedirect(req *http.Request, via []*http.Request) error {
 	if len(via) >= maxRedirects {
 		return fmt.Errorf("%w: more than %d redirects", ErrRedirect, maxRedirects)
 	}
 	from, to := via[0].URL.Hostname(), req.URL.Hostname()
-	if internalHost(req.Context(), to) && !internalHost(req.Context(), from) {
+	if internalHost(req.Context(), from) {
+		return nil
+	}
+	if internalHost(req.Context(), to) {
 		return fmt.Errorf("%w: %s sent the download to %s, an address in the truck's own networks", ErrRedirect, from, to)
+	}
+	if b := bindingOf(req.Context()); b != nil {
+		b.public.Store(true)
 	}
 	return nil
 }
+
+// lookupIPAddr resolves names for internalHost. It is a variable only so
+// that a test can make a name resolve to a public address at the check and
+// to loopback when the transport dials it; nothing else sets it.
+var lookupIPAddr = net.DefaultResolver.LookupIPAddr
 
 // internalHost reports whether host is, or resolves to, a loopback,
 // private, link-local or unspecified address. A name that does not resolve
@@ -145,7 +189,7 @@ func internalHost(ctx context.Context, host string) bool {
 	}
 	ips := []net.IP{net.ParseIP(host)}
 	if ips[0] == nil {
-		addrs, err := net.DefaultResolver.LookupIPAddr(ctx, host)
+		addrs, err := lookupIPAddr(ctx, host)
 		if err != nil || len(addrs) == 0 {
 			return true
 		}
@@ -154,10 +198,55 @@ func internalHost(ctx context.Context, host string) bool {
 			ips = append(ips, a.IP)
 		}
 	}
-	for _, ip := range ips {
-		if ip.IsLoopback() || ip.IsPrivate() || ip.IsLinkLocalUnicast() || ip.IsLinkLocalMulticast() || ip.IsUnspecified() {
-			return true
-		}
+	return slices.ContainsFunc(ips, internalIP)
+}
+
+func internalIP(ip net.IP) bool {
+	return ip.IsLoopback() || ip.IsPrivate() || ip.IsLinkLocalUnicast() || ip.IsLinkLocalMulticast() || ip.IsUnspecified()
+}
+
+// binding travels in the context of one attempt's request, and so of its
+// redirects and of the dials the transport makes for them. checkRedirect
+// sets public once a redirect left a public host; from then on
+// refuseInternal refuses any connection of the attempt to an internal
+// address, whatever the name resolved to when it was checked.
+type binding struct {
+	public atomic.Bool
+	// proxied: the request being sent goes through a proxy. The dial is
+	// then to the proxy (which the operator chose, often on a private
+	// network), and the proxy resolves the name itself, out of reach.
+	// An attempt's requests are sent one at a time, so this describes the
+	// dial in progress.
+	proxied atomic.Bool
+}
+
+type bindingKey struct{}
+
+// withBinding gives ctx a fresh binding.
+func withBinding(ctx context.Context) context.Context {
+	return context.WithValue(ctx, bindingKey{}, &binding{})
+}
+
+func bindingOf(ctx context.Context) *binding {
+	b, _ := ctx.Value(bindingKey{}).(*binding)
+	return b
+}
+
+// refuseInternal is the download client's net.Dialer ControlContext: it
+// runs for each address the dialer connects to, after the name was
+// resolved, and refuses internal ones for a bound attempt. The error wraps
+// ErrRedirect, which Fetch does not retry.
+func refuseInternal(ctx context.Context, network, address string, _ syscall.RawConn) error {
+	b := bindingOf(ctx)
+	if b == nil || !b.public.Load() || b.proxied.Load() {
+		return nil
 	}
-	return false
+	host, _, err := net.SplitHostPort(address)
+	if err != nil {
+		host = address
+	}
+	if ip := net.ParseIP(host); ip != nil && !internalIP(ip) {
+		return nil
+	}
+	return fmt.Errorf("%w: the download left a public host and would connect to %s, an address in the truck's own networks", ErrRedirect, host)
 }

@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -90,6 +92,32 @@ func TestRetryable(t *testing.T) {
 	for _, tc := range cases {
 		if got := Retryable(tc.err); got != tc.want {
 			t.Errorf("%s: Retryable(%v) = %v, want %v", tc.name, tc.err, got, tc.want)
+		}
+	}
+}
+
+func TestSourceAnswered(t *testing.T) {
+	dial := &url.Error{Op: "Get", URL: "http://x/y", Err: &net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}}
+	cases := []struct {
+		name string
+		err  error
+		want bool
+	}{
+		{"nil", nil, false},
+		{"403", fmt.Errorf("x: %w", &HTTPStatusError{StatusCode: 403}), true},
+		{"503 after retries", fmt.Errorf("giving up: %w", &HTTPStatusError{StatusCode: 503}), true},
+		{"digest", fmt.Errorf("a: %w", ErrDigestMismatch), true},
+		{"size", ErrSizeMismatch, true},
+		{"too large", ErrTooLarge, true},
+		{"redirect refused at the dial", &url.Error{Op: "Get", URL: "http://x/y", Err: &net.OpError{Op: "dial", Err: fmt.Errorf("%w: 127.0.0.1", ErrRedirect)}}, true},
+		{"dial refused", transient(dial), false},
+		{"connection cut", transient(io.ErrUnexpectedEOF), false},
+		{"stall", transient(ErrStalled), false},
+		{"canceled", fmt.Errorf("a: %w", context.Canceled), false},
+	}
+	for _, tc := range cases {
+		if got := SourceAnswered(tc.err); got != tc.want {
+			t.Errorf("%s: SourceAnswered(%v) = %v, want %v", tc.name, tc.err, got, tc.want)
 		}
 	}
 }
