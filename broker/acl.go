@@ -28,6 +28,9 @@ const (
 // A truck writes only what an agent sends: not its own desired or grant
 // topics (only the publisher's signed documents belong there), and a
 // retained message only on its status (see authHook.OnPublish).
+//
+// The roles of a truck's local bus (sensor, app and the agent's own) are
+// localAllows's, in localacl.go.
 func aclAllows(u User, topic string, write bool) bool {
 	if write && strings.HasPrefix(topic, "$") {
 		// $share/... is a subscription syntax, not a topic to publish to,
@@ -52,6 +55,8 @@ func aclAllows(u User, topic string, write bool) bool {
 		return within(topic, topicModels) || within(topic, own+"/desired") || within(topic, own+"/grant")
 	case RoleOperator:
 		return !write && within(topic, topicRoot)
+	case RoleSensor, RoleApp, roleLocalAgent:
+		return localAllows(u, topic, write) // a truck's local bus: localacl.go
 	}
 	return false
 }

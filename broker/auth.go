@@ -108,6 +108,9 @@ func (h *authHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) boo
 	case u.Role != RoleTruck && strings.HasPrefix(cl.ID, truckClientPrefix):
 		return h.refuse(cl, "client ids "+truckClientPrefix+"* belong to the trucks of those names")
 	}
+	if reason := localClientIDRefused(u, cl.ID); reason != "" {
+		return h.refuse(cl, reason)
+	}
 	// A client id names a session, and taking a session over inherits its
 	// subscriptions and queued messages. Only the user who created a session
 	// may resume it, so one truck cannot drain (or kick off) another's.

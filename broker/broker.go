@@ -48,8 +48,11 @@ type Broker struct {
 	reg   *prometheus.Registry
 	auth  *authHook
 	sess  *sessionHook
-	store *boltStore // nil without a DataDir
+	store *boltStore   // nil without a DataDir
+	quota *retainQuota // nil without a users file or with no retained cap
 	tls   *tls.Config
+	// agentPassword is LocalAgentUser's on a local bus; see AgentLogin.
+	agentPassword string
 
 	startedAt atomic.Int64 // unix nanoseconds; 0 until Start succeeds
 	ready     atomic.Bool
@@ -81,6 +84,16 @@ func New(cfg Config) (*Broker, error) {
 	if cfg.UsersFile != "" {
 		var err error
 		if users, err = LoadUsers(cfg.UsersFile); err != nil {
+			return nil, err
+		}
+		if err := checkUsersFor(users, cfg.LocalBus); err != nil {
+			return nil, fmt.Errorf("%s: %w", cfg.UsersFile, err)
+		}
+	}
+	var agentPassword string
+	if cfg.LocalBus && users != nil {
+		var err error
+		if agentPassword, err = addLocalAgent(users); err != nil {
 			return nil, err
 		}
 	}
@@ -133,7 +146,7 @@ func New(cfg Config) (*Broker, error) {
 		Logger:       newMochiLogger(cfg.Logger),
 	})
 
-	b := &Broker{cfg: cfg, log: cfg.Logger, srv: srv, tls: tlsCfg, reg: prometheus.NewRegistry()}
+	b := &Broker{cfg: cfg, log: cfg.Logger, srv: srv, tls: tlsCfg, reg: prometheus.NewRegistry(), agentPassword: agentPassword}
 	b.auth = newAuthHook(users, srv.Clients, cfg.Logger)
 	b.auth.bindCert = cfg.TLSBindUsername
 	if err := srv.AddHook(b.auth, nil); err != nil {
@@ -141,6 +154,17 @@ func New(cfg Config) (*Broker, error) {
 	}
 	if err := srv.AddHook(&retainGuard{}, nil); err != nil {
 		return nil, fmt.Errorf("add retain guard hook: %w", err)
+	}
+	if err := srv.AddHook(newDropReporter(cfg.Logger), nil); err != nil {
+		return nil, fmt.Errorf("add drop reporter hook: %w", err)
+	}
+	// After the auth hook, which takes the retain flag off a truck's
+	// publishes beyond its status before they are counted.
+	if users != nil && cfg.MaxRetainedPerUser > 0 {
+		b.quota = newRetainQuota(cfg.MaxRetainedPerUser, users, &b.auth.retainDropped, cfg.Logger)
+		if err := srv.AddHook(b.quota, nil); err != nil {
+			return nil, fmt.Errorf("add retained quota hook: %w", err)
+		}
 	}
 	b.sess = &sessionHook{srv: srv}
 	if err := srv.AddHook(b.sess, nil); err != nil {
@@ -263,6 +287,9 @@ func (b *Broker) openStore() error {
 		return fmt.Errorf("open storage %s: %w", path, err)
 	}
 	b.store, b.sess.store = store, store
+	if b.quota != nil {
+		b.quota.store, store.quota = store, b.quota
+	}
 	return nil
 }
 

@@ -41,6 +41,12 @@ const (
 
 	// minMaxPacketSize keeps max_packet_size above LinkEdge's own documents.
 	minMaxPacketSize = 16 << 10
+
+	// DefaultMaxRetainedPerUser bounds the retained topics one user holds.
+	// The publisher holds the most: one release per model and one pin per
+	// truck, about 10,000 for a 10,000-truck fleet; a truck holds its
+	// status alone.
+	DefaultMaxRetainedPerUser = 50_000
 )
 
 // Config configures one Broker. The zero value is usable: it listens on
@@ -90,10 +96,25 @@ type Config struct {
 	// access to every topic.
 	UsersFile string `yaml:"users_file" json:"users_file"`
 
+	// LocalBus makes this broker a truck's local bus, as the agent embeds
+	// it: the users file then holds the roles sensor and app instead of the
+	// fleet's, and the agent's own clients log in with AgentLogin. Not set
+	// from YAML: only the agent, which knows that login, runs a local bus.
+	LocalBus bool `yaml:"-" json:"-"`
+
 	// MaxPacketSize is the largest MQTT packet accepted, in bytes: a
 	// client that sends a larger one is disconnected before the packet is
 	// read. Default 256 KiB (DefaultMaxPacketSize); at least 16 KiB.
 	MaxPacketSize int `yaml:"max_packet_size" json:"max_packet_size"`
+
+	// MaxRetainedPerUser caps the retained topics one user of the users
+	// file holds at once: those whose retained message it wrote last (an
+	// empty retained message clears a topic and frees its slot). Over it,
+	// a retained publish that needs a new slot is delivered without the
+	// retain flag and logged at Warn. Default 50,000
+	// (DefaultMaxRetainedPerUser); zero means the default, a negative
+	// value no cap. Without a users file there are no users, and no cap.
+	MaxRetainedPerUser int `yaml:"max_retained_per_user" json:"max_retained_per_user"`
 
 	// CloseTimeout bounds how long Close takes, whatever the clients and
 	// mochi do: clients that stop reading get their DISCONNECT cut off,
@@ -129,6 +150,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.MaxPacketSize == 0 {
 		c.MaxPacketSize = DefaultMaxPacketSize
+	}
+	if c.MaxRetainedPerUser == 0 {
+		c.MaxRetainedPerUser = DefaultMaxRetainedPerUser
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()

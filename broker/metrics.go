@@ -63,7 +63,7 @@ func newCollector(b *Broker) *collector {
 	add("bytes_sent_total", "Bytes sent to MQTT clients.", counter, info(func(i *sysInfo) int64 { return i.BytesSent }))
 	add("auth_failures_total", "Connections refused: bad credentials, a session owned by another user, or a truck's client id taken by someone else.", counter, func(c *collector) float64 { return float64(c.b.auth.authFailures.Load()) })
 	add("logins_throttled_total", "Logins refused without a password check: too many failed logins from the address (and username) in the last minute.", counter, func(c *collector) float64 { return float64(c.b.auth.throttled.Load()) })
-	add("retain_dropped_total", "Retained publishes of trucks off their own status topic, delivered without the retain flag.", counter, func(c *collector) float64 { return float64(c.b.auth.retainDropped.Load()) })
+	add("retain_dropped_total", "Retained publishes delivered without the retain flag: trucks' off their own status topic, and any user's over max_retained_per_user.", counter, func(c *collector) float64 { return float64(c.b.auth.retainDropped.Load()) })
 	return c
 }
 

@@ -221,7 +221,6 @@ func TestOnlyPersistentSessionsWritten(t *testing.T) {
 	truck := connect(t, truckOpts(b.Addr(), nil))
 	subscribe(t, truck, "linkedge/v1/b", 1, newInbox())
 
-	b.store.kvHook.flush() // async writes before it are committed
 	subs, err := b.store.kvHook.StoredSubscriptions()
 	if err != nil {
 		t.Fatal(err)
@@ -233,7 +232,6 @@ func TestOnlyPersistentSessionsWritten(t *testing.T) {
 	if want := []string{"truck-1 linkedge/v1/b"}; !slices.Equal(got, want) {
 		t.Errorf("stored subscriptions = %q, want %q", got, want)
 	}
-	b.store.kvHook.flush() // async writes before it are committed
 	clients, err := b.store.kvHook.StoredClients()
 	if err != nil {
 		t.Fatal(err)
@@ -264,7 +262,6 @@ func TestQueuedRecordSurvivesSamePacketID(t *testing.T) {
 	b.store.OnQosComplete(cl, ack) // mochi's late removal of the ack record
 
 	stored := func() []string {
-		b.store.kvHook.flush() // async writes before it are committed
 		msgs, err := b.store.kvHook.StoredInflightMessages()
 		if err != nil {
 			t.Fatal(err)

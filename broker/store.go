@@ -4,8 +4,6 @@ import (
 	"errors"
 	"sync"
 
-	"hash/maphash"
-
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 )
@@ -17,8 +15,8 @@ var errStoreClosed = errors.New("broker storage closed")
 
 var _ mqtt.Hook = (*boltStore)(nil)
 
-// boltStore is the broker's storage: kvHook (mochi's bolt records, written
-// in shared transactions) with the defects of mochi's bolt hook that matter
+// boltStore is the broker's storage: kvHook (mochi's bolt records, with
+// group commit) with the defects of mochi's bolt hook that matter
 // to LinkEdge fixed (mochi v2.7.9, hooks/storage/bolt):
 //
 //   - The hook saves queued (inflight) messages without their packet id, so
@@ -51,21 +49,11 @@ type boltStore struct {
 	mu         sync.RWMutex
 	closed     bool
 	persistent map[string]bool // while loading: ids of stored persistent sessions
-
-	// qos serialises writes and removals of one client's queued-message
-	// records (see OnQosPublish), striped by client id: unrelated clients
-	// never wait on each other, so their writes can share a transaction.
-	qos  [64]sync.Mutex
-	seed maphash.Seed
+	quota      *retainQuota    // nil without a cap; its counts are loaded with the retained messages
 }
 
 func newBoltStore(srv *mqtt.Server) *boltStore {
-	return &boltStore{kvHook: new(kvHook), srv: srv, seed: maphash.MakeSeed()}
-}
-
-// qosLock is the stripe of qos that guards client id's records.
-func (s *boltStore) qosLock(id string) *sync.Mutex {
-	return &s.qos[maphash.String(s.seed, id)%uint64(len(s.qos))]
+	return &boltStore{kvHook: new(kvHook), srv: srv}
 }
 
 // ID implements mqtt.Hook.
@@ -149,31 +137,36 @@ func (s *boltStore) OnUnsubscribed(cl *mqtt.Client, pk packets.Packet) {
 // offline) client may already have taken that id and been written, and the
 // late removal deleted it. So acknowledgements of incoming QoS 1 publishes,
 // which are answered at once and never need restoring, are not written, and a
-// record is not removed while an outgoing message holds its id. qos makes
-// that check and the removal atomic with respect to writes.
+// record is not removed while an outgoing message holds its id (removeQos).
 func (s *boltStore) OnQosPublish(cl *mqtt.Client, pk packets.Packet, sent int64, resends int) {
 	if pk.FixedHeader.Type == packets.Puback {
 		return
 	}
-	s.persistentSession(cl, func() {
-		mu := s.qosLock(cl.ID)
-		mu.Lock()
-		defer mu.Unlock()
-		s.kvHook.OnQosPublish(cl, pk, sent, resends)
-	})
+	s.persistentSession(cl, func() { s.kvHook.OnQosPublish(cl, pk, sent, resends) })
 }
 func (s *boltStore) OnQosComplete(cl *mqtt.Client, pk packets.Packet) {
 	s.persistentSession(cl, func() { s.removeQos(cl, pk) })
 }
 
+// removeQos deletes cl's record under pk's packet id unless an outgoing
+// message holds that id: then the key belongs to that message. The check
+// is made again inside the transaction that deletes, which makes it atomic
+// with respect to the write of such a message's record without a lock:
+// mochi puts a message in the in-flight table before it writes the record,
+// so a transaction after that write finds the message and keeps the
+// record, and one before it deletes what the write then puts back. (A lock
+// per client held across the commit would serialise the writes of every
+// publisher queueing messages for one subscriber, the publisher's status
+// intake, and they could not share commits.)
 func (s *boltStore) removeQos(cl *mqtt.Client, pk packets.Packet) {
-	mu := s.qosLock(cl.ID)
-	mu.Lock()
-	defer mu.Unlock()
-	if held, ok := cl.State.Inflight.Get(pk.PacketID); ok && outgoing(held) {
-		return // the key now belongs to a message still in flight to cl
+	held := func() bool {
+		m, ok := cl.State.Inflight.Get(pk.PacketID)
+		return ok && outgoing(m)
 	}
-	s.kvHook.OnQosComplete(cl, pk)
+	if held() {
+		return // no need to wait for a commit to find out
+	}
+	s.kvHook.delUnless(inflightKey(cl.ID, pk), held)
 }
 
 // OnQosDropped keeps the record when cl has been taken over: the message was

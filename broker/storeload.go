@@ -49,14 +49,15 @@ func (s *boltStore) StoredSubscriptions() ([]storage.Subscription, error) {
 		return all, err
 	}
 	out := all[:0]
+	var orphans []string // deleted in one transaction: one fsync, not one each
 	for _, sub := range all {
 		if s.persistent[sub.Client] {
 			out = append(out, sub)
 			continue
 		}
-		orphan := &mqtt.Client{ID: sub.Client}
-		s.kvHook.OnUnsubscribed(orphan, packets.Packet{Filters: packets.Subscriptions{{Filter: sub.Filter}}})
+		orphans = append(orphans, subscriptionKey(sub.Client, sub.Filter))
 	}
+	s.kvHook.del(orphans...)
 	return out, nil
 }
 
@@ -73,6 +74,7 @@ func (s *boltStore) StoredInflightMessages() ([]storage.Message, error) {
 	persistent := s.persistent
 	s.persistent = nil // orphans are only judged while loading
 	out := all[:0]
+	var orphans []string
 	for _, m := range all {
 		if m.PacketID == 0 {
 			m.PacketID = packetIDFromKey(m.ID)
@@ -82,11 +84,12 @@ func (s *boltStore) StoredInflightMessages() ([]storage.Message, error) {
 			continue
 		}
 		if persistent != nil && !persistent[m.Client] {
-			s.kvHook.OnQosComplete(&mqtt.Client{ID: m.Client}, packets.Packet{PacketID: m.PacketID})
+			orphans = append(orphans, inflightKey(m.Client, packets.Packet{PacketID: m.PacketID}))
 			continue
 		}
 		out = append(out, m)
 	}
+	s.kvHook.del(orphans...)
 	return out, nil
 }
 
@@ -110,7 +113,11 @@ func (s *boltStore) StoredRetainedMessages() ([]storage.Message, error) {
 	if s.closed {
 		return nil, errStoreClosed
 	}
-	return s.kvHook.StoredRetainedMessages()
+	msgs, err := s.kvHook.StoredRetainedMessages()
+	if err == nil && s.quota != nil {
+		s.loadRetainHolders(msgs)
+	}
+	return msgs, err
 }
 
 // StoredSysInfo returns the gauges mochi restores at start (subscriptions,

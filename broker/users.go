@@ -26,18 +26,29 @@ const (
 	RoleTruck Role = "truck"
 	// RoleOperator may read linkedge/v1/# and publish nothing.
 	RoleOperator Role = "operator"
+
+	// The roles of a truck's local bus (Config.LocalBus), see localAllows.
+	// A users file holds either fleet roles or local ones, never both.
+
+	// RoleSensor publishes readings for any model and reads the answers.
+	RoleSensor Role = "sensor"
+	// RoleApp is a truck application: it reads the local tree and holds
+	// the switch to a new version under its own name (its username).
+	RoleApp Role = "app"
 )
 
 // User is one entry of the users file.
 type User struct {
 	// Username is the MQTT username. For a truck it is also the truck id,
-	// spliced into topic levels, so it must pass topics.ValidID (1-64 of
-	// A-Z a-z 0-9 . _ -); other users match ^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$.
+	// and for an app its hold topic's last level: spliced into topic levels,
+	// so they must pass topics.ValidID (1-64 of A-Z a-z 0-9 . _ -); other
+	// users match ^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$.
 	Username string `yaml:"username"`
 	// PasswordHash is a bcrypt hash ("$2a$…"/"$2b$…"), as printed by
 	// HashPassword or `linkedge broker hash-password`. Plaintext is refused.
 	PasswordHash string `yaml:"password_hash"`
-	// Role is one of publisher, truck, operator.
+	// Role is one of publisher, truck, operator (fleet broker) or sensor,
+	// app (a truck's local bus).
 	Role Role `yaml:"role"`
 }
 
@@ -112,16 +123,16 @@ func ParseUsers(data []byte) (map[string]User, error) {
 
 func (u User) validate() error {
 	switch u.Role {
-	case RoleTruck:
+	case RoleTruck, RoleApp:
 		if err := topics.ValidID(u.Username); err != nil {
-			return fmt.Errorf("truck username: %w", err)
+			return fmt.Errorf("%s username: %w", u.Role, err)
 		}
-	case RolePublisher, RoleOperator:
+	case RolePublisher, RoleOperator, RoleSensor:
 		if !usernameRE.MatchString(u.Username) {
 			return fmt.Errorf("username %q must match %s", u.Username, usernameRE)
 		}
 	default:
-		return fmt.Errorf("user %q: unknown role %q (want publisher, truck or operator)", u.Username, u.Role)
+		return fmt.Errorf("user %q: unknown role %q (want publisher, truck or operator; sensor or app on a truck's local bus)", u.Username, u.Role)
 	}
 	if _, err := bcrypt.Cost([]byte(u.PasswordHash)); err != nil {
 		return fmt.Errorf("user %q: password_hash is not a bcrypt hash: %w", u.Username, err)

@@ -158,7 +158,7 @@ func New(cfg Config) (*Agent, error) {
 	a.grants = newGrants(cfg.Truck, a.verifier, a.publishFleet, a.log.With("part", "grants"))
 	a.machine = &update.Machine{Store: store, Runtime: a.rts, Fetch: a.grants.fetch(fetchArtifact(a.log, cfg.Fleet.HTTPProxy, dlTLS)),
 		VerifyRelease: a.verifyKept, Hold: a.holdState, Probation: cfg.Probation, RetryMin: cfg.RetryMin, RetryMax: cfg.RetryMax,
-		Log: a.log, OnChange: a.onRecord}
+		MaxURLFailures: cfg.MaxURLFailures, DeadURLRetry: cfg.DeadURLRetry, Log: a.log, OnChange: a.onRecord}
 	a.st = status.Status{Schema: status.Schema, Truck: cfg.Truck, Model: cfg.Model, Phase: string(update.Idle), Agent: "linkedge"}
 	return a, nil
 }
@@ -292,8 +292,10 @@ func (a *Agent) startLocalBus(ctx context.Context) error {
 		return nil // no local bus: applications use the HTTP endpoint
 	}
 	url := a.cfg.LocalBroker.External
+	login := localLogin{a.cfg.LocalBroker.Username, a.cfg.LocalBroker.Password}
 	if a.cfg.LocalBroker.Listen != "off" {
-		b, err := broker.New(broker.Config{Listen: a.cfg.LocalBroker.Listen, DataDir: a.cfg.LocalBroker.DataDir, HTTPListen: "", Logger: a.log.With("part", "local-broker")})
+		b, err := broker.New(broker.Config{Listen: a.cfg.LocalBroker.Listen, DataDir: a.cfg.LocalBroker.DataDir, HTTPListen: "",
+			UsersFile: a.cfg.LocalBroker.Users, LocalBus: true, Logger: a.log.With("part", "local-broker")})
 		if err != nil {
 			return fmt.Errorf("local broker: %w", err)
 		}
@@ -302,11 +304,13 @@ func (a *Agent) startLocalBus(ctx context.Context) error {
 		}
 		a.local = b
 		url = "tcp://" + b.Addr()
+		// Empty without local_broker.users: the bus is anonymous.
+		login.username, login.password = b.AgentLogin()
 	}
 	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	br, err := server.StartMQTT(cctx, server.MQTTConfig{
-		Broker: url, ClientID: "linkedge-agent-" + a.cfg.Truck,
+		Broker: url, ClientID: "linkedge-agent-" + a.cfg.Truck, Username: login.username, Password: login.password,
 		ReadingsTopic: topics.LocalReadings(a.cfg.Model), PredictionsTopic: topics.LocalPredictions(a.cfg.Model),
 		ErrorsTopic:  topics.LocalErrors(a.cfg.Model),
 		OnPrediction: a.onPrediction, Logger: a.log, Registerer: a.reg,
@@ -315,8 +319,11 @@ func (a *Agent) startLocalBus(ctx context.Context) error {
 		return fmt.Errorf("local bus: %w", err)
 	}
 	a.bridge = br
-	return a.startHoldBus(ctx, url)
+	return a.startHoldBus(ctx, url, login)
 }
+
+// localLogin is how the agent's own clients log in to the local bus.
+type localLogin struct{ username, password string }
 
 func (a *Agent) onPrediction(p server.PredictionMessage) {
 	a.predictions.Add(1)

@@ -72,6 +72,14 @@ type Config struct {
 	// release or a reconnect tries again at once.
 	RetryMin time.Duration `yaml:"retry_min"`
 	RetryMax time.Duration `yaml:"retry_max"`
+	// MaxURLFailures is how many downloads from one artifact URL may end
+	// on the source's bad answer (an HTTP error status, a wrong size or
+	// sha256, a refused redirect) before the URL counts as dead and is
+	// tried only every DeadURLRetry; connection errors never count. A
+	// newer release or pin naming the artifact at another URL is tried at
+	// once. Defaults 8 and 6h.
+	MaxURLFailures int           `yaml:"max_url_failures"`
+	DeadURLRetry   time.Duration `yaml:"dead_url_retry"`
 	// Hold is the safety hold: maintenance windows, and the bound on an
 	// application's hold (see package hold). Default: no windows, holds
 	// of at most 12h.
@@ -195,6 +203,19 @@ type LocalBrokerConfig struct {
 	External string `yaml:"external"`
 	// DataDir persists the embedded broker; empty keeps it in memory.
 	DataDir string `yaml:"data_dir"`
+	// Users is a users file for the embedded broker, in the fleet broker's
+	// format with the roles sensor and app (see docs/broker.md): every
+	// client must then log in, and may do only what its role allows.
+	// Default empty: anonymous clients may do anything on the bus, which
+	// is then only as safe as its listen address (loopback by default)
+	// and the software on the truck. The agent's own clients log in with
+	// a password made at each start, which no file holds.
+	Users string `yaml:"users"`
+	// Username and Password log the agent's own clients in to External.
+	// That user must be allowed to read readings and holds and to write
+	// predictions and errors.
+	Username string `yaml:"username"`
+	Password string `yaml:"password"`
 }
 
 // ContainersConfig enables the container runtime.
@@ -290,6 +311,12 @@ func (c *Config) setDefaults() {
 	if c.RetryMax < c.RetryMin {
 		c.RetryMax = max(15*time.Minute, c.RetryMin)
 	}
+	if c.MaxURLFailures <= 0 {
+		c.MaxURLFailures = 8
+	}
+	if c.DeadURLRetry <= 0 {
+		c.DeadURLRetry = 6 * time.Hour
+	}
 	if c.ShutdownTimeout <= 0 {
 		c.ShutdownTimeout = 15 * time.Second
 	}
@@ -349,6 +376,14 @@ func (c *Config) Validate() error {
 	}
 	if c.LocalBroker.Listen == "off" && c.LocalBroker.External == "" && c.HTTP == "off" && c.Runtime == nil {
 		errs = append(errs, errors.New(`local_broker: with listen "off" and http "off" the truck would serve nothing; set local_broker.external to the truck's broker URL or give http an address`))
+	}
+	// Each setting applies to one kind of local broker; one given for the
+	// other would be ignored, and the bus left open unnoticed.
+	if c.LocalBroker.Users != "" && c.LocalBroker.Listen == "off" {
+		errs = append(errs, errors.New(`local_broker.users applies to the embedded broker, and listen is "off"; set up logins in the external broker instead`))
+	}
+	if (c.LocalBroker.Username != "" || c.LocalBroker.Password != "") && (c.LocalBroker.Listen != "off" || c.LocalBroker.External == "") {
+		errs = append(errs, errors.New(`local_broker.username and password log in to local_broker.external (with listen "off"); the embedded broker admits the agent by itself`))
 	}
 	if len(c.Keys) == 0 {
 		if len(c.TrustedKeys) == 0 {

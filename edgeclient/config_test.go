@@ -37,6 +37,10 @@ func TestLoadConfig(t *testing.T) {
 		{"fleet tls with tcp", "truck: t1\nmodel: m\ntrusted_keys: [" + keyFile + "]\nfleet: {broker: tcp://x:1883, tls: {ca_file: " + caFile + "}}\n", "not a TLS URL"},
 		{"fleet tls cert without key", "truck: t1\nmodel: m\ntrusted_keys: [" + keyFile + "]\nfleet: {broker: ssl://x:8883, tls: {cert_file: " + certFile + "}}\n", "cert_file and key_file must be set together"},
 		{"no local bus and no http", "truck: t1\nmodel: m\ntrusted_keys: [" + keyFile + "]\nfleet: {broker: tcp://x:1883}\nlocal_broker: {listen: \"off\"}\nhttp: \"off\"\n", "serve nothing"},
+		{"local users", "truck: t1\nmodel: aps-failure\ntrusted_keys: [" + keyFile + "]\nfleet: {broker: tcp://x:1883}\nlocal_broker: {users: /etc/linkedge/local-users.yaml}\n", ""},
+		{"external local login", "truck: t1\nmodel: aps-failure\ntrusted_keys: [" + keyFile + "]\nfleet: {broker: tcp://x:1883}\nlocal_broker: {listen: \"off\", external: tcp://127.0.0.1:1884, username: agent, password: pw}\n", ""},
+		{"local users with an external broker", "truck: t1\nmodel: m\ntrusted_keys: [" + keyFile + "]\nfleet: {broker: tcp://x:1883}\nlocal_broker: {listen: \"off\", external: tcp://127.0.0.1:1884, users: u.yaml}\n", "local_broker.users applies to the embedded broker"},
+		{"local login for the embedded broker", "truck: t1\nmodel: m\ntrusted_keys: [" + keyFile + "]\nfleet: {broker: tcp://x:1883}\nlocal_broker: {username: agent, password: pw}\n", "local_broker.username and password log in to local_broker.external"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

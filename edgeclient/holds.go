@@ -19,9 +19,10 @@ func (a *Agent) holdState() (bool, string) {
 // startHoldBus takes holds from the truck's local bus: a retained message on
 // linkedge/v1/local/hold/{app} holds, an empty one releases. Its own client,
 // so that the inference bridge's subscriptions stay its own.
-func (a *Agent) startHoldBus(ctx context.Context, url string) error {
+func (a *Agent) startHoldBus(ctx context.Context, url string, login localLogin) error {
 	o := paho.NewClientOptions().AddBroker(url).
 		SetClientID("linkedge-agent-hold-" + a.cfg.Truck).
+		SetUsername(login.username).SetPassword(login.password).
 		SetCleanSession(true). // retained holds come again with every subscribe
 		SetAutoReconnect(true).SetConnectRetry(true).SetConnectRetryInterval(time.Second).
 		SetMaxReconnectInterval(10 * time.Second).

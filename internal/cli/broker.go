@@ -57,8 +57,9 @@ to the fleet. It is built for trucks that are offline for weeks:
   GET /metrics   Prometheus metrics (linkedge_broker_*, go_*, process_*)
 
 Flags override the optional --config YAML file, whose keys are listen, data_dir,
-max_message_expiry, http_listen, tls_cert, tls_key, tls_client_ca, users_file and close_timeout (unknown keys
-are errors). SIGINT or SIGTERM disconnects clients, flushes storage and exits.`,
+max_message_expiry, http_listen, tls_cert, tls_key, tls_client_ca, tls_bind_username, users_file,
+close_timeout, max_packet_size and max_retained_per_user (unknown keys are errors). SIGINT or
+SIGTERM disconnects clients, flushes storage and exits.`,
 		Example: `  linkedge broker
   linkedge broker --listen 0.0.0.0:1883 --data /var/lib/linkedge/broker --users users.yaml
   linkedge broker --config broker.yaml --tls-cert server.pem --tls-key server-key.pem
