@@ -21,13 +21,14 @@ const (
 //	role       write                                          read
 //	publisher  linkedge/v1/models/#, linkedge/v1/trucks/+/desired,  everything
 //	           linkedge/v1/trucks/+/grant
-//	truck      linkedge/v1/trucks/{id}/status, …/{id}/events,  linkedge/v1/models/#, linkedge/v1/trucks/{id}/desired,
-//	           …/{id}/predictions/+, …/{id}/grant-request      linkedge/v1/trucks/{id}/grant
+//	truck      linkedge/v1/trucks/{id}/status, …/{id}/presence, linkedge/v1/models/#, linkedge/v1/trucks/{id}/desired,
+//	           …/{id}/events, …/{id}/predictions/+,            linkedge/v1/trucks/{id}/grant
+//	           …/{id}/grant-request
 //	operator   nothing                                        linkedge/v1/#
 //
 // A truck writes only what an agent sends: not its own desired or grant
 // topics (only the publisher's signed documents belong there), and a
-// retained message only on its status (see authHook.OnPublish).
+// retained message only on its status and presence (see authHook.OnPublish).
 //
 // The roles of a truck's local bus (sensor, app and the agent's own) are
 // localAllows's, in localacl.go.
@@ -47,7 +48,7 @@ func aclAllows(u User, topic string, write bool) bool {
 		own := topicTrucks + u.Username
 		if write {
 			switch topic {
-			case own + "/status", own + "/events", own + "/grant-request":
+			case own + "/status", own + "/presence", own + "/events", own + "/grant-request":
 				return true
 			}
 			return within(topic, own+"/predictions/+")

@@ -24,8 +24,14 @@ type authHook struct {
 	users map[string]User // nil: anonymous access; read-only after New
 	// bindCert requires the client certificate's name to be the username.
 	bindCert bool
+	// thingNames (the aws-iot-core profile) makes a truck's client id its
+	// username, its AWS IoT thing name, instead of linkedge-truck-{username}.
+	thingNames bool
 	// limits refuses logins from addresses that keep failing.
 	limits *loginLimiter
+	// queues, if set, is asked before each delivery whether the
+	// subscriber's queue has room (sessionqueue.go).
+	queues *sessionQueues
 	// throttled counts logins refused unchecked by limits.
 	throttled atomic.Int64
 	clients   *mqtt.Clients // the server's sessions, for takeover checks
@@ -75,6 +81,11 @@ func (h *authHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) boo
 		return h.refuse(cl, "client id reserved for in-process use")
 	}
 	if h.users == nil {
+		if h.thingNames && strings.HasPrefix(cl.ID, truckClientPrefix) {
+			// IoT Core's policy admits a truck only under its thing
+			// name: an agent still using the old id would be refused there.
+			return h.refuse(cl, "a truck's client id is its thing name (fleet.client_id in truck.yaml), not "+truckClientPrefix+"{truck}, under the aws-iot-core profile")
+		}
 		return true
 	}
 	name := string(pk.Connect.Username)
@@ -102,7 +113,12 @@ func (h *authHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) boo
 	// A truck's session id is its own: no other user may create it first
 	// (and lock the truck out, since a session belongs to its creator),
 	// and a truck may not use another id.
+	if reason := h.thingNameRefused(u, cl.ID); h.thingNames && reason != "" {
+		return h.refuse(cl, reason)
+	}
 	switch {
+	case h.thingNames:
+		// thingNameRefused decided.
 	case u.Role == RoleTruck && cl.ID != truckClientPrefix+name:
 		return h.refuse(cl, "a truck's client id must be "+truckClientPrefix+"{username}")
 	case u.Role != RoleTruck && strings.HasPrefix(cl.ID, truckClientPrefix):
@@ -118,6 +134,23 @@ func (h *authHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) boo
 		return h.refuse(cl, "client id belongs to another user's session")
 	}
 	return true
+}
+
+// thingNameRefused applies the aws-iot-core profile's client-id rule, which
+// is IoT Core's policy variable iot:Connection.Thing.ThingName: a truck (a
+// thing) connects with its username (its thing name) as client id, and
+// nobody else may use that id, nor the linkedge-truck-* ids of the default
+// mode. It returns why cl.ID is refused, or "".
+func (h *authHook) thingNameRefused(u User, id string) string {
+	switch {
+	case u.Role == RoleTruck && id != u.Username:
+		return "a truck's client id must be its username, its thing name, under the aws-iot-core profile (fleet.client_id in truck.yaml)"
+	case u.Role != RoleTruck && h.users[id].Role == RoleTruck:
+		return "client id " + id + " is a truck's thing name; only that truck may use it"
+	case strings.HasPrefix(id, truckClientPrefix):
+		return "client ids " + truckClientPrefix + "* are not used under the aws-iot-core profile: a truck's client id is its thing name"
+	}
+	return ""
 }
 
 // certNames reports whether the client's TLS certificate names user, by
@@ -144,22 +177,23 @@ func (h *authHook) refuse(cl *mqtt.Client, reason string) bool {
 // OnACLCheck implements mqtt.Hook. mochi calls it for each publish (write),
 // each subscription filter and each delivery (read).
 func (h *authHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
-	if h.users == nil {
-		return true
+	if h.users != nil {
+		// Looked up on every check rather than cached on the client, so a
+		// session restored from storage for a user no longer in the file
+		// gets nothing.
+		u, ok := h.users[string(cl.Properties.Username)]
+		if !ok || !aclAllows(u, topic, write) {
+			h.aclDenied[aclIndex(write)].Add(1)
+			h.log.Debug("mqtt acl denied", "client", cl.ID, "username", string(cl.Properties.Username), "topic", topic, "write", write)
+			return false
+		}
 	}
-	// Looked up on every check rather than cached on the client, so a session
-	// restored from storage for a user no longer in the file gets nothing.
-	u, ok := h.users[string(cl.Properties.Username)]
-	if ok && aclAllows(u, topic, write) {
-		return true
-	}
-	h.aclDenied[aclIndex(write)].Add(1)
-	h.log.Debug("mqtt acl denied", "client", cl.ID, "username", string(cl.Properties.Username), "topic", topic, "write", write)
-	return false
+	// A read is also each delivery to a subscriber: its queue must have room.
+	return write || h.queues == nil || h.queues.admit(cl, topic)
 }
 
 // OnPublish implements mqtt.Hook: a truck may retain a message on its
-// status topic only, so one truck login cannot fill the broker's retained
+// status and presence topics only, so one truck login cannot fill the broker's retained
 // store (the ACL already keeps it to its own few topics). Elsewhere the
 // retain flag is dropped: the message is delivered, and acknowledged, as
 // if sent without it.
@@ -168,12 +202,27 @@ func (h *authHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet
 		return pk, nil
 	}
 	u, ok := h.users[string(cl.Properties.Username)]
-	if ok && u.Role == RoleTruck && pk.TopicName != topicTrucks+u.Username+"/status" {
+	if ok && !retainAllowed(u, pk.TopicName) {
 		h.retainDropped.Add(1)
 		h.log.Debug("mqtt retain flag dropped", "client", cl.ID, "username", u.Username, "topic", pk.TopicName)
 		pk.FixedHeader.Retain = false
 	}
 	return pk, nil
+}
+
+// retainAllowed reports whether u's retained publish to topic (one the ACL
+// lets it write) keeps its retain flag: a truck retains its status and its
+// presence only,
+// and a sensor on a truck's local bus nothing (a retained reading would be
+// scored again, stale, by every agent start and fill the bus's memory).
+func retainAllowed(u User, topic string) bool {
+	switch u.Role {
+	case RoleTruck:
+		return topic == topicTrucks+u.Username+"/status" || topic == topicTrucks+u.Username+"/presence"
+	case RoleSensor:
+		return false
+	}
+	return true
 }
 
 func aclIndex(write bool) int {

@@ -3,6 +3,7 @@ package broker
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -33,6 +34,8 @@ func TestAuthentication(t *testing.T) {
 		{"truck", "t1", "t1-pw", "linkedge-truck-t1", "", true},
 		{"operator", "ops", "ops-pw", "", "", true},
 		{"truck with will on its own status", "t1", "t1-pw", "linkedge-truck-t1", "linkedge/v1/trucks/t1/status", true},
+		{"truck with will on its own presence", "t1", "t1-pw", "linkedge-truck-t1", "linkedge/v1/trucks/t1/presence", true},
+		{"truck with will on another truck's presence", "t1", "t1-pw", "linkedge-truck-t1", "linkedge/v1/trucks/t2/presence", false},
 		{"truck under another client id", "t1", "t1-pw", "t1", "", false},
 		{"truck under another truck's client id", "t1", "t1-pw", "linkedge-truck-t2", "", false},
 		{"operator under a truck's client id", "ops", "ops-pw", "linkedge-truck-t3", "", false},
@@ -61,8 +64,8 @@ func TestAuthentication(t *testing.T) {
 			}
 		})
 	}
-	if got := b.auth.authFailures.Load(); got != 9 {
-		t.Errorf("auth failures = %d, want 9", got)
+	if got := b.auth.authFailures.Load(); got != 10 {
+		t.Errorf("auth failures = %d, want 10", got)
 	}
 }
 
@@ -271,7 +274,7 @@ func FuzzParseUsers(f *testing.F) {
 }
 
 // A5: one truck login cannot fill the broker. It may retain a message on
-// its status topic only, and a packet above max_packet_size cuts it off
+// its status and presence topics only, and a packet above max_packet_size cuts it off
 // before the broker reads it.
 func TestTruckCannotFillTheBroker(t *testing.T) {
 	b := authBroker(t)
@@ -284,14 +287,16 @@ func TestTruckCannotFillTheBroker(t *testing.T) {
 	}
 	publish(t, t1, "linkedge/v1/trucks/t1/events", 1, true, "flood")
 	publish(t, t1, "linkedge/v1/trucks/t1/status", 1, true, "online")
+	publish(t, t1, "linkedge/v1/trucks/t1/presence", 1, true, "online")
 	var kept []string
 	for topic := range b.Server().Topics.Retained.GetAll() {
 		if !strings.HasPrefix(topic, "$SYS/") {
 			kept = append(kept, topic)
 		}
 	}
-	if len(kept) != 1 || kept[0] != "linkedge/v1/trucks/t1/status" {
-		t.Fatalf("retained after a truck's flood: %q; want its status alone", kept)
+	slices.Sort(kept)
+	if !slices.Equal(kept, []string{"linkedge/v1/trucks/t1/presence", "linkedge/v1/trucks/t1/status"}) {
+		t.Fatalf("retained after a truck's flood: %q; want its status and presence alone", kept)
 	}
 
 	big := make([]byte, DefaultMaxPacketSize+1)

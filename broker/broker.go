@@ -53,6 +53,11 @@ type Broker struct {
 	tls   *tls.Config
 	// agentPassword is LocalAgentUser's on a local bus; see AgentLogin.
 	agentPassword string
+	budget        *truckBudget   // nil without a users file
+	queues        *sessionQueues // nil with neither queue cap
+	// closing is closed when Close begins: publishes held back by the
+	// truck budget stop waiting.
+	closing chan struct{}
 
 	startedAt atomic.Int64 // unix nanoseconds; 0 until Start succeeds
 	ready     atomic.Bool
@@ -89,6 +94,11 @@ func New(cfg Config) (*Broker, error) {
 		if err := checkUsersFor(users, cfg.LocalBus); err != nil {
 			return nil, fmt.Errorf("%s: %w", cfg.UsersFile, err)
 		}
+		if cfg.Profile == ProfileAWSIoTCore {
+			if err := checkThingNames(users); err != nil {
+				return nil, fmt.Errorf("%s: %w", cfg.UsersFile, err)
+			}
+		}
 	}
 	var agentPassword string
 	if cfg.LocalBus && users != nil {
@@ -119,7 +129,7 @@ func New(cfg Config) (*Broker, error) {
 	// A truck's persistent session must outlive its queued messages' expiry,
 	// and mochi's default (no limit) would keep sessions of retired trucks
 	// forever.
-	caps.MaximumSessionExpiryInterval = uint32(cfg.expirySeconds())
+	caps.MaximumSessionExpiryInterval = uint32(cfg.sessionExpiry() / time.Second)
 	// Read before the packet is: a 50 MB publish costs nothing but the cut.
 	caps.MaximumPacketSize = uint32(cfg.MaxPacketSize)
 	// Acks carry no properties of the message they acknowledge: strict
@@ -140,6 +150,9 @@ func New(cfg Config) (*Broker, error) {
 	// of what its socket holds; linkedge_broker_messages_dropped_total
 	// counts any overflow.
 	caps.MaximumClientWritesPending = 1024
+	if cfg.Profile == ProfileAWSIoTCore {
+		caps.MaximumQos = 1 // see iotCoreHook.OnPacketRead for QoS 2
+	}
 	srv := mqtt.New(&mqtt.Options{
 		Capabilities: caps,
 		InlineClient: true, // the truck agent publishes and subscribes in-process
@@ -149,8 +162,25 @@ func New(cfg Config) (*Broker, error) {
 	b := &Broker{cfg: cfg, log: cfg.Logger, srv: srv, tls: tlsCfg, reg: prometheus.NewRegistry(), agentPassword: agentPassword}
 	b.auth = newAuthHook(users, srv.Clients, cfg.Logger)
 	b.auth.bindCert = cfg.TLSBindUsername
+	b.auth.thingNames = cfg.Profile == ProfileAWSIoTCore
 	if err := srv.AddHook(b.auth, nil); err != nil {
 		return nil, fmt.Errorf("add auth hook: %w", err)
+	}
+	b.closing = make(chan struct{})
+	// Right after the auth hook: a publish held back waits before any
+	// later hook (the retain guard) takes a lock for it.
+	if users != nil && (cfg.TruckMessagesPerSecond > 0 || cfg.TruckBytesPerSecond > 0) {
+		b.budget = newTruckBudget(&cfg, users, b.closing)
+		if err := srv.AddHook(b.budget, nil); err != nil {
+			return nil, fmt.Errorf("add truck budget hook: %w", err)
+		}
+	}
+	if cfg.MaxQueuedBytes > 0 || cfg.MaxQueuedBytesPerTruck > 0 {
+		b.queues = newSessionQueues(max(cfg.MaxQueuedBytes, 0), max(cfg.MaxQueuedBytesPerTruck, 0), cfg.Logger)
+		b.auth.queues = b.queues // asked for each delivery, in OnACLCheck
+		if err := srv.AddHook(b.queues, nil); err != nil {
+			return nil, fmt.Errorf("add session queue hook: %w", err)
+		}
 	}
 	if err := srv.AddHook(&retainGuard{}, nil); err != nil {
 		return nil, fmt.Errorf("add retain guard hook: %w", err)
@@ -166,7 +196,18 @@ func New(cfg Config) (*Broker, error) {
 			return nil, fmt.Errorf("add retained quota hook: %w", err)
 		}
 	}
-	b.sess = &sessionHook{srv: srv}
+	if cfg.Profile == ProfileAWSIoTCore {
+		// Before the session hook: a packet this one refuses must not have
+		// had a queued message set aside for it (sessionHook.OnPacketRead).
+		p := newIoTCoreHook(srv, cfg.Logger)
+		if err := srv.AddHook(p, nil); err != nil {
+			return nil, fmt.Errorf("add %s profile hook: %w", cfg.Profile, err)
+		}
+		if err := b.reg.Register(p.refused); err != nil {
+			return nil, fmt.Errorf("register profile metrics: %w", err)
+		}
+	}
+	b.sess = &sessionHook{srv: srv, acl: b.auth.OnACLCheck}
 	if err := srv.AddHook(b.sess, nil); err != nil {
 		return nil, fmt.Errorf("add session hook: %w", err)
 	}
@@ -350,6 +391,7 @@ func (b *Broker) close() error {
 	b.state = stateClosed
 	httpSrv, httpDone, startDone := b.httpSrv, b.httpDone, b.startDone
 	b.mu.Unlock()
+	close(b.closing) // close runs once (closeOnce)
 	b.ready.Store(false)
 	switch prev {
 	case stateStarting:

@@ -47,6 +47,26 @@ const (
 	// truck, about 10,000 for a 10,000-truck fleet; a truck holds its
 	// status alone.
 	DefaultMaxRetainedPerUser = 50_000
+
+	// The truck budget (see truckBudget). A truck sends a handful of
+	// statuses and events per update, a grant request at most every 5 s,
+	// and forwarded predictions in batches of up to about 14 KB, a few a
+	// second while it empties a backlog; the bursts take an update's
+	// reports and a minute's worth of batches at once.
+	DefaultTruckMessagesPerSecond = 20
+	DefaultTruckMessageBurst      = 200
+	DefaultTruckBytesPerSecond    = 64 << 10
+	DefaultTruckByteBurst         = 1 << 20
+
+	// DefaultMaxQueuedBytes bounds the messages queued for one session:
+	// about 65,535 (mochi's cap in messages) status reports and events of
+	// 1 KB, what a publisher offline during a 10,000-truck update is sent.
+	DefaultMaxQueuedBytes = 64 << 20
+
+	// DefaultMaxQueuedBytesPerTruck bounds, within one session's queue,
+	// the messages about one truck: hundreds of its status reports and
+	// events, or 18 batches of forwarded predictions.
+	DefaultMaxQueuedBytesPerTruck = 256 << 10
 )
 
 // Config configures one Broker. The zero value is usable: it listens on
@@ -68,6 +88,18 @@ type Config struct {
 	// long retained messages live, and how long a disconnected persistent
 	// session is kept. Default 90 days (2160h); must be at least 1s.
 	MaxMessageExpiry time.Duration `yaml:"max_message_expiry" json:"max_message_expiry"`
+
+	// SessionExpiry is how long a disconnected persistent session is kept,
+	// with its subscriptions and queued messages. Default: MaxMessageExpiry,
+	// or 1h with the aws-iot-core profile (IoT Core's default, which allows
+	// up to 7 days); zero means the default, which follows the other two
+	// settings. Must be at least 1s.
+	SessionExpiry time.Duration `yaml:"session_expiry" json:"session_expiry"`
+
+	// Profile makes the broker enforce a managed broker's limits on top of
+	// its own: "" (the default, none) or "aws-iot-core" (profile.go,
+	// docs/aws-iot-core.md).
+	Profile Profile `yaml:"profile" json:"profile"`
 
 	// HTTPListen is the address of the health (/healthz) and Prometheus
 	// (/metrics) endpoint. DefaultConfig, YAML config files and the CLI
@@ -116,6 +148,31 @@ type Config struct {
 	// value no cap. Without a users file there are no users, and no cap.
 	MaxRetainedPerUser int `yaml:"max_retained_per_user" json:"max_retained_per_user"`
 
+	// TruckMessagesPerSecond and TruckMessageBurst, TruckBytesPerSecond and
+	// TruckByteBurst are each truck login's publish budget (users file
+	// role truck): token buckets in messages and in bytes (payload and
+	// topic). A truck over it is slowed down, its connection read only as
+	// fast as the budget allows; nothing is dropped. Defaults 20 messages
+	// a second with a burst of 200, and 64 KiB a second with a burst of
+	// 1 MiB; zero means the default, a negative rate no limit in that
+	// unit. A rate must allow at least 0.1 messages or 1 KiB a second,
+	// and a burst at least 1 message or 1 KiB.
+	TruckMessagesPerSecond float64 `yaml:"truck_messages_per_second" json:"truck_messages_per_second"`
+	TruckMessageBurst      int     `yaml:"truck_message_burst" json:"truck_message_burst"`
+	TruckBytesPerSecond    int     `yaml:"truck_bytes_per_second" json:"truck_bytes_per_second"`
+	TruckByteBurst         int     `yaml:"truck_byte_burst" json:"truck_byte_burst"`
+
+	// MaxQueuedBytes caps the QoS 1/2 messages (payload and topic) queued
+	// for one session, connected or not, and MaxQueuedBytesPerTruck those
+	// about one truck (on linkedge/v1/trucks/{id}/…) within it. A message
+	// over either cap is not queued for that session (other subscribers
+	// still get it), counted in
+	// linkedge_broker_session_queue_dropped_total and logged at Warn with
+	// its topic. Defaults 64 MiB and 256 KiB; zero means the default, a
+	// negative value no cap.
+	MaxQueuedBytes         int64 `yaml:"max_queued_bytes" json:"max_queued_bytes"`
+	MaxQueuedBytesPerTruck int64 `yaml:"max_queued_bytes_per_truck" json:"max_queued_bytes_per_truck"`
+
 	// CloseTimeout bounds how long Close takes, whatever the clients and
 	// mochi do: clients that stop reading get their DISCONNECT cut off,
 	// connections still open are closed, and past the timeout Close gives
@@ -154,6 +211,24 @@ func (c *Config) setDefaults() {
 	if c.MaxRetainedPerUser == 0 {
 		c.MaxRetainedPerUser = DefaultMaxRetainedPerUser
 	}
+	if c.TruckMessagesPerSecond == 0 {
+		c.TruckMessagesPerSecond = DefaultTruckMessagesPerSecond
+	}
+	if c.TruckMessageBurst == 0 {
+		c.TruckMessageBurst = DefaultTruckMessageBurst
+	}
+	if c.TruckBytesPerSecond == 0 {
+		c.TruckBytesPerSecond = DefaultTruckBytesPerSecond
+	}
+	if c.TruckByteBurst == 0 {
+		c.TruckByteBurst = DefaultTruckByteBurst
+	}
+	if c.MaxQueuedBytes == 0 {
+		c.MaxQueuedBytes = DefaultMaxQueuedBytes
+	}
+	if c.MaxQueuedBytesPerTruck == 0 {
+		c.MaxQueuedBytesPerTruck = DefaultMaxQueuedBytesPerTruck
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -185,11 +260,24 @@ func (c *Config) Validate() error {
 	case cc.MaxMessageExpiry > maxExpiry:
 		errs = append(errs, fmt.Errorf("max_message_expiry: %s exceeds the %s maximum", cc.MaxMessageExpiry, maxExpiry))
 	}
+	errs = append(errs, cc.validateProfile()...)
 	if cc.CloseTimeout < 0 {
 		errs = append(errs, fmt.Errorf("close_timeout: %s is negative; leave it out for the %s default", cc.CloseTimeout, DefaultCloseTimeout))
 	}
 	if cc.MaxPacketSize < minMaxPacketSize || cc.MaxPacketSize > math.MaxInt32 {
 		errs = append(errs, fmt.Errorf("max_packet_size: %d bytes is outside %d to %d; leave it out for %d", cc.MaxPacketSize, minMaxPacketSize, math.MaxInt32, DefaultMaxPacketSize))
+	}
+	if r := cc.TruckMessagesPerSecond; r > 0 && r < 0.1 {
+		errs = append(errs, fmt.Errorf("truck_messages_per_second: %g is below 0.1; a negative value means no limit", r))
+	}
+	if r := cc.TruckBytesPerSecond; r > 0 && r < 1<<10 {
+		errs = append(errs, fmt.Errorf("truck_bytes_per_second: %d is below 1024; a negative value means no limit", r))
+	}
+	if cc.TruckMessageBurst < 1 {
+		errs = append(errs, fmt.Errorf("truck_message_burst: %d is below 1; leave it out for %d", cc.TruckMessageBurst, DefaultTruckMessageBurst))
+	}
+	if cc.TruckByteBurst < 1<<10 {
+		errs = append(errs, fmt.Errorf("truck_byte_burst: %d is below 1024; leave it out for %d", cc.TruckByteBurst, DefaultTruckByteBurst))
 	}
 	if (cc.TLSCert == "") != (cc.TLSKey == "") {
 		errs = append(errs, errors.New("tls_cert and tls_key must be set together"))

@@ -47,6 +47,12 @@ func TestConfigValidate(t *testing.T) {
 		{"negative close timeout", Config{CloseTimeout: -time.Second}, "close_timeout"},
 		{"packet size too small", Config{MaxPacketSize: 1000}, "max_packet_size"},
 		{"negative packet size", Config{MaxPacketSize: -1}, "max_packet_size"},
+		{"no truck budget", Config{TruckMessagesPerSecond: -1, TruckBytesPerSecond: -1}, ""},
+		{"truck messages too slow", Config{TruckMessagesPerSecond: 0.01}, "truck_messages_per_second"},
+		{"truck bytes too slow", Config{TruckBytesPerSecond: 100}, "truck_bytes_per_second"},
+		{"truck message burst", Config{TruckMessageBurst: -3}, "truck_message_burst"},
+		{"truck byte burst", Config{TruckByteBurst: 10}, "truck_byte_burst"},
+		{"no queue caps", Config{MaxQueuedBytes: -1, MaxQueuedBytesPerTruck: -1}, ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -74,6 +80,15 @@ func TestParseConfig(t *testing.T) {
 	}
 	if cfg.HTTPListen != DefaultHTTPListen {
 		t.Errorf("HTTPListen = %q, want the default when the key is absent", cfg.HTTPListen)
+	}
+	if cfg.TruckMessagesPerSecond != DefaultTruckMessagesPerSecond || cfg.TruckBytesPerSecond != DefaultTruckBytesPerSecond ||
+		cfg.MaxQueuedBytes != DefaultMaxQueuedBytes || cfg.MaxQueuedBytesPerTruck != DefaultMaxQueuedBytesPerTruck {
+		t.Errorf("truck budget and queue caps = %+v, want the defaults when the keys are absent", cfg)
+	}
+	cfg, err = ParseConfig([]byte("truck_messages_per_second: 2.5\ntruck_message_burst: 10\ntruck_bytes_per_second: 2048\ntruck_byte_burst: 4096\nmax_queued_bytes: -1\nmax_queued_bytes_per_truck: 1000\n"))
+	if err != nil || cfg.TruckMessagesPerSecond != 2.5 || cfg.TruckMessageBurst != 10 || cfg.TruckBytesPerSecond != 2048 ||
+		cfg.TruckByteBurst != 4096 || cfg.MaxQueuedBytes != -1 || cfg.MaxQueuedBytesPerTruck != 1000 {
+		t.Errorf("truck budget and queue caps: %+v %v", cfg, err)
 	}
 
 	cfg, err = ParseConfig([]byte("http_listen: \"\"\n"))

@@ -7,7 +7,9 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -21,6 +23,7 @@ import (
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/linkedge/linkedge/internal/testbin"
 )
@@ -45,7 +48,7 @@ const (
 )
 
 // TestA5FloodMemory floods the real `linkedge broker` process (users file,
-// data dir, default settings) with the A5 attack from two truck logins at
+// data dir, default settings but no truck budget) with the A5 attack from two truck logins at
 // once and checks that its peak RSS stays under 100 MB, that the flood
 // left nothing but the trucks' statuses retained and that the broker still
 // serves a fresh client. The numbers are logged (go test -v) for
@@ -60,8 +63,15 @@ func TestA5FloodMemory(t *testing.T) {
 		"ops": "operator:ops-pw",
 	})
 	data := filepath.Join(t.TempDir(), "data")
+	// Without the truck budget, which would stretch the flood to half an
+	// hour: this measures the packet size limit and the retain rules
+	// alone (TestEventsFloodMemory measures the budget).
+	conf := filepath.Join(t.TempDir(), "broker.yaml")
+	if err := os.WriteFile(conf, []byte("truck_messages_per_second: -1\ntruck_bytes_per_second: -1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	p := startBrokerProcess(t, testbin.Linkedge(t),
-		"broker", "--listen", "127.0.0.1:0", "--http", "", "--data", data, "--users", users)
+		"broker", "--config", conf, "--listen", "127.0.0.1:0", "--http", "", "--data", data, "--users", users)
 	idle, err := procMemory(p.pid())
 	if err != nil {
 		t.Fatal(err)
@@ -353,3 +363,173 @@ func dirSize(t *testing.T, dir string) int64 {
 }
 
 func mb(n int64) float64 { return float64(n) / (1 << 20) }
+
+// The events flood: one truck login publishing as fast as it can on its
+// own events topic, which the publisher reads at QoS 1 with a persistent
+// session. Before the truck budget and the session queue cap it took the
+// broker to 0.8 GB of RSS with the publisher reading and 1.4 GB with it
+// offline (docs/security.md).
+const (
+	// eventsFloodFor bounds the flood in time, eventsFloodBytes in volume
+	// (the broker without a bound took it all in about 3 s).
+	eventsFloodFor   = 10 * time.Second
+	eventsFloodBytes = 600 << 20
+	eventsPayload    = 200 << 10
+	// eventsReadDelay is how long the reading publisher spends on one
+	// message: the real one decodes and judges each event.
+	eventsReadDelay = 50 * time.Millisecond
+)
+
+// TestEventsFloodMemory floods the real `linkedge broker` process (users
+// file, data dir, default settings) from one truck login on its events
+// topic, with the publisher's persistent session reading slowly and with
+// it offline, and checks that the broker's peak RSS stays under 100 MB and
+// that it still serves the publisher afterwards. The numbers are logged
+// (go test -v) for docs/security.md.
+func TestEventsFloodMemory(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds linkedge and floods its broker as a child process")
+	}
+	for _, reading := range []bool{true, false} {
+		name := map[bool]string{true: "publisher reading", false: "publisher offline"}[reading]
+		t.Run(name, func(t *testing.T) {
+			users := writeUsersFile(t, map[string]string{
+				"t1":  "truck:t1-pw",
+				"t2":  "truck:t2-pw",
+				"pub": "publisher:pub-pw",
+			})
+			data := filepath.Join(t.TempDir(), "data")
+			p := startBrokerProcess(t, testbin.Linkedge(t),
+				"broker", "--listen", "127.0.0.1:0", "--http", "", "--data", data, "--users", users)
+
+			// The publisher's persistent session, subscribed to every
+			// truck's events at QoS 1.
+			var got atomic.Int64
+			pubOpts := clientOpts(p.addr).SetClientID("linkedge-publisher").SetUsername("pub").SetPassword("pub-pw").
+				SetCleanSession(false)
+			var handler paho.MessageHandler = func(_ paho.Client, m paho.Message) {
+				got.Add(1)
+				time.Sleep(eventsReadDelay)
+			}
+			pub := connect(t, pubOpts)
+			await(t, "subscribe", pub.Subscribe("linkedge/v1/trucks/+/events", 1, handler))
+			if !reading {
+				pub.Disconnect(250)
+			}
+
+			idle, err := procMemory(p.pid())
+			if err != nil {
+				t.Fatal(err)
+			}
+			stopSampling := p.sampleRSS(10 * time.Millisecond)
+			sent, took, err := rawFlood(p.addr, "t1", topicTrucks+"t1/events", eventsPayload, eventsFloodBytes, eventsFloodFor)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// What the broker took in is still being delivered (or
+			// stored): keep sampling a little while.
+			time.Sleep(2 * time.Second)
+			sampled := stopSampling()
+			after, err := procMemory(p.pid())
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("events flood, %s: 1 truck sent %.1f MB in %d KB publishes in %s; the publisher read %d",
+				name, mb(sent), eventsPayload>>10, took.Round(10*time.Millisecond), got.Load())
+			t.Logf("broker RSS: idle %.1f MB, after %.1f MB, peak sampled %.1f MB, VmHWM %.1f MB; data dir %.2f MB",
+				mb(idle.rss), mb(after.rss), mb(sampled), mb(after.hwm), mb(dirSize(t, data)))
+			if peak := max(after.hwm, sampled); peak >= floodMaxRSS {
+				t.Errorf("broker peak RSS %.1f MB, want under %.0f MB", mb(peak), mb(floodMaxRSS))
+			}
+
+			// The broker still serves the publisher: its session resumes,
+			// and another truck's event reaches it.
+			if reading {
+				pub.Disconnect(250)
+			}
+			in := newInbox()
+			fromT2 := func(_ paho.Client, m paho.Message) {
+				if strings.HasPrefix(m.Topic(), topicTrucks+"t2/") {
+					in <- m
+				}
+			}
+			pub = connect(t, pubOpts.SetDefaultPublishHandler(fromT2))
+			await(t, "subscribe again", pub.Subscribe("linkedge/v1/trucks/+/events", 1, fromT2))
+			t2 := connect(t, clientOpts(p.addr).SetClientID(truckClientPrefix+"t2").SetUsername("t2").SetPassword("t2-pw"))
+			publish(t, t2, topicTrucks+"t2/events", 1, false, `{"event":"update_failed"}`)
+			if m := in.next(t); string(m.Payload()) != `{"event":"update_failed"}` {
+				t.Errorf("the publisher got %q from t2, want its event", m.Payload())
+			}
+		})
+	}
+}
+
+// rawFlood logs in as truck and writes QoS 1 publishes of size bytes on
+// topic as fast as the connection takes them, until limit bytes are sent or
+// d has passed. It writes raw packets rather than through paho, whose
+// Publish blocks without a bound once the broker stops reading; the
+// broker's PUBACKs are read and discarded. It returns the bytes written and
+// how long that took.
+func rawFlood(addr, truck, topic string, size, limit int, d time.Duration) (int64, time.Duration, error) {
+	conn, err := net.DialTimeout("tcp", addr, waitFor)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer conn.Close()
+	var buf bytes.Buffer
+	connectPk := packets.Packet{
+		FixedHeader:     packets.FixedHeader{Type: packets.Connect},
+		ProtocolVersion: 4,
+		Connect: packets.ConnectParams{
+			ProtocolName: []byte("MQTT"), Clean: true, Keepalive: 60,
+			ClientIdentifier: truckClientPrefix + truck,
+			UsernameFlag:     true, Username: []byte(truck),
+			PasswordFlag: true, Password: []byte(truck + "-pw"),
+		},
+	}
+	if err := connectPk.ConnectEncode(&buf); err != nil {
+		return 0, 0, err
+	}
+	_ = conn.SetDeadline(time.Now().Add(waitFor))
+	if _, err := conn.Write(buf.Bytes()); err != nil {
+		return 0, 0, fmt.Errorf("write connect: %w", err)
+	}
+	ack := make([]byte, 4)
+	if _, err := io.ReadFull(conn, ack); err != nil {
+		return 0, 0, fmt.Errorf("read connack: %w", err)
+	}
+	if ack[0] != 0x20 || ack[3] != 0 {
+		return 0, 0, fmt.Errorf("connect refused: connack % x", ack)
+	}
+	_ = conn.SetDeadline(time.Time{})
+	go func() { _, _ = io.Copy(io.Discard, conn) }() // PUBACKs; ends with the conn
+
+	payload := bytes.Repeat([]byte{'x'}, size)
+	start := time.Now()
+	end := start.Add(d)
+	_ = conn.SetWriteDeadline(end)
+	var sent int64
+	for id := 0; sent < int64(limit) && time.Now().Before(end); id++ {
+		buf.Reset()
+		pk := packets.Packet{
+			FixedHeader:     packets.FixedHeader{Type: packets.Publish, Qos: 1},
+			ProtocolVersion: 4,
+			TopicName:       topic,
+			PacketID:        uint16(id%65535 + 1),
+			Payload:         payload,
+		}
+		if err := pk.PublishEncode(&buf); err != nil {
+			return sent, time.Since(start), err
+		}
+		n, err := conn.Write(buf.Bytes())
+		sent += int64(n)
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			break // the broker stopped reading, as it should
+		}
+		if err != nil {
+			return sent, time.Since(start), fmt.Errorf("publish %d: %w", id, err)
+		}
+	}
+	return sent, time.Since(start), nil
+}

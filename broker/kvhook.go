@@ -46,13 +46,48 @@ const (
 // bbolt. Here concurrent writes share transactions (group commit, through
 // bbolt's DB.Batch), and each caller still returns only once its own write
 // is on disk, as before: nothing acknowledged is lost to a power cut.
+//
+// The records of queued messages are the exception: they go through the
+// lane, one goroutine that commits them in order without making the
+// client wait (see queue).
 type kvHook struct {
 	mqtt.HookBase
 	db     *bbolt.DB
 	bucket []byte
 
 	writing atomic.Int64 // writes in progress; see write
+
+	// crashed is set by Init when the file was last closed without Stop:
+	// records the lane had not written yet may be missing.
+	crashed bool
+
+	lane     chan laneOp   // queued-message records, in order; nil until Init
+	laneDone chan struct{} // closed when the lane's goroutine has ended
+	laneTxs  atomic.Int64  // transactions the lane committed
 }
+
+// laneOp is one change to a queued message's record: a put (msg set), a
+// delete (msg nil; kept if keep reports true when it is applied), or, with
+// done set, a barrier that is closed once everything before it is on disk.
+type laneOp struct {
+	key  string
+	msg  *storage.Message // encoded by the lane, and only if it is written
+	keep func() bool
+	done chan struct{}
+}
+
+// Lane sizes: laneCap changes may wait to be written before the clients
+// queueing more wait for room, and one transaction takes at most
+// laneBatch of them. laneGather is how long the lane waits for company
+// after the first change of a transaction: a subscriber that is online
+// acknowledges its copy within milliseconds, and a copy and its deletion
+// in one transaction cancel out (see commitLane), so most copies to online
+// trucks are never encoded or written.
+const (
+	laneCap    = 32 * 1024
+	laneBatch  = 4096
+	laneGather = 5 * time.Millisecond
+)
 
 // ID implements mqtt.Hook.
 func (h *kvHook) ID() string { return "linkedge-bolt-kv" }
@@ -96,16 +131,186 @@ func (h *kvHook) Init(config any) error {
 		return fmt.Errorf("create bucket %q: %w", bucket, err)
 	}
 	h.db, h.bucket = db, []byte(bucket)
+	if h.crashed, err = h.takeCleanMark(); err != nil {
+		_ = db.Close()
+		return fmt.Errorf("read the clean-shutdown mark: %w", err)
+	}
+	h.lane, h.laneDone = make(chan laneOp, laneCap), make(chan struct{})
+	go h.runLane()
 	return nil
 }
 
-// Stop closes the database. The caller makes sure no write is in progress
-// or comes after it (boltStore.Stop).
+// Stop writes what the lane holds and closes the database. The caller
+// makes sure no write is in progress or comes after it (boltStore.Stop).
 func (h *kvHook) Stop() error {
 	if h.db == nil {
 		return nil
 	}
+	if h.lane != nil {
+		close(h.lane)
+		<-h.laneDone
+		h.lane = nil
+		if err := h.db.Update(func(tx *bbolt.Tx) error {
+			return tx.Bucket(h.bucket).Put([]byte(cleanMarkKey), []byte{1})
+		}); err != nil {
+			h.Log.Warn("storage: cannot mark a clean shutdown; the next start replays retained messages to resumed sessions", "error", err)
+		}
+	}
 	return h.db.Close()
+}
+
+// cleanMarkKey is written by Stop once everything is on disk and deleted
+// by the next Init. Its prefix is none of mochi's, whose loaders read their
+// own prefixes only.
+const cleanMarkKey = "LNK_clean_shutdown"
+
+// takeCleanMark deletes the clean-shutdown mark and reports whether the
+// file was last closed without it: a crash or power cut, or a file an
+// older broker wrote (treated the same, to be safe). A new, empty file did
+// not crash.
+func (h *kvHook) takeCleanMark() (crashed bool, err error) {
+	err = h.db.Update(func(tx *bbolt.Tx) error {
+		b := tx.Bucket(h.bucket)
+		if b.Get([]byte(cleanMarkKey)) != nil {
+			return b.Delete([]byte(cleanMarkKey))
+		}
+		k, _ := b.Cursor().First()
+		crashed = k != nil
+		return nil
+	})
+	return crashed, err
+}
+
+// queue hands a change to a queued message's record to the lane and
+// returns without waiting for the disk.
+//
+// Why these records do not wait: mochi queues a message for each
+// subscriber on the goroutine of the client that published it, one after
+// the other, after it has already sent that client its PUBACK. A release
+// fanned out to 10,000 trucks' sessions was 10,000 commits in series on
+// the publisher's connection, 5-10 s during which the broker read nothing
+// else from the publisher, which then gave up on its next publish
+// (`linkedge bench fleet --trucks 10000`). Waiting bought no guarantee
+// either: the PUBACK was out before the first copy was written. In the
+// lane the whole fan-out is a few transactions committed within
+// milliseconds of the last copy being queued; after a power cut in that
+// gap the sessions lack those copies, and the broker's restored sessions
+// get the retained messages of their subscriptions again on their first
+// connection (see sessionHook), which is how trucks learn of a release.
+//
+// One goroutine and one order: a record's put and its deletion (the
+// subscriber's PUBACK) are applied in the order mochi made them, and a
+// deletion's keep is checked when it is applied, after every put queued
+// before it.
+func (h *kvHook) queue(op laneOp) {
+	h.lane <- op
+}
+
+// flush returns once every change queued before it is on disk.
+func (h *kvHook) flush() {
+	done := make(chan struct{})
+	h.queue(laneOp{done: done})
+	<-done
+}
+
+// runLane commits the lane's changes: after the first, it gathers what
+// arrives within laneGather (up to laneBatch) into one transaction; a
+// barrier (flush, Stop) ends the gathering at once.
+func (h *kvHook) runLane() {
+	defer close(h.laneDone)
+	batch := make([]laneOp, 0, laneBatch)
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	for op := range h.lane {
+		batch = append(batch[:0], op)
+		timer.Reset(laneGather)
+	gather:
+		for len(batch) < laneBatch && op.done == nil {
+			select {
+			case next, ok := <-h.lane:
+				if !ok {
+					break gather
+				}
+				batch = append(batch, next)
+				op = next
+			case <-timer.C:
+				break gather
+			}
+		}
+		if !timer.Stop() {
+			select {
+			case <-timer.C:
+			default:
+			}
+		}
+		h.commitLane(batch)
+	}
+}
+
+// commitLane applies batch in one transaction. A put followed in the same
+// batch by a deletion of its key that is not kept is skipped: the record
+// would be written and deleted in the same commit.
+func (h *kvHook) commitLane(batch []laneOp) {
+	// The deletions that will apply, decided in order, as applying does:
+	// a keep is asked once, at this point, after every put before it.
+	deleted := make([]bool, len(batch))
+	lastPut := map[string]int{}
+	writes := 0
+	for i, op := range batch {
+		switch {
+		case op.done != nil:
+		case op.msg != nil:
+			lastPut[op.key] = i
+		default:
+			if op.keep != nil && op.keep() {
+				continue
+			}
+			deleted[i] = true
+			if j, ok := lastPut[op.key]; ok {
+				batch[j].msg = nil // cancelled: written and deleted at once
+				batch[j].key = ""
+				delete(lastPut, op.key)
+			}
+		}
+	}
+	for i, op := range batch {
+		if deleted[i] || op.msg != nil {
+			writes++
+		}
+	}
+	if writes > 0 {
+		err := h.db.Update(func(tx *bbolt.Tx) error {
+			b := tx.Bucket(h.bucket)
+			for i, op := range batch {
+				switch {
+				case op.msg != nil:
+					data, err := op.msg.MarshalBinary()
+					if err != nil {
+						h.Log.Error("storage: cannot encode a record", "key", op.key, "error", err)
+						continue
+					}
+					if err := b.Put([]byte(op.key), data); err != nil {
+						return fmt.Errorf("key %s: %w", op.key, err)
+					}
+				case deleted[i]:
+					if err := b.Delete([]byte(op.key)); err != nil {
+						return fmt.Errorf("key %s: %w", op.key, err)
+					}
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			h.Log.Error("storage: cannot write queued-message records", "records", writes, "error", err)
+		} else {
+			h.laneTxs.Add(1)
+		}
+	}
+	for _, op := range batch {
+		if op.done != nil {
+			close(op.done)
+		}
+	}
 }
 
 // write applies fn to the bucket and returns once the change is on disk.
@@ -157,22 +362,6 @@ func (h *kvHook) del(keys ...string) {
 	})
 	if err != nil {
 		h.Log.Error("storage: cannot delete records", "keys", len(keys), "error", err)
-	}
-}
-
-// delUnless deletes key unless keep, called inside the transaction that
-// would delete it, reports true. keep sees every write committed before
-// that transaction; it may be called more than once (see write).
-func (h *kvHook) delUnless(key string, keep func() bool) {
-	k := []byte(key)
-	err := h.write(func(b *bbolt.Bucket) error {
-		if keep() {
-			return nil
-		}
-		return b.Delete(k)
-	})
-	if err != nil {
-		h.Log.Error("storage: cannot delete a record", "key", key, "error", err)
 	}
 }
 
@@ -283,17 +472,26 @@ func (h *kvHook) OnRetainMessage(cl *mqtt.Client, pk packets.Packet, r int64) {
 	})
 }
 
-// OnQosPublish records a message queued for cl.
+// OnQosPublish records a message queued for cl, through the lane.
 func (h *kvHook) OnQosPublish(cl *mqtt.Client, pk packets.Packet, sent int64, _ int) {
 	key := inflightKey(cl.ID, pk)
-	h.put(key, &storage.Message{
+	h.queue(laneOp{key: key, msg: &storage.Message{
 		ID: key, T: storage.InflightKey, Client: cl.ID, Origin: pk.Origin, FixedHeader: pk.FixedHeader,
 		TopicName: pk.TopicName, Payload: pk.Payload, Sent: sent, Created: pk.Created, Properties: messageProps(pk.Properties),
-	})
+	}})
 }
 
-// OnQosComplete deletes the record of a message cl acknowledged.
-func (h *kvHook) OnQosComplete(cl *mqtt.Client, pk packets.Packet) { h.del(inflightKey(cl.ID, pk)) }
+// OnQosComplete deletes the record of a message cl acknowledged, through
+// the lane.
+func (h *kvHook) OnQosComplete(cl *mqtt.Client, pk packets.Packet) {
+	h.queue(laneOp{key: inflightKey(cl.ID, pk)})
+}
+
+// delQueued deletes a queued message's record, through the lane, unless
+// keep reports true when the deletion is applied.
+func (h *kvHook) delQueued(key string, keep func() bool) {
+	h.queue(laneOp{key: key, keep: keep})
+}
 
 // OnQosDropped deletes the record of a message dropped from cl's queue.
 func (h *kvHook) OnQosDropped(cl *mqtt.Client, pk packets.Packet) { h.OnQosComplete(cl, pk) }
@@ -334,8 +532,12 @@ func (h *kvHook) StoredRetainedMessages() ([]storage.Message, error) {
 }
 
 // StoredInflightMessages reads every queued message, as stored (mochi's
-// records lack the packet id; boltStore restores it from the key).
+// records lack the packet id; boltStore restores it from the key), the
+// lane's pending changes included.
 func (h *kvHook) StoredInflightMessages() ([]storage.Message, error) {
+	if h.lane != nil {
+		h.flush()
+	}
 	return h.messages(storage.InflightKey + "_")
 }
 

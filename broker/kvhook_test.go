@@ -153,6 +153,10 @@ func TestRecordsAsMochiWritesThem(t *testing.T) {
 			t.Errorf("record %s:\n got %s\nwant %s", k, got[k], v)
 		}
 	}
+	if got[cleanMarkKey] == "" {
+		t.Error("Stop wrote no clean-shutdown mark")
+	}
+	delete(got, cleanMarkKey) // ours; mochi's loaders never read it
 	for k := range got {
 		if _, ok := want[k]; !ok {
 			t.Errorf("record %s written, not by mochi", k)
@@ -320,6 +324,8 @@ func fleetBurst(t *testing.T, b *Broker, afterAcks func()) (commits int) {
 			t.Fatalf("got packet type %d, want PINGRESP", p.FixedHeader.Type)
 		}
 	}
+	// The copies' records go through the lane, committed just after.
+	b.store.kvHook.flush()
 	return lastTx(t, b.store.kvHook) - start
 }
 

@@ -163,7 +163,7 @@ func (l *listener) Serve(establish listeners.EstablishFn) {
 func (l *listener) handle(c *conn, establish listeners.EstablishFn) {
 	defer l.handlers.Done()
 	defer func() {
-		_ = c.Close()
+		c.finish() // see closeLinger
 		l.mu.Lock()
 		delete(l.conns, c)
 		l.mu.Unlock()
@@ -287,15 +287,31 @@ func (l *listener) pending() []string {
 type conn struct {
 	net.Conn
 	l  *listener
-	mu sync.Mutex // makes "read writeBy, set the deadline" atomic against bound
+	mu sync.Mutex // makes "read writeBy, set the deadline" atomic against bound and Close
+	// closed: Close has run, so reads stay stopped whatever deadline mochi
+	// sets; halfClosed: the write side is shut and finish drains the rest
+	// (linger.go).
+	closed, halfClosed bool
 }
 
 // SetDeadline implements net.Conn.
 func (c *conn) SetDeadline(t time.Time) error {
-	if err := c.Conn.SetReadDeadline(t); err != nil {
+	if err := c.SetReadDeadline(t); err != nil {
 		return err
 	}
 	return c.SetWriteDeadline(t)
+}
+
+// SetReadDeadline implements net.Conn. After Close it changes nothing:
+// mochi refreshes the deadline before each read, which would otherwise
+// let a read started after Close wait for the client.
+func (c *conn) SetReadDeadline(t time.Time) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return nil
+	}
+	return c.Conn.SetReadDeadline(t)
 }
 
 // SetWriteDeadline implements net.Conn.

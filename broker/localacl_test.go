@@ -228,3 +228,47 @@ func TestLocalBusAnonymousWithoutUsers(t *testing.T) {
 		t.Fatalf("got %q", m.Payload())
 	}
 }
+
+// TestLocalSensorCannotRetain: a sensor's retained reading is delivered
+// without the retain flag and counted, so no later subscriber (the agent
+// after a restart) scores a stale reading, and a sensor cannot fill the
+// bus's retained store; an app's hold stays retained.
+func TestLocalSensorCannotRetain(t *testing.T) {
+	users := writeUsersFile(t, map[string]string{"can-gw": "sensor:gw-pw", "nav": "app:nav-pw"})
+	b := startBroker(t, func(c *Config) { c.UsersFile, c.LocalBus = users, true })
+	agentUser, agentPW := b.AgentLogin()
+	agent := connect(t, clientOpts(b.Addr()).SetUsername(agentUser).SetPassword(agentPW))
+	live := newInbox()
+	subscribe(t, agent, "linkedge/v1/local/+/readings", 1, live)
+
+	sensor := connect(t, clientOpts(b.Addr()).SetUsername("can-gw").SetPassword("gw-pw"))
+	publish(t, sensor, "linkedge/v1/local/m/readings", 1, true, "r-1")
+	if m := live.next(t); string(m.Payload()) != "r-1" || m.Retained() {
+		t.Fatalf("agent got %q retained=%v, want r-1 delivered live", m.Payload(), m.Retained())
+	}
+	app := connect(t, clientOpts(b.Addr()).SetUsername("nav").SetPassword("nav-pw"))
+	publish(t, app, "linkedge/v1/local/hold/nav", 1, true, `{"reason":"moving"}`)
+
+	later := newInbox()
+	app2 := connect(t, clientOpts(b.Addr()).SetUsername("nav").SetPassword("nav-pw"))
+	subscribe(t, app2, "linkedge/v1/local/#", 1, later)
+	// mochi acknowledges a publish before it delivers it, so the hold may
+	// also arrive live; a reading must not arrive at all.
+	if m := later.next(t); m.Topic() != "linkedge/v1/local/hold/nav" {
+		t.Fatalf("a later subscriber got %q on %s, want only the app's retained hold", m.Payload(), m.Topic())
+	}
+	for end := time.After(200 * time.Millisecond); ; {
+		select {
+		case m := <-later:
+			if m.Topic() != "linkedge/v1/local/hold/nav" {
+				t.Fatalf("a later subscriber got %q on %s (retained %v), want only the app's hold", m.Payload(), m.Topic(), m.Retained())
+			}
+			continue
+		case <-end:
+		}
+		break
+	}
+	if got := metricOf(t, b, "linkedge_broker_retain_dropped_total"); got != 1 {
+		t.Errorf("retain_dropped_total = %v, want 1", got)
+	}
+}

@@ -63,7 +63,32 @@ func newCollector(b *Broker) *collector {
 	add("bytes_sent_total", "Bytes sent to MQTT clients.", counter, info(func(i *sysInfo) int64 { return i.BytesSent }))
 	add("auth_failures_total", "Connections refused: bad credentials, a session owned by another user, or a truck's client id taken by someone else.", counter, func(c *collector) float64 { return float64(c.b.auth.authFailures.Load()) })
 	add("logins_throttled_total", "Logins refused without a password check: too many failed logins from the address (and username) in the last minute.", counter, func(c *collector) float64 { return float64(c.b.auth.throttled.Load()) })
-	add("retain_dropped_total", "Retained publishes delivered without the retain flag: trucks' off their own status topic, and any user's over max_retained_per_user.", counter, func(c *collector) float64 { return float64(c.b.auth.retainDropped.Load()) })
+	add("truck_throttled_total", "Truck publishes held back by the truck budget (truck_messages_per_second, truck_bytes_per_second) until it covered them.", counter, func(c *collector) float64 {
+		if c.b.budget == nil {
+			return 0
+		}
+		return float64(c.b.budget.throttled.Load())
+	})
+	add("truck_throttled_seconds_total", "Seconds truck publishes were held back by the truck budget, all trucks together.", counter, func(c *collector) float64 {
+		if c.b.budget == nil {
+			return 0
+		}
+		return time.Duration(c.b.budget.waited.Load()).Seconds()
+	})
+	add("session_queue_dropped_total", "Messages not queued for a subscriber whose queue was full: max_queued_bytes, or max_queued_bytes_per_truck for the truck the topic names.", counter, func(c *collector) float64 {
+		if c.b.queues == nil {
+			return 0
+		}
+		return float64(c.b.queues.dropped.Load())
+	})
+	add("session_queued_bytes", "Bytes (payload and topic) of the QoS 1/2 messages queued for all sessions, unacknowledged or waiting for their client.", gauge, func(c *collector) float64 {
+		if c.b.queues == nil {
+			return 0
+		}
+		return float64(c.b.queues.queuedBytes())
+	})
+	add("retained_over_quota_total", "Retained messages not delivered to a new subscription because the subscriber already held the maximum of unacknowledged messages.", counter, func(c *collector) float64 { return float64(c.b.sess.retainedOverQuota.Load()) })
+	add("retain_dropped_total", "Retained publishes delivered without the retain flag: trucks' off their own status topic, sensors' on a truck's local bus, and any user's over max_retained_per_user.", counter, func(c *collector) float64 { return float64(c.b.auth.retainDropped.Load()) })
 	return c
 }
 

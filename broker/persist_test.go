@@ -1,13 +1,17 @@
 package broker
 
 import (
+	"bytes"
+	"path/filepath"
 	"slices"
 	"testing"
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/hooks/storage"
 	"github.com/mochi-mqtt/server/v2/packets"
+	"go.etcd.io/bbolt"
 )
 
 // restart closes b and starts a new broker on the same address and DataDir.
@@ -280,5 +284,97 @@ func TestQueuedRecordSurvivesSamePacketID(t *testing.T) {
 	b.store.OnQosComplete(cl, ack)
 	if got := stored(); len(got) != 0 {
 		t.Errorf("stored after PUBACK = %q, want none", got)
+	}
+}
+
+// TestPowerCutReplaysRetained: a broker that lost power after a release
+// was retained, but before the copy queued for an offline truck reached
+// the disk, gives the truck the release when it resumes its session; a
+// truck whose copy survived gets it once; a clean restart replays nothing.
+func TestPowerCutReplaysRetained(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		loseCopy bool
+	}{
+		{"copy lost", true},
+		{"copy kept", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := startBroker(t, func(c *Config) { c.DataDir = t.TempDir() })
+			truck := connect(t, truckOpts(b.Addr(), nil))
+			subscribe(t, truck, "linkedge/v1/models/#", 1, newInbox())
+			publish(t, truck, "linkedge/v1/trucks/truck-1/status", 1, false, "online")
+			truck.Disconnect(250)
+			deadline := time.Now().Add(waitFor)
+			for cl, ok := b.Server().Clients.Get("truck-1"); !ok || !cl.Closed(); cl, ok = b.Server().Clients.Get("truck-1") {
+				if time.Now().After(deadline) {
+					t.Fatal("truck still connected")
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			pub := connect(t, clientOpts(b.Addr()))
+			publish(t, pub, "linkedge/v1/models/detector/release", 1, true, "release-7")
+			pub.Disconnect(250)
+			// mochi queues the copy just after the PUBACK.
+			for cl, _ := b.Server().Clients.Get("truck-1"); cl.State.Inflight.Len() == 0; {
+				if time.Now().After(deadline) {
+					t.Fatal("no copy queued for the truck")
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			b.store.kvHook.flush()
+
+			cut := t.TempDir() // the file as a power cut leaves it
+			snapshot(t, b, cut)
+			if tc.loseCopy {
+				db, err := bbolt.Open(filepath.Join(cut, storeFile), 0o600, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				lost := 0
+				err = db.Update(func(tx *bbolt.Tx) error {
+					c := tx.Bucket([]byte("mochi")).Cursor()
+					prefix := []byte(storage.InflightKey + "_")
+					for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Seek(prefix) {
+						if err := c.Delete(); err != nil {
+							return err
+						}
+						lost++
+					}
+					return nil
+				})
+				if cerr := db.Close(); err == nil {
+					err = cerr
+				}
+				if err != nil || lost != 1 {
+					t.Fatalf("removing the queued copy: %d removed, %v", lost, err)
+				}
+			}
+			addr := b.Addr()
+			if err := b.Close(); err != nil {
+				t.Fatal(err)
+			}
+			b = startBroker(t, func(c *Config) { c.Listen, c.DataDir = addr, cut })
+
+			in := newInbox()
+			again := paho.NewClient(truckOpts(b.Addr(), in))
+			tok := again.Connect()
+			await(t, "truck reconnect", tok)
+			if !tok.(*paho.ConnectToken).SessionPresent() {
+				t.Fatal("session not present after the power cut")
+			}
+			if m := in.next(t); string(m.Payload()) != "release-7" {
+				t.Errorf("truck got %q, want the release", m.Payload())
+			}
+			in.none(t, 300*time.Millisecond)
+			waitInflightZero(t, b)
+			again.Disconnect(100)
+
+			// Once per crash: the next resume brings nothing.
+			again = paho.NewClient(truckOpts(b.Addr(), in))
+			await(t, "second reconnect", again.Connect())
+			t.Cleanup(func() { again.Disconnect(100) })
+			in.none(t, 300*time.Millisecond)
+		})
 	}
 }

@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -16,8 +17,18 @@ type sessionHook struct {
 	mqtt.HookBase
 	srv   *mqtt.Server
 	store *boltStore // set by Start when there is a DataDir
+	// acl is the broker's read/write check, asked again before a retained
+	// message is replayed (see OnSessionEstablished).
+	acl func(cl *mqtt.Client, topic string, write bool) bool
 
 	displaced sync.Map // displacedKey -> packets.Packet; see OnPacketRead
+	// subscribing holds, between OnSubscribe and OnPacketProcessed, the
+	// filters of a SUBSCRIBE whose retained messages are ours to send.
+	subscribing sync.Map // displacedKey -> []retainedFilter
+
+	// retainedOverQuota counts retained messages not sent because the
+	// subscriber's session held MaximumInflight unacknowledged ones.
+	retainedOverQuota atomic.Int64
 }
 
 // displacedKey names an outgoing message that a client's own publish is
@@ -33,7 +44,7 @@ func (h *sessionHook) ID() string { return "linkedge-sessions" }
 // Provides implements mqtt.Hook.
 func (h *sessionHook) Provides(b byte) bool {
 	switch b {
-	case mqtt.OnClientExpired, mqtt.OnQosDropped, mqtt.OnPacketRead, mqtt.OnPacketProcessed:
+	case mqtt.OnClientExpired, mqtt.OnQosDropped, mqtt.OnPacketRead, mqtt.OnPacketProcessed, mqtt.OnSessionEstablished, mqtt.OnSubscribe:
 		return true
 	}
 	return false
@@ -48,6 +59,37 @@ func (h *sessionHook) Provides(b byte) bool {
 func (h *sessionHook) OnClientExpired(cl *mqtt.Client) {
 	h.srv.UnsubscribeClient(cl)
 	cl.ClearInflights()
+}
+
+// OnSessionEstablished implements mqtt.Hook. After a start that followed a
+// crash (the store was not closed by Stop), a session restored from disk
+// gets the retained messages of its subscriptions again when its client
+// first resumes it, as if it had subscribed; a message already queued for
+// it is not sent twice.
+//
+// Why: the records of messages queued for a session are committed a few
+// milliseconds after mochi queues them (kvHook.queue), and mochi acknowledges
+// the publish before it queues the copies at all, so a broker that loses
+// power just after a release was announced can come back without some
+// offline trucks' copies of it. Those trucks resume their sessions and do not
+// subscribe again (that is the point of a persistent session), so without
+// this they would not hear of the release until the next one. A truck that
+// did get it reads the same serial again and ignores it; the cost is one
+// retained release per truck per broker crash.
+func (h *sessionHook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
+	if h.store == nil || pk.Connect.Clean || !h.store.firstSinceRestore(cl.ID) {
+		return
+	}
+	for _, sub := range cl.State.Subscriptions.GetAll() {
+		if strings.HasPrefix(sub.Filter, "$share/") {
+			continue // never brings retained messages
+		}
+		for _, msg := range h.srv.Topics.Messages(sub.Filter) {
+			if !h.queuedFor(cl, msg) {
+				h.sendRetained(cl, sub, msg)
+			}
+		}
+	}
 }
 
 // OnQosDropped implements mqtt.Hook. When a reconnecting client resumes its
@@ -102,11 +144,21 @@ func (h *sessionHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.
 	return pk, nil
 }
 
-// OnPacketProcessed implements mqtt.Hook; see OnPacketRead.
+// OnPacketProcessed implements mqtt.Hook: it puts back a message set aside
+// by OnPacketRead, then, for a SUBSCRIBE, delivers the retained messages
+// that OnSubscribe kept mochi from sending (see retained.go).
 func (h *sessionHook) OnPacketProcessed(cl *mqtt.Client, pk packets.Packet, _ error) {
 	if !usesPacketID(pk) {
 		return
 	}
+	h.restoreDisplaced(cl, pk)
+	if pk.FixedHeader.Type == packets.Subscribe {
+		h.deliverRetained(cl, pk)
+	}
+}
+
+// restoreDisplaced puts back the message OnPacketRead set aside for pk.
+func (h *sessionHook) restoreDisplaced(cl *mqtt.Client, pk packets.Packet) {
 	v, ok := h.displaced.LoadAndDelete(displacedKey{cl, pk.PacketID})
 	if !ok {
 		return

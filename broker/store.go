@@ -50,6 +50,11 @@ type boltStore struct {
 	closed     bool
 	persistent map[string]bool // while loading: ids of stored persistent sessions
 	quota      *retainQuota    // nil without a cap; its counts are loaded with the retained messages
+
+	// restored holds, after a start that followed a crash, the ids of the
+	// persistent sessions loaded that no client has resumed yet (see
+	// sessionHook.OnSessionEstablished).
+	restored sync.Map
 }
 
 func newBoltStore(srv *mqtt.Server) *boltStore {
@@ -73,6 +78,13 @@ func (s *boltStore) Stop() error {
 	}
 	s.closed = true
 	return s.kvHook.Stop()
+}
+
+// firstSinceRestore reports whether id's session was loaded from disk at
+// start and this is the first time a client resumes it.
+func (s *boltStore) firstSinceRestore(id string) bool {
+	_, ok := s.restored.LoadAndDelete(id)
+	return ok
 }
 
 // session runs fn unless the store is closed or cl is the inline client,
@@ -149,24 +161,21 @@ func (s *boltStore) OnQosComplete(cl *mqtt.Client, pk packets.Packet) {
 }
 
 // removeQos deletes cl's record under pk's packet id unless an outgoing
-// message holds that id: then the key belongs to that message. The check
-// is made again inside the transaction that deletes, which makes it atomic
-// with respect to the write of such a message's record without a lock:
-// mochi puts a message in the in-flight table before it writes the record,
-// so a transaction after that write finds the message and keeps the
-// record, and one before it deletes what the write then puts back. (A lock
-// per client held across the commit would serialise the writes of every
-// publisher queueing messages for one subscriber, the publisher's status
-// intake, and they could not share commits.)
+// message holds that id: then the key belongs to that message. The
+// deletion goes through the store's lane (kvHook.queue), which applies the
+// records of queued messages in the order mochi made them and checks held
+// again when it applies the deletion: a message that took the id and was
+// queued before then has its record put first and kept, one queued after
+// has its record put after the deletion.
 func (s *boltStore) removeQos(cl *mqtt.Client, pk packets.Packet) {
 	held := func() bool {
 		m, ok := cl.State.Inflight.Get(pk.PacketID)
 		return ok && outgoing(m)
 	}
 	if held() {
-		return // no need to wait for a commit to find out
+		return
 	}
-	s.kvHook.delUnless(inflightKey(cl.ID, pk), held)
+	s.kvHook.delQueued(inflightKey(cl.ID, pk), held)
 }
 
 // OnQosDropped keeps the record when cl has been taken over: the message was

@@ -31,6 +31,9 @@ func (s *boltStore) StoredClients() ([]storage.Client, error) {
 		}
 		if !sessionEndsOnDisconnect(c.ProtocolVersion, c.Clean, c.Properties.SessionExpiryInterval) {
 			s.persistent[c.ID] = true
+			if s.kvHook.crashed {
+				s.restored.Store(c.ID, struct{}{})
+			}
 		}
 		// Clean sessions are passed on too: mochi deletes their records.
 		out = append(out, c)

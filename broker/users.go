@@ -5,12 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"regexp"
 
 	"golang.org/x/crypto/bcrypt"
 	"gopkg.in/yaml.v3"
 
+	"github.com/linkedge/linkedge/internal/config"
 	"github.com/linkedge/linkedge/internal/topics"
 )
 
@@ -68,17 +68,9 @@ const maxUsersFileSize = 16 << 20
 
 // LoadUsers reads and parses a users file; see ParseUsers.
 func LoadUsers(path string) (map[string]User, error) {
-	f, err := os.Open(path)
+	data, err := config.ReadFile(path, maxUsersFileSize)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalidUsersFile, err)
-	}
-	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, maxUsersFileSize+1))
-	if err != nil {
-		return nil, fmt.Errorf("%w: read %s: %w", ErrInvalidUsersFile, path, err)
-	}
-	if len(data) > maxUsersFileSize {
-		return nil, fmt.Errorf("%w: %s is larger than %d bytes", ErrInvalidUsersFile, path, maxUsersFileSize)
 	}
 	users, err := ParseUsers(data)
 	if err != nil {

@@ -39,6 +39,7 @@ import (
 	icontainer "github.com/linkedge/linkedge/inference/container"
 	"github.com/linkedge/linkedge/inference/ortlib"
 	"github.com/linkedge/linkedge/inference/server"
+	"github.com/linkedge/linkedge/internal/mqttstore"
 	"github.com/linkedge/linkedge/internal/release"
 	"github.com/linkedge/linkedge/internal/status"
 	"github.com/linkedge/linkedge/internal/topics"
@@ -89,6 +90,9 @@ type Agent struct {
 	cancelRunning context.CancelFunc
 
 	dialer      fleetDialer
+	fleetStore  *mqttstore.Store // the fleet session's store (see onConnect)
+	listsAtDial atomic.Uint64    // fleetStore.Lists() when the last dial began
+	refusals    *loginRefusals
 	dialStop    chan struct{} // closed by Close: a reconnect's jitter wait ends
 	link        linkCounters
 	connected   chan struct{} // a fleet connection came up
@@ -122,6 +126,9 @@ func New(cfg Config) (*Agent, error) {
 	close(a.offline) // offline until the first connect
 	a.dialStop = make(chan struct{})
 	a.dialer.jitter, a.dialer.stop = cfg.Fleet.ReconnectJitter, a.dialStop
+	a.refusals = newLoginRefusals()
+	a.dialer.refused = a.loginRefused
+	a.reg.MustRegister(a.refusals.total)
 	a.srv = server.New(server.Config{Addr: cfg.HTTP, Logger: a.log}, a.slot, a.reg)
 	a.registerForwardMetrics()
 	a.registerLinkMetrics()
@@ -153,8 +160,16 @@ func New(cfg Config) (*Agent, error) {
 		dlTLS.ServerName = ""
 	}
 	a.holds, _ = hold.New(cfg.Hold) // checked by Validate
-	a.srv.Handle("/v1/hold", a.holds.Handler())
-	a.srv.Handle("/v1/hold/", a.holds.Handler())
+	holdAPI := a.holds.Handler()
+	if cfg.LocalBroker.Users != "" {
+		auth, err := newHoldAuth(cfg.LocalBroker.Users)
+		if err != nil {
+			return nil, err
+		}
+		holdAPI = auth.wrap(holdAPI)
+	}
+	a.srv.Handle("/v1/hold", holdAPI)
+	a.srv.Handle("/v1/hold/", holdAPI)
 	a.grants = newGrants(cfg.Truck, a.verifier, a.publishFleet, a.log.With("part", "grants"))
 	a.machine = &update.Machine{Store: store, Runtime: a.rts, Fetch: a.grants.fetch(fetchArtifact(a.log, cfg.Fleet.HTTPProxy, dlTLS)),
 		VerifyRelease: a.verifyKept, Hold: a.holdState, Probation: cfg.Probation, RetryMin: cfg.RetryMin, RetryMax: cfg.RetryMax,
@@ -380,12 +395,12 @@ func (a *Agent) close() {
 	a.wg.Wait()
 	if a.fleet != nil {
 		step("disconnecting from the fleet broker")
-		if a.fleet.IsConnectionOpen() {
-			a.mu.Lock()
-			a.st.Online = false
-			a.mu.Unlock()
-			a.sendStatus() // the will goes only on a lost link, not on a clean disconnect
-		}
+		a.mu.Lock()
+		a.st.Online = false
+		a.mu.Unlock()
+		// The will goes only on a lost link, not on a clean disconnect:
+		// say offline on the presence topic; the retained status stays.
+		a.publishPresence(false)
 		a.fleet.Disconnect(250)
 	}
 	if a.holdBus != nil {

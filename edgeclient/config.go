@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/url"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/linkedge/linkedge/edgeclient/hold"
@@ -107,6 +108,13 @@ type FleetConfig struct {
 	Broker   string `yaml:"broker"`
 	Username string `yaml:"username"`
 	Password string `yaml:"password"`
+	// ClientID is the MQTT client id of the truck's persistent session.
+	// Default linkedge-truck-{truck}, which LinkEdge's own broker requires
+	// of a truck. On AWS IoT Core (and `linkedge broker --profile
+	// aws-iot-core`) a truck connects under its thing name, its truck id:
+	// set it to that. Changing it starts a new session on the broker. At
+	// most 128 bytes.
+	ClientID string `yaml:"client_id"`
 	// KeepAlive is the MQTT keep-alive. Default: the link profile's (10m
 	// on cellular). The broker declares the truck offline (its last will)
 	// within 1.5× this of the link dying, and the truck notices a dead link
@@ -323,6 +331,9 @@ func (c *Config) setDefaults() {
 	if c.Fleet.KeepAlive <= 0 {
 		c.Fleet.KeepAlive = prof.KeepAlive
 	}
+	if c.Fleet.ClientID == "" {
+		c.Fleet.ClientID = "linkedge-truck-" + c.Truck
+	}
 	if c.Fleet.MaxReconnectInterval <= 0 {
 		c.Fleet.MaxReconnectInterval = 30 * time.Second
 	}
@@ -360,6 +371,9 @@ func (c *Config) Validate() error {
 	}
 	if _, err := hold.New(c.Hold); err != nil {
 		errs = append(errs, fmt.Errorf("hold: %w", err))
+	}
+	if n := len(c.Fleet.ClientID); n > 128 || strings.ContainsAny(c.Fleet.ClientID, "+#/\x00") {
+		errs = append(errs, fmt.Errorf("fleet.client_id %q: use at most 128 bytes and no / + # (the truck id, its thing name, on AWS IoT Core)", c.Fleet.ClientID))
 	}
 	if c.Fleet.Broker == "" {
 		errs = append(errs, errors.New("fleet.broker is required, e.g. tcp://fleet.example.com:1883"))

@@ -40,6 +40,9 @@ func TestLoadConfig(t *testing.T) {
 		{"local users", "truck: t1\nmodel: aps-failure\ntrusted_keys: [" + keyFile + "]\nfleet: {broker: tcp://x:1883}\nlocal_broker: {users: /etc/linkedge/local-users.yaml}\n", ""},
 		{"external local login", "truck: t1\nmodel: aps-failure\ntrusted_keys: [" + keyFile + "]\nfleet: {broker: tcp://x:1883}\nlocal_broker: {listen: \"off\", external: tcp://127.0.0.1:1884, username: agent, password: pw}\n", ""},
 		{"local users with an external broker", "truck: t1\nmodel: m\ntrusted_keys: [" + keyFile + "]\nfleet: {broker: tcp://x:1883}\nlocal_broker: {listen: \"off\", external: tcp://127.0.0.1:1884, users: u.yaml}\n", "local_broker.users applies to the embedded broker"},
+		{"thing name as client id", "truck: t1\nmodel: aps-failure\ntrusted_keys: [" + keyFile + "]\nfleet: {broker: ssl://x.iot.eu-west-1.amazonaws.com:8883, client_id: t1}\n", ""},
+		{"client id with a wildcard", "truck: t1\nmodel: m\ntrusted_keys: [" + keyFile + "]\nfleet: {broker: tcp://x:1883, client_id: 't/#'}\n", "fleet.client_id"},
+		{"client id too long", "truck: t1\nmodel: m\ntrusted_keys: [" + keyFile + "]\nfleet: {broker: tcp://x:1883, client_id: " + strings.Repeat("c", 129) + "}\n", "fleet.client_id"},
 		{"local login for the embedded broker", "truck: t1\nmodel: m\ntrusted_keys: [" + keyFile + "]\nfleet: {broker: tcp://x:1883}\nlocal_broker: {username: agent, password: pw}\n", "local_broker.username and password log in to local_broker.external"},
 	}
 	for _, tt := range tests {

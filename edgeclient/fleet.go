@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"maps"
+	"net"
+	"net/url"
 	"slices"
 	"time"
 
@@ -20,29 +22,34 @@ import (
 // fleetOptions sets up the fleet connection: a persistent session (so QoS 1
 // releases published while the truck was away are delivered when it is
 // back), automatic reconnects with capped backoff, and a last will that
-// marks the truck offline. The will cannot change once connected, so it
-// carries no version: readers keep the last version the truck reported.
+// marks the truck offline on its presence topic, so the broker never
+// overwrites the retained status with it and a reconnect need not send the
+// status again.
 func (a *Agent) fleetOptions() *paho.ClientOptions {
 	o := paho.NewClientOptions()
 	if a.tls != nil {
 		o.SetTLSConfig(a.tls)
 	}
+	a.fleetStore = mqttstore.New() // see the package: paho's MemoryStore races on resume
 	if dialsItself(a.cfg.Fleet.Broker) {
-		o.SetCustomOpenConnectionFn(a.dialer.open)
+		o.SetCustomOpenConnectionFn(func(uri *url.URL, o paho.ClientOptions) (net.Conn, error) {
+			a.listsAtDial.Store(a.fleetStore.Lists())
+			return a.dialer.open(uri, o)
+		})
 	}
 	return o.
 		AddBroker(a.cfg.Fleet.Broker).
-		SetClientID("linkedge-truck-"+a.cfg.Truck).
+		SetClientID(a.cfg.Fleet.ClientID).
 		SetUsername(a.cfg.Fleet.Username).SetPassword(a.cfg.Fleet.Password).
 		SetCleanSession(false).
-		SetStore(mqttstore.New()). // see the package: paho's MemoryStore races on resume
+		SetStore(a.fleetStore).
 		SetKeepAlive(a.cfg.Fleet.KeepAlive).
 		SetPingTimeout(10*time.Second).
 		SetConnectTimeout(10*time.Second).
 		SetAutoReconnect(true).SetConnectRetry(true).
 		SetConnectRetryInterval(time.Second).
 		SetMaxReconnectInterval(a.cfg.Fleet.MaxReconnectInterval).
-		SetBinaryWill(topics.TruckStatus(a.cfg.Truck), a.will(), topics.StatusQoS, topics.StatusRetain).
+		SetBinaryWill(topics.TruckPresence(a.cfg.Truck), a.will(), topics.PresenceQoS, topics.PresenceRetain).
 		SetOrderMatters(true).
 		SetOnConnectHandler(a.onConnect).
 		SetConnectionLostHandler(func(_ paho.Client, err error) { a.setOnline(false, err) }).
@@ -54,17 +61,21 @@ func (a *Agent) fleetOptions() *paho.ClientOptions {
 		SetReconnectingHandler(func(paho.Client, *paho.ClientOptions) { a.setOnline(false, errors.New("reconnecting")) })
 }
 
-// will is the last will: as small as a status can be, since every CONNECT
-// carries it. Readers keep the last version the truck reported.
-func (a *Agent) will() []byte {
-	data, _ := json.Marshal(struct {
-		Schema string `json:"schema"`
-		Truck  string `json:"truck"`
-		Model  string `json:"model"`
-		Online bool   `json:"online"`
-		Phase  string `json:"phase"`
-	}{status.Schema, a.cfg.Truck, a.cfg.Model, false, "offline"})
-	return data
+// will is the last will, on the presence topic: one word, since every
+// CONNECT carries it.
+func (a *Agent) will() []byte { return []byte(status.PresenceOffline) }
+
+// publishPresence sets the retained presence; false if the link is down.
+func (a *Agent) publishPresence(online bool) (paho.Token, bool) {
+	if a.fleet == nil || !a.fleet.IsConnectionOpen() {
+		return nil, false
+	}
+	p := status.PresenceOffline
+	if online {
+		p = status.PresenceOnline
+	}
+	a.link.presences.Add(1)
+	return a.fleet.Publish(topics.TruckPresence(a.cfg.Truck), topics.PresenceQoS, topics.PresenceRetain, []byte(p)), true
 }
 
 // fleetSubscriptions are the agent's subscriptions on the fleet broker.
@@ -74,6 +85,18 @@ func (a *Agent) fleetSubscriptions() map[string]byte {
 		topics.TruckDesired(a.cfg.Truck): topics.DesiredQoS,
 		topics.TruckGrant(a.cfg.Truck):   topics.GrantQoS,
 	}
+}
+
+// linkUp reports whether the fleet link is up and onConnect has run: paho
+// reports the connection open before it has resent its session store (see
+// onConnect), and a QoS 1 message published in between goes out twice.
+func (a *Agent) linkUp() bool {
+	if a.fleet == nil || !a.fleet.IsConnectionOpen() {
+		return false
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.online
 }
 
 // publishFleet sends a QoS 1 message that is not retained on the fleet
@@ -87,7 +110,19 @@ func (a *Agent) publishFleet(topic string, payload []byte) bool {
 }
 
 func (a *Agent) onConnect(c paho.Client) {
+	// paho resends what its session store holds right after calling this
+	// handler; a QoS 1 message published before it has read the store
+	// (the presence below, a status, an event) would go out twice. When
+	// paho dials, rather than the agent, there is no dial to mark: it may.
+	if dialsItself(a.cfg.Fleet.Broker) && !a.fleetStore.WaitListed(a.listsAtDial.Load(), time.Second) {
+		a.log.Debug("paho has not read its session store after 1s; publishing anyway")
+	}
 	a.setOnline(true, nil)
+	// Replaces the will the broker may have published. The status is
+	// statusLoop's: sent only if it changed meanwhile (or the broker may
+	// have lost it), not on every reconnect.
+	c.Publish(topics.TruckPresence(a.cfg.Truck), topics.PresenceQoS, topics.PresenceRetain, []byte(status.PresenceOnline))
+	a.link.presences.Add(1)
 	a.subscribe(c)
 	select {
 	case a.connected <- struct{}{}:
@@ -295,9 +330,9 @@ func (a *Agent) publishStatus() {
 
 // sendStatus sends the retained status now, when the fleet link is up, and
 // reports whether it went out. While offline there is nothing to send it
-// to; the first status after a reconnect replaces the will.
+// to; what changed meanwhile goes out after the reconnect.
 func (a *Agent) sendStatus() bool {
-	if a.fleet == nil || !a.fleet.IsConnectionOpen() {
+	if !a.linkUp() {
 		return false
 	}
 	st := a.Status()
@@ -319,8 +354,12 @@ func statusKey(st status.Status) status.Status {
 // statusLoop sends the status when it changed (at most once a second: the
 // phases of an update that follow each other within a second go out as
 // one), and every StatusInterval whatever happened (the heartbeat), and
-// never when nothing changed in between. A reconnect sends it at once, to
-// replace the will.
+// never when nothing changed in between. A reconnect sends it only if it
+// changed while the link was down, or if the broker did not keep the
+// session: a broker that lost the session may have lost its retained
+// messages too (a restart without persistence), and the status must be
+// there for readers. The will is on the presence topic and leaves the
+// retained status alone.
 func (a *Agent) statusLoop(ctx context.Context) {
 	defer a.wg.Done()
 	const gap = time.Second
@@ -343,7 +382,7 @@ func (a *Agent) statusLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-a.connected:
-			send(true)
+			send(!a.dialer.sessionPresent.Load())
 		case <-heartbeat.C:
 			send(true)
 		case <-a.statusDirty:
@@ -360,7 +399,7 @@ func (a *Agent) statusLoop(ctx context.Context) {
 }
 
 func (a *Agent) publishEvent(e status.Event) {
-	if a.fleet == nil || !a.fleet.IsConnectionOpen() {
+	if !a.linkUp() {
 		return
 	}
 	e.Schema, e.Truck, e.Time = status.Schema, a.cfg.Truck, time.Now().UTC()

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -51,6 +52,11 @@ func (a *Agent) registerForwardMetrics() {
 // the queue costs that prediction for the fleet, never the local answer.
 func (a *Agent) forward(p server.PredictionMessage) {
 	data, err := json.Marshal(p)
+	if err == nil && len(data) > maxForwardBytes {
+		// Sent, it would be refused by the broker (and cut the link, on
+		// AWS IoT Core) on every try, holding up the queue behind it.
+		err = fmt.Errorf("prediction of %d bytes is over the %d-byte forwarding limit", len(data), maxForwardBytes)
+	}
 	if err == nil {
 		err = a.outbox.Push(data)
 	}
@@ -127,6 +133,7 @@ func (a *Agent) forwarder(ctx context.Context) {
 			}
 		}
 		batch, head := a.outbox.PeekN(a.cfg.Forward.MaxBatch)
+		batch = batch[:fitBatch(batch, maxForwardBytes)]
 		tok := a.fleet.Publish(topic, topics.PredictionsQoS, topics.PredictionsRetain, joinBatch(batch))
 		acked, dropped := false, false
 		select {
@@ -162,6 +169,24 @@ func (a *Agent) forwarder(ctx context.Context) {
 			a.log.Warn("forward queue", "err", err)
 		}
 	}
+}
+
+// maxForwardBytes bounds one forwarded message: well under the 128 KB
+// payload limit of AWS IoT Core, the smallest of the brokers LinkEdge runs
+// on, with room for the topic. A batch of 100 ordinary predictions is
+// about 30 KB.
+const maxForwardBytes = 96 << 10
+
+// fitBatch returns how many of the first messages of batch fit, joined,
+// in limit bytes: at least one.
+func fitBatch(batch [][]byte, limit int) int {
+	size := 2 // the brackets
+	for i, m := range batch {
+		if size += len(m) + min(i, 1); size > limit && i > 0 {
+			return i
+		}
+	}
+	return len(batch)
 }
 
 // joinBatch makes the message of a batch: a JSON array of the predictions,

@@ -41,6 +41,9 @@ type fleetDialer struct {
 	// connected is set by the first accepted CONNACK: later dials are
 	// reconnects.
 	connected atomic.Bool
+	// refused, if set, is called with the return code of a CONNACK that
+	// refuses the login: paho retries such a connect without a word.
+	refused func(code byte)
 }
 
 // delay is how long the next dial waits: nothing before the first
@@ -118,6 +121,9 @@ func (c *connackConn) Read(p []byte) (int, error) {
 			c.d.sessionPresent.Store(c.head[0] == 0x20 && c.head[1] == 2 && c.head[2]&1 == 1 && c.head[3] == 0)
 			if c.head[0] == 0x20 && c.head[1] == 2 && c.head[3] == 0 {
 				c.d.connected.Store(true)
+			}
+			if c.head[0] == 0x20 && c.head[1] == 2 && c.head[3] != 0 && c.d.refused != nil {
+				c.d.refused(c.head[3])
 			}
 		}
 	}

@@ -12,6 +12,7 @@ import (
 type linkCounters struct {
 	documents  atomic.Int64 // release and pin documents received
 	statuses   atomic.Int64 // status messages sent
+	presences  atomic.Int64 // presence messages sent
 	subscribes atomic.Int64 // SUBSCRIBE requests sent
 }
 
@@ -22,6 +23,7 @@ func (a *Agent) registerLinkMetrics() {
 	a.reg.MustRegister(
 		counter("linkedge_agent_fleet_documents_received_total", "Release and pin documents received from the fleet broker, retained copies included.", &a.link.documents),
 		counter("linkedge_agent_status_published_total", "Status messages sent to the fleet broker.", &a.link.statuses),
+		counter("linkedge_agent_presence_published_total", "Presence messages (online on each connect, offline on shutdown) sent to the fleet broker.", &a.link.presences),
 		counter("linkedge_agent_fleet_subscribes_total", "SUBSCRIBE requests sent to the fleet broker (none on a reconnect to a session the broker kept).", &a.link.subscribes),
 	)
 	// The dialer counts TLS handshakes whenever the agent dials itself.

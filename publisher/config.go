@@ -30,6 +30,9 @@ const (
 	DefaultArtifactListen = "127.0.0.1:9884"
 	// DefaultStateFileName is the state file's name inside RegistryDir.
 	DefaultStateFileName = "publisher-state.json"
+	// DefaultHoldsFileName is the operator holds file's name inside
+	// RegistryDir (or beside StateFile without one); see holds.go.
+	DefaultHoldsFileName = "rollout-holds.json"
 )
 
 // Registry kinds, the values of Config.RegistryKind.
@@ -81,6 +84,12 @@ type Config struct {
 	// StateFile records serials and announcements. Default
 	// RegistryDir/publisher-state.json; required when RegistryDir is empty.
 	StateFile string `yaml:"state_file"`
+	// HoldsFile is where operators halt and resume staged rollouts
+	// (`linkedge rollout halt|resume`, the console); the publisher reads it
+	// at every poll. Default RegistryDir/rollout-holds.json, or
+	// rollout-holds.json beside StateFile without a RegistryDir. Publisher
+	// replicas sharing a registry share it.
+	HoldsFile string `yaml:"holds_file"`
 	// PollInterval is how often the registry is read. Default 2s.
 	PollInterval time.Duration `yaml:"poll_interval"`
 	// ReleaseTTL is how long a release document is valid. The publisher
@@ -211,6 +220,14 @@ func (c *Config) setDefaults() {
 	}
 	if c.StateFile == "" && c.RegistryDir != "" {
 		c.StateFile = filepath.Join(c.RegistryDir, DefaultStateFileName)
+	}
+	if c.HoldsFile == "" {
+		switch {
+		case c.RegistryDir != "":
+			c.HoldsFile = filepath.Join(c.RegistryDir, DefaultHoldsFileName)
+		case c.StateFile != "":
+			c.HoldsFile = filepath.Join(filepath.Dir(c.StateFile), DefaultHoldsFileName)
+		}
 	}
 	if c.PollInterval == 0 {
 		c.PollInterval = DefaultPollInterval

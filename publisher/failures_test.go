@@ -290,7 +290,7 @@ func TestPlanForCountsPersistedFailures(t *testing.T) {
 		{"none", nil, false, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			pl, halting, note := planFor(cfg, reports, []Version{v1, v2}, v2, ms(tc.persisted), now)
+			pl, halting, note := planFor(cfg, reports, []Version{v1, v2}, v2, ms(tc.persisted), nil, now)
 			if halting != tc.halt || pl.Rollout.Halted() != tc.halt {
 				t.Fatalf("halting %v (rollout %+v), want %v; note %q", halting, pl.Rollout, tc.halt, note)
 			}

@@ -43,8 +43,9 @@ func (l *LocalRegistry) Versions(ctx context.Context) ([]Version, error) {
 	return out, nil
 }
 
-// localVersion converts a registry entry. Local bundles always run in
-// process; the approval is only reported while the version is approved.
+// localVersion converts a registry entry. A version that names an image
+// runs in that container, any other in process; the approval is only
+// reported while the version is approved.
 func localVersion(e localreg.Entry) Version {
 	v := Version{
 		Model:       e.Model,
@@ -54,6 +55,9 @@ func localVersion(e localreg.Entry) Version {
 		Artifact:    ArtifactRef{Location: e.Path, SHA256: e.SHA256, Size: e.Size},
 		Runtime:     release.Runtime{Kind: release.RuntimeInProcess},
 		Source:      release.Source{Registry: release.RegistryLocal},
+	}
+	if e.Image != "" {
+		v.Runtime = release.Runtime{Kind: release.RuntimeContainer, Image: e.Image}
 	}
 	if e.Status == localreg.StatusApproved {
 		v.Source.ApprovedAt = e.ApprovedAt.UTC().Truncate(time.Millisecond)

@@ -15,6 +15,7 @@ type metrics struct {
 	version       *prometheus.GaugeVec
 	canary        *prometheus.GaugeVec
 	halted        *prometheus.CounterVec
+	held          *prometheus.GaugeVec
 	connected     prometheus.Gauge
 }
 
@@ -44,12 +45,16 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "linkedge_publisher_rollouts_halted_total",
 			Help: "Staged rollouts halted because canary trucks failed the new version, by model.",
 		}, []string{"model"}),
+		held: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "linkedge_publisher_rollout_held",
+			Help: "1 while an operator halt holds the model's staged rollout (linkedge rollout halt), by model.",
+		}, []string{"model"}),
 		connected: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "linkedge_publisher_broker_connected",
 			Help: "1 while the publisher's MQTT connection is up.",
 		}),
 	}
-	for _, c := range []prometheus.Collector{m.announcements, m.errors, m.lastAnnounce, m.version, m.canary, m.halted, m.connected} {
+	for _, c := range []prometheus.Collector{m.announcements, m.errors, m.lastAnnounce, m.version, m.canary, m.halted, m.held, m.connected} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("publisher: register metrics: %w", err)
 		}
@@ -84,6 +89,16 @@ func (m *metrics) announced(model string, version, canary int64, unix float64) {
 func (m *metrics) rolloutHalted(model string) {
 	if m != nil {
 		m.halted.WithLabelValues(model).Inc()
+	}
+}
+
+func (m *metrics) setHeld(model string, held bool) {
+	if m != nil {
+		v := 0.0
+		if held {
+			v = 1
+		}
+		m.held.WithLabelValues(model).Set(v)
 	}
 }
 

@@ -199,8 +199,10 @@ func (s *session) onStatus(m paho.Message) {
 	case err != nil || st.Truck != truck:
 		delete(s.trucks, truck) // cleared, or not a status we can read
 	case !st.Online && st.Version == 0:
-		// The last will carries no version: the truck still runs what
-		// it last reported.
+		// The last will of an agent older than the presence topic
+		// carries no version: the truck still runs what it last
+		// reported. (Newer agents' wills go to the presence topic,
+		// which the publisher does not need: it shows no online.)
 	default:
 		s.trucks[truck] = truckReport{model: st.Model, version: st.Version, desired: st.Desired, phase: st.Phase, lastError: st.LastError}
 	}

@@ -66,9 +66,14 @@ type Publisher struct {
 	rewatched time.Time
 }
 
-// failuresKey is the reported key of the canary failures' persistence; it
-// is not a valid model id.
-const failuresKey = "#failures"
+// failuresKey is the reported key of the canary failures' persistence, and
+// degradedKey that of a registry answering from an older view; neither is
+// a valid model id.
+const (
+	failuresKey = "#failures"
+	degradedKey = "#degraded"
+	holdsKey    = "#holds"
+)
 
 // New validates cfg, reads the signing key and the state file, opens the
 // registry and binds the artifact server, so that configuration mistakes
@@ -467,6 +472,19 @@ func (p *Publisher) poll(ctx context.Context) {
 		}
 		return
 	}
+	// A registry that keeps answering from an older view of part of what
+	// it watches (SageMaker while a group's reads fail) counts as a failed
+	// registry step at every poll, as one that cannot answer at all does:
+	// an alert on errors_total must not wait for /healthz to call the view
+	// stale.
+	if d, ok := p.reg.(interface{ Degraded() error }); ok {
+		if err := d.Degraded(); err != nil {
+			p.metrics.failed(stageRegistry)
+			p.report(degradedKey, "the registry answers from an older view; announcing from it", "registry", p.reg.Name(), "err", err)
+		} else {
+			p.clear(degradedKey)
+		}
+	}
 	if p.grants != nil {
 		p.grants.setApproved(vs)
 	}
@@ -478,6 +496,15 @@ func (p *Publisher) poll(ctx context.Context) {
 		return
 	}
 	p.clear("")
+	holds, err := holdsFile{p.cfg.HoldsFile}.load()
+	if err != nil {
+		// Promoting a rollout an operator may have halted is worse than
+		// waiting: change nothing until the file is fixed.
+		p.metrics.failed(stageState)
+		p.report(holdsKey, "cannot read the operator holds file; changing nothing", "err", err)
+		return
+	}
+	p.clear(holdsKey)
 	p.sess.forgetSettled(st)
 	best, seen := targets(vs)
 	models := make([]string, 0, len(seen)+len(st.Models))
@@ -501,7 +528,14 @@ func (p *Publisher) poll(ctx context.Context) {
 			}
 			continue
 		}
-		pl, halting, note := planFor(p.cfg.Rollout, p.sess, vs, v, st.Models[m], now)
+		pl, halting, note := planFor(p.cfg.Rollout, p.sess, vs, v, st.Models[m], holds.Models[m], now)
+		if err := p.recordHold(ctx, m, pl.Rollout, holds.Models[m]); err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			p.metrics.failed(stageState)
+			p.report(m+"/hold", "cannot record the operator hold in the state file; retrying on the next poll", "model", m, "err", err)
+		}
 		if note != "" {
 			level := slog.LevelInfo
 			if halting {
@@ -544,6 +578,77 @@ func (p *Publisher) poll(ctx context.Context) {
 			p.clear(m)
 		}
 	}
+}
+
+// recordHold copies the operator hold the plan's rollout carries (or its
+// absence) into the state file's record of the same rollout, when they
+// differ, so the state says who halted it and why; it logs the change.
+// A rollout resumed and promoted in the same poll has no record left to
+// change (the announcement drops it), but the resumption is logged.
+func (p *Publisher) recordHold(ctx context.Context, model string, planned *Rollout, hold *Hold) error {
+	p.metrics.setHeld(model, planned != nil && planned.Hold != nil)
+	st, err := p.state.Load()
+	if err != nil {
+		return err
+	}
+	ms := st.Models[model]
+	if ms == nil || ms.Rollout == nil {
+		return nil // nothing recorded yet: the announcement records the rollout
+	}
+	was := ms.Rollout.Hold
+	if planned == nil || planned.Version != ms.Rollout.Version || planned.SHA256 != ms.Rollout.SHA256 {
+		if was != nil {
+			p.logResumed(model, ms.Rollout.Version, was, hold)
+		}
+		return nil
+	}
+	if sameHold(was, planned.Hold) {
+		return nil
+	}
+	p.setDoing("recording an operator hold in the state file")
+	unlock, err := p.state.lock(ctx)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	if st, err = p.state.Load(); err != nil {
+		return err
+	}
+	ms = st.Models[model]
+	if ms == nil || ms.Rollout == nil || ms.Rollout.Version != planned.Version || ms.Rollout.SHA256 != planned.SHA256 {
+		return nil
+	}
+	ms.Rollout.Hold = planned.Hold
+	if err := p.state.save(st); err != nil {
+		return err
+	}
+	if h := planned.Hold; h != nil {
+		p.note(model+"/hold", slog.LevelWarn, "rollout halted by an operator: not promoting it until it is resumed", "model", model, "version", planned.Version,
+			"halted_by", h.HaltedBy, "reason", h.Reason, "halted_at", h.HaltedAt)
+	} else {
+		p.logResumed(model, planned.Version, was, hold)
+	}
+	return nil
+}
+
+// logResumed logs, once, that the operator hold of model's rollout
+// of version was lifted.
+func (p *Publisher) logResumed(model string, version int64, was, hold *Hold) {
+	args := []any{"model", model, "version", version, "halted_by", was.HaltedBy, "reason", was.Reason}
+	msg := "the operator hold of the rollout no longer applies"
+	if hold != nil && hold.Version == version && !hold.Active() {
+		msg = "rollout resumed by an operator"
+		args = append(args, "resumed_by", hold.ResumedBy, "resumed_at", hold.ResumedAt)
+	}
+	p.note(model+"/hold", slog.LevelInfo, msg, args...)
+}
+
+func sameHold(a, b *Hold) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return a.Version == b.Version && a.HaltedBy == b.HaltedBy && a.Reason == b.Reason && a.HaltedAt.Equal(b.HaltedAt) &&
+		a.ResumedBy == b.ResumedBy && a.ResumedAt.Equal(b.ResumedAt)
 }
 
 // lostByBroker reports whether the broker's retained release for model is

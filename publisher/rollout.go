@@ -29,7 +29,9 @@ import (
 //     version is not tried again until a newer one is approved, or an
 //     operator announces it by hand (`linkedge publish`);
 //   - promotes the version to stable once Soak has passed since the first
-//     canary announcement and at least MinCommitted canary trucks run it.
+//     canary announcement and at least MinCommitted canary trucks run it,
+//     unless an operator halted it (holds.go): then the canary stays as it
+//     is until the operator resumes it.
 //
 // A rejection, a first version or a version lower than the stable one is
 // announced to every truck at once: going back must never wait.
@@ -122,6 +124,10 @@ type Rollout struct {
 	// maxRolloutFailures trucks; they go with the rollout when a newer
 	// version replaces it or it ends.
 	Failures map[string]string `json:"failures,omitempty"`
+	// Hold is the operator halt holding the rollout (see holds.go), copied
+	// from the holds file so that the state says who halted it and why;
+	// nil when none.
+	Hold *Hold `json:"operator_hold,omitempty"`
 }
 
 // Bounds of Rollout.Failures.
@@ -160,9 +166,12 @@ type HealthView interface {
 
 // planFor decides what to announce for model when its highest approved
 // version is best, given every version the registry listed, the state's
-// last announcement and rollout, and the trucks' reports. note explains a
-// decision worth logging (a halt, a wait), or is empty.
-func planFor(cfg *RolloutConfig, health HealthView, vs []Version, best Version, ms *ModelState, now time.Time) (pl Plan, halted bool, note string) {
+// last announcement and rollout, the operator's hold of the model (nil if
+// none) and the trucks' reports. note explains a decision worth logging (a
+// halt, a wait), or is empty. An operator hold of the version being rolled
+// out keeps the canary as it is: no promotion, but canary failures still
+// halt it.
+func planFor(cfg *RolloutConfig, health HealthView, vs []Version, best Version, ms *ModelState, hold *Hold, now time.Time) (pl Plan, halted bool, note string) {
 	var last *Announcement
 	var ro *Rollout
 	if ms != nil {
@@ -188,6 +197,17 @@ func planFor(cfg *RolloutConfig, health HealthView, vs []Version, best Version, 
 		canary.Rollout = &Rollout{Version: best.Version, SHA256: best.Artifact.SHA256}
 		return canary, false, ""
 	}
+	held := hold.Active() && hold.Version == ro.Version
+	if held || ro.Hold != nil {
+		// The state records the hold as the holds file has it now.
+		r := *ro
+		r.Hold = nil
+		if held {
+			h := *hold
+			r.Hold = &h
+		}
+		ro = &r
+	}
 	canary.Rollout = ro
 	if ro.Halted() {
 		return Plan{Stable: stable, Rollout: ro}, false, fmt.Sprintf("the rollout of version %d was halted at %s (%s); approve a newer version, or announce it by hand with linkedge publish",
@@ -208,6 +228,10 @@ func planFor(cfg *RolloutConfig, health HealthView, vs []Version, best Version, 
 		halt := *ro
 		halt.HaltedAt, halt.HaltReason = now.UTC(), clipReason(reason)
 		return Plan{Stable: stable, Rollout: &halt}, true, "halting the rollout of version " + fmt.Sprint(best.Version) + ": " + reason
+	}
+	if held {
+		return canary, false, fmt.Sprintf("the rollout of version %d is halted by %s since %s (%s): the canary stays as it is and is not promoted until it is resumed (linkedge rollout resume)",
+			best.Version, hold.HaltedBy, hold.HaltedAt.Format(time.RFC3339), hold.Reason)
 	}
 	if soakEnd := ro.StartedAt.Add(cfg.Soak); now.Before(soakEnd) {
 		return canary, false, ""

@@ -57,6 +57,10 @@ func TestPlanFor(t *testing.T) {
 	bucketFailure := fixedHealth{Committed: []string{"t1"}, Failed: map[string]string{inBucket: "golden samples failed"}}
 	nobody := fixedHealth{Failed: map[string]string{}, Settled: true}
 	all := []Version{v1, v2, v3}
+	opHold := &Hold{Version: 2, HaltedBy: "olga", Reason: "brake alerts up", HaltedAt: now.Add(-time.Minute)}
+	resumed := &Hold{Version: 2, HaltedBy: "olga", Reason: "brake alerts up", HaltedAt: now.Add(-time.Minute), ResumedBy: "ivan", ResumedAt: now}
+	heldRunning, heldYoung := *running, *young
+	heldRunning.Hold, heldYoung.Hold = opHold, opHold
 
 	for _, tc := range []struct {
 		name       string
@@ -70,6 +74,7 @@ func TestPlanFor(t *testing.T) {
 		rollout    string
 		halting    bool
 		hold       bool
+		opHold     *Hold
 		noteSubstr string
 	}{
 		{name: "no policy", cfg: nil, vs: all, best: v2, ms: &ModelState{Announced: announced(v1)}, stable: 2, rollout: "none"},
@@ -88,6 +93,11 @@ func TestPlanFor(t *testing.T) {
 		{name: "soaked but nobody committed", cfg: cfg, vs: all, best: v2, ms: &ModelState{Announced: announced(v1), Rollout: running}, health: nobody, stable: 1, canary: 2, rollout: "same", noteSubstr: "waiting for 1 canary truck"},
 		{name: "soaked, but the view is still filling up", cfg: cfg, vs: all, best: v2, ms: &ModelState{Announced: announced(v1), Rollout: running}, health: unsettled, stable: 1, canary: 2, rollout: "same"},
 		{name: "halted, and the stable one withdrawn: hold", cfg: cfg, vs: []Version{v2}, best: v2, ms: &ModelState{Announced: announced(v1), Rollout: halted}, stable: 0, rollout: "none", hold: true, noteSubstr: "announcing nothing"},
+		{name: "operator hold: no promotion", cfg: cfg, vs: all, best: v2, ms: &ModelState{Announced: announced(v1), Rollout: running}, health: healthy, opHold: opHold, stable: 1, canary: 2, rollout: "held", noteSubstr: "halted by olga"},
+		{name: "operator hold: failures still halt", cfg: cfg, vs: all, best: v2, ms: &ModelState{Announced: announced(v1), Rollout: young}, health: failing, opHold: opHold, stable: 1, rollout: "halted", halting: true, noteSubstr: "t2 reported"},
+		{name: "operator hold of another version: promote", cfg: cfg, vs: all, best: v2, ms: &ModelState{Announced: announced(v1), Rollout: running}, health: healthy, opHold: &Hold{Version: 3, HaltedBy: "olga", Reason: "x", HaltedAt: now}, stable: 2, rollout: "none"},
+		{name: "resumed: promote", cfg: cfg, vs: all, best: v2, ms: &ModelState{Announced: announced(v1), Rollout: &heldRunning}, health: healthy, opHold: resumed, stable: 2, rollout: "none"},
+		{name: "resumed while soaking: the hold leaves the state", cfg: cfg, vs: all, best: v2, ms: &ModelState{Announced: announced(v1), Rollout: &heldYoung}, health: healthy, opHold: resumed, stable: 1, canary: 2, rollout: "unheld"},
 		{name: "soaked and committed: promote", cfg: cfg, vs: all, best: v2, ms: &ModelState{Announced: announced(v1), Rollout: running}, health: healthy, stable: 2, rollout: "none"},
 		{name: "a newer version replaces the rollout", cfg: cfg, vs: all, best: v3, ms: &ModelState{Announced: announced(v1), Rollout: halted}, stable: 1, canary: 3, rollout: "new"},
 		{name: "same number, new content", cfg: cfg, vs: []Version{v1, func() Version { v := v2; v.Artifact.SHA256 = strings.Repeat("ef", 32); return v }()},
@@ -95,7 +105,7 @@ func TestPlanFor(t *testing.T) {
 			ms:   &ModelState{Announced: announced(v1), Rollout: halted}, stable: 1, canary: 2, rollout: "new"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			pl, halting, note := planFor(tc.cfg, tc.health, tc.vs, tc.best, tc.ms, now)
+			pl, halting, note := planFor(tc.cfg, tc.health, tc.vs, tc.best, tc.ms, tc.opHold, now)
 			if pl.Stable.Version != tc.stable {
 				t.Errorf("stable %d, want %d", pl.Stable.Version, tc.stable)
 			}
@@ -123,6 +133,14 @@ func TestPlanFor(t *testing.T) {
 			case "same":
 				if pl.Rollout != prev {
 					t.Errorf("rollout %+v, want the running one %+v", pl.Rollout, prev)
+				}
+			case "held":
+				if pl.Rollout == nil || pl.Rollout.Hold == nil || pl.Rollout.Hold.HaltedBy != "olga" || pl.Rollout.Version != 2 || pl.Rollout.Halted() || prev.Hold != nil {
+					t.Errorf("rollout %+v, want the running one with olga's hold (and the state's record untouched)", pl.Rollout)
+				}
+			case "unheld":
+				if pl.Rollout == nil || pl.Rollout.Hold != nil || pl.Rollout.Version != 2 || prev.Hold == nil {
+					t.Errorf("rollout %+v, want the running one without its hold", pl.Rollout)
 				}
 			case "halted":
 				if !pl.Rollout.Halted() || !pl.Rollout.HaltedAt.Equal(now) || prev.Halted() {

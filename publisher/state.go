@@ -108,20 +108,30 @@ func (a *Announcement) ResignAt() time.Time {
 
 var sha256Hex = regexp.MustCompile(`^[0-9a-f]{64}$`)
 
-// ParseState decodes a state file strictly: unknown fields, trailing data
-// and impossible content are errors wrapping [ErrCorruptState].
-func ParseState(data []byte) (*State, error) {
-	if len(data) > maxStateSize {
-		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrCorruptState, len(data), maxStateSize)
+// decodeStrict decodes one JSON object of at most limit bytes into v,
+// refusing unknown fields and anything after the object; errors wrap
+// corrupt. The publisher's own files (state, holds) are read this way.
+func decodeStrict(data []byte, v any, limit int, corrupt error) error {
+	if len(data) > limit {
+		return fmt.Errorf("%w: %d bytes, limit %d", corrupt, len(data), limit)
 	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
-	var s State
-	if err := dec.Decode(&s); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrCorruptState, err)
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("%w: %w", corrupt, err)
 	}
 	if _, err := dec.Token(); err == nil {
-		return nil, fmt.Errorf("%w: data after the JSON object", ErrCorruptState)
+		return fmt.Errorf("%w: data after the JSON object", corrupt)
+	}
+	return nil
+}
+
+// ParseState decodes a state file strictly: unknown fields, trailing data
+// and impossible content are errors wrapping [ErrCorruptState].
+func ParseState(data []byte) (*State, error) {
+	var s State
+	if err := decodeStrict(data, &s, maxStateSize, ErrCorruptState); err != nil {
+		return nil, err
 	}
 	if err := s.validate(); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrCorruptState, err)
@@ -176,6 +186,11 @@ func (s *State) validate() error {
 			}
 			if err := validFailures(r.Failures); err != nil {
 				return fmt.Errorf("model %s: rollout of version %d: %w", m, r.Version, err)
+			}
+			if r.Hold != nil {
+				if err := r.Hold.validate(); err != nil {
+					return fmt.Errorf("model %s: rollout of version %d: operator_hold: %w", m, r.Version, err)
+				}
 			}
 		}
 	}

@@ -3,7 +3,8 @@
 # Go, as root: npm (to fetch the ONNX Runtime library from the npm registry),
 # mosquitto (the second, independent MQTT broker for interop tests), a Docker
 # Engine (for the container tests; started here if none answers), Debian's
-# docker-registry (the tests push serving images to one on loopback), and
+# docker-registry (the tests push serving images to one on loopback),
+# Debian's chromium (the fleet console's browser test drives it headless), and
 # the ONNX Runtime library itself (cached under ~/.cache/linkedge). Safe to
 # run again: it skips what is already there.
 set -euo pipefail
@@ -14,6 +15,7 @@ command -v npm >/dev/null 2>&1 || need+=(npm)
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
 command -v docker-registry >/dev/null 2>&1 || need+=(docker-registry)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "setup: need ${need[*]}; run as root or install them with apt-get" >&2

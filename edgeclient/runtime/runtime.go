@@ -9,10 +9,12 @@ package runtime
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"time"
 
 	"github.com/linkedge/linkedge/inference"
+	"github.com/linkedge/linkedge/inference/bundle"
 )
 
 // ErrUnhealthy means a candidate or the serving model failed a health check:
@@ -113,4 +115,23 @@ type Supervised interface {
 	// agent's front ends keep pointing at the candidate, so Restart must keep
 	// whatever address they use, or update it in place.
 	Restart(ctx context.Context) error
+}
+
+// Adopt makes b the bundle of spec: its metadata must name spec's model,
+// and takes spec's version whatever metadata.json says. The version is the
+// registry's, bound to the bundle's sha256 by the signed release; a
+// pipeline builds the bundle before the registry gives it a number, so
+// metadata.json may have none, or a guess a parallel registration made
+// wrong. Every runtime calls it before it loads or unpacks a bundle, so
+// that the model's reported version (HTTP, OIP, MQTT, metrics) is the
+// release's. A bundle of another model is bundle.ErrInvalid.
+func Adopt(b *bundle.Bundle, spec Spec) error {
+	switch {
+	case b.Meta == nil:
+		return fmt.Errorf("%w: bundle has no %s; the release announced %s v%d", bundle.ErrInvalid, bundle.MetadataFile, spec.Model, spec.Version)
+	case b.Meta.Name != spec.Model:
+		return fmt.Errorf("%w: bundle holds model %s, the release announced %s v%d", bundle.ErrInvalid, b.Meta.Name, spec.Model, spec.Version)
+	}
+	b.Meta.Version = spec.Version
+	return nil
 }

@@ -134,7 +134,8 @@ func TestValidate(t *testing.T) {
 		{"ok", func(m *Metadata) {}, ""},
 		{"schema", func(m *Metadata) { m.Schema = "x" }, "schema"},
 		{"name", func(m *Metadata) { m.Name = "Bad/Name" }, "name"},
-		{"version", func(m *Metadata) { m.Version = 0 }, "version"},
+		{"no version", func(m *Metadata) { m.Version = 0 }, ""},
+		{"negative version", func(m *Metadata) { m.Version = -1 }, "leave it out"},
 		{"dup feature", func(m *Metadata) { m.Features[1] = "aa_000" }, "twice"},
 		{"labels", func(m *Metadata) { m.Labels[1] = "neg" }, "labels"},
 		{"threshold", func(m *Metadata) { m.Threshold = 2 }, "threshold"},
@@ -349,5 +350,38 @@ func TestReadMultipleMembers(t *testing.T) {
 	firstEnd := bytes.Index(two.Bytes()[10:], []byte{0x1f, 0x8b, 8}) + 10
 	if _, err := Read(bytes.NewReader(flipBit(two.Bytes(), (firstEnd-1)*8)), Limits{}); !errors.Is(err, ErrInvalid) {
 		t.Fatalf("a flip in the first member's trailer: err = %v, want ErrInvalid", err)
+	}
+}
+
+// A pipeline builds the bundle before the registry gives it a version, so
+// metadata.json may leave the version out; it stays out when written
+// again, and a bundle that has one keeps it.
+func TestMetadataWithoutVersion(t *testing.T) {
+	m := testMeta()
+	m.Version = 0
+	data, err := EncodeMetadata(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(data, []byte(`"version"`)) {
+		t.Fatalf("a bundle without a version was written with one:\n%s", data)
+	}
+	got, err := DecodeMetadata(data)
+	if err != nil {
+		t.Fatalf("metadata.json without a version refused: %v", err)
+	}
+	if got.Version != 0 {
+		t.Fatalf("version %d, want 0 (none)", got.Version)
+	}
+	var buf bytes.Buffer
+	if err := Write(&buf, m, []byte("onnx-bytes")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Read(bytes.NewReader(buf.Bytes()), Limits{}); err != nil {
+		t.Fatalf("bundle without a version: %v", err)
+	}
+	m.Version = 3
+	if data, _ = EncodeMetadata(m); !bytes.Contains(data, []byte(`"version": 3`)) {
+		t.Fatalf("a bundle's own version was dropped:\n%s", data)
 	}
 }

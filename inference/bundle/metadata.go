@@ -8,10 +8,11 @@
 //     [batch, len(Features)] (NaN marks a missing value) and gives one
 //     float32 output of shape [batch, 1] or [batch, 2] whose last column is
 //     the score of the positive label.
-//   - metadata.json: the [Metadata] below: name, version, feature order,
-//     tensor names, labels, decision threshold and golden samples, the
-//     inputs with the outputs this model must produce before anyone may
-//     switch to it.
+//   - metadata.json: the [Metadata] below: name, feature order, tensor
+//     names, labels, decision threshold and golden samples, the inputs with
+//     the outputs this model must produce before anyone may switch to it,
+//     and optionally a version (the registry's version is the one that
+//     counts; see [Metadata.Version]).
 //
 // Other files (a SageMaker "code/" folder, say) are allowed and ignored.
 package bundle
@@ -57,8 +58,14 @@ type Metadata struct {
 	// Name is the model's name: lowercase letters, digits, '.', '_' and '-';
 	// it appears in topics and URLs.
 	Name string `json:"name"`
-	// Version increases by one or more with every release of Name.
-	Version int64 `json:"version"`
+	// Version is optional: 0 (absent from the JSON) means the bundle does
+	// not know its version. The model registry assigns the version, and a
+	// SageMaker pipeline builds model.tar.gz before RegisterModel gives it
+	// one, so the version a truck reports is always its signed release's,
+	// which binds the registry's number to this file's sha256; a version
+	// here is only the local registry's default and what `linkedge serve`
+	// reports for a bundle served outside a release.
+	Version int64 `json:"version,omitempty"`
 	// Description is free text for people.
 	Description string `json:"description,omitempty"`
 	// Input and Output name the ONNX tensors.
@@ -173,8 +180,8 @@ func (m *Metadata) Validate() error {
 		return bad("schema is %q, want %q", m.Schema, Schema)
 	case !nameRE.MatchString(m.Name):
 		return bad("name %q must be 1-63 lowercase letters, digits, '.', '_' or '-'", m.Name)
-	case m.Version < 1:
-		return bad("version is %d, want 1 or more", m.Version)
+	case m.Version < 0:
+		return bad("version is %d; leave it out (the registry assigns one) or give 1 or more", m.Version)
 	case m.Input == "" || m.Output == "":
 		return bad("input and output tensor names are required")
 	case len(m.Features) == 0:

@@ -17,13 +17,11 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
-	"github.com/linkedge/linkedge/edgeclient"
 	"github.com/linkedge/linkedge/inference/apsmodels"
 	"github.com/linkedge/linkedge/inference/bundle"
 	"github.com/linkedge/linkedge/internal/release"
@@ -53,6 +51,10 @@ type FleetConfig struct {
 	// Probation is the agents' probation. Default 1 s: the bench measures
 	// the fleet side, and a truck's probation only adds its own length.
 	Probation time.Duration
+	// TruckLogLevel is the level of the trucks' log (trucks.log in Dir);
+	// the zero value is info. `linkedge bench fleet` defaults to warn: at
+	// info, 10,000 agents write a few lines each per scenario.
+	TruckLogLevel slog.Level
 	// Exe is the linkedge binary the broker and the publisher run as;
 	// default this process's executable.
 	Exe string
@@ -67,9 +69,6 @@ type FleetConfig struct {
 	TruckDir string
 	// Progress receives one line per step; nil discards.
 	Progress io.Writer
-	// Logger receives the simulated trucks' warnings and errors; default
-	// a file in Dir.
-	Logger *slog.Logger
 }
 
 func (c *FleetConfig) setDefaults() {
@@ -134,6 +133,8 @@ type FleetReport struct {
 	// ConnectedRSS is the broker's RSS with every truck connected and idle.
 	ConnectedRSS int64
 	Elapsed      time.Duration
+	// Limits says what of this machine held the run back, if anything.
+	Limits string
 }
 
 // fleetRun is one run of the fleet bench.
@@ -148,7 +149,8 @@ type fleetRun struct {
 	artAddr  string
 	reg      *localreg.Registry
 	verifier *release.Verifier
-	agents   []*edgeclient.Agent
+	loads    []*child // the load processes, each running trucksPerProcess trucks
+	keyFile  string   // the publisher's public key, for the trucks
 	mon      *fleetMonitor
 	rate     *rateProxy
 	artifact int64
@@ -165,6 +167,7 @@ type fleetRun struct {
 func RunFleet(ctx context.Context, cfg FleetConfig) (rep *FleetReport, err error) {
 	cfg.setDefaults()
 	start := time.Now()
+	fileLimitNote := raiseFileLimit(uint64(2*cfg.Trucks + 1024))
 	r := &fleetRun{cfg: cfg, dir: cfg.Dir}
 	if r.dir == "" {
 		if r.dir, err = os.MkdirTemp("", "linkedge-bench-fleet-"); err != nil {
@@ -196,7 +199,7 @@ func RunFleet(ctx context.Context, cfg FleetConfig) (rep *FleetReport, err error
 	if err := r.setup(ctx); err != nil {
 		return nil, err
 	}
-	rep = &FleetReport{Config: r.cfg, Artifact: r.artifact}
+	rep = &FleetReport{Config: r.cfg, Artifact: r.artifact, Limits: fileLimitNote}
 	add := func(p FleetPhase, err error) error {
 		if err != nil {
 			return err
@@ -260,6 +263,10 @@ func (r *fleetRun) setup(ctx context.Context) error {
 		return err
 	}
 	r.verifier = &release.Verifier{Keys: []ed25519.PublicKey{pubKey}}
+	r.keyFile = filepath.Join(r.dir, "publisher.pub")
+	if err := release.WritePublicKeyFile(r.keyFile, pubKey); err != nil {
+		return err
+	}
 	var err error
 	if r.reg, err = localreg.Open(filepath.Join(r.dir, "registry")); err != nil {
 		return err
@@ -320,7 +327,7 @@ func (r *fleetRun) setup(ctx context.Context) error {
 	if err := waitListening(ctx, r.pub, r.artAddr, 30*time.Second); err != nil {
 		return err
 	}
-	if r.mon, err = newFleetMonitor(ctx, r.cfg.Exe, "tcp://"+r.brokerAd, filepath.Join(r.dir, "monitor.log"), r.verifier); err != nil {
+	if r.mon, err = newFleetMonitor(ctx, r.cfg.Exe, "tcp://"+r.brokerAd, r.dir, r.verifier); err != nil {
 		return err
 	}
 	r.logf("broker (pid %d) on %s, publisher (pid %d), artifact %d B", r.broker.cmd.Process.Pid, r.brokerAd, r.pub.cmd.Process.Pid, r.artifact)
@@ -345,59 +352,74 @@ func (r *fleetRun) restartPublisher(ctx context.Context, sig syscall.Signal, sta
 	return waitListening(ctx, r.pub, r.artAddr, 30*time.Second)
 }
 
-// connect starts every truck at ConnectRate and waits until the monitor
-// saw each one's status online.
+// connect starts every truck at ConnectRate, in load processes of
+// trucksPerProcess trucks each (`linkedge bench fleet-trucks`), and waits
+// until the monitor saw each one's status online.
 func (r *fleetRun) connect(ctx context.Context) (FleetPhase, error) {
 	n := r.cfg.Trucks
-	logger := r.cfg.Logger
-	if logger == nil {
-		f, err := os.OpenFile(filepath.Join(r.dir, "trucks.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-		if err != nil {
+	procs := (n + trucksPerProcess - 1) / trucksPerProcess
+	r.logf("starting %d trucks, %d a second, in %d load processes", n, r.cfg.ConnectRate, procs)
+	ph := r.begin("connect", "start, connect, report its status online", n)
+	for k := range procs {
+		first := k * trucksPerProcess
+		count := min(trucksPerProcess, n-first)
+		// Each process starts its share at its share of the rate.
+		rate := max(r.cfg.ConnectRate*count/n, 1)
+		c := &child{name: fmt.Sprintf("load process %d", k+1), exe: r.cfg.Exe, log: filepath.Join(r.dir, fmt.Sprintf("load-%d.log", k+1)),
+			args: []string{"bench", "fleet-trucks", "--broker", "tcp://" + r.brokerAd,
+				"--first", fmt.Sprint(first), "--count", fmt.Sprint(count), "--rate", fmt.Sprint(rate),
+				"--dir", r.cfg.TruckDir, "--key", r.keyFile, "--probation", r.cfg.Probation.String(),
+				"--log-file", filepath.Join(r.dir, "trucks.log"), "--truck-log-level", r.cfg.TruckLogLevel.String()}}
+		if err := c.start(); err != nil {
 			return FleetPhase{}, err
 		}
-		defer f.Close() // the handler writes with the file's own calls; see below
-		logger = slog.New(slog.NewTextHandler(&lockedWriter{f: f}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+		r.loads = append(r.loads, c)
 	}
-	r.logf("starting %d trucks, %d a second", n, r.cfg.ConnectRate)
-	ph := r.begin("connect", "start, connect, report its status online", n)
-	pubKeys := r.verifier.Keys
-	tick := time.Second / time.Duration(r.cfg.ConnectRate)
-	next := time.Now()
-	for i := range n {
-		if d := time.Until(next); d > 0 {
-			if err := sleepCtx(ctx, d); err != nil {
-				return FleetPhase{}, err
-			}
+	for seen, last := 0, time.Now(); seen < n; {
+		if err := r.loadsAlive(); err != nil {
+			return FleetPhase{}, err
 		}
-		next = next.Add(tick)
-		truck := fleetTruck(i)
-		a, err := edgeclient.New(edgeclient.Config{
-			Truck: truck, Model: fleetModel, DataDir: filepath.Join(r.cfg.TruckDir, truck), Keys: pubKeys,
-			Fleet: edgeclient.FleetConfig{Broker: "tcp://" + r.brokerAd},
-			HTTP:  "off", LocalBroker: edgeclient.LocalBrokerConfig{Listen: "off"},
-			Forward:   edgeclient.ForwardConfig{Alerts: new(bool)},
-			Runtime:   &noopRuntime{},
-			Probation: r.cfg.Probation, Logger: logger,
-		})
-		if err != nil {
-			return FleetPhase{}, fmt.Errorf("truck %s: %w", truck, err)
+		if err := sleepCtx(ctx, 200*time.Millisecond); err != nil {
+			return FleetPhase{}, err
 		}
-		if err := a.Start(ctx); err != nil {
-			return FleetPhase{}, fmt.Errorf("truck %s: %w", truck, err)
+		seen = r.mon.count(func(s truckView) bool { return s.online })
+		if time.Since(last) >= 2*time.Second || seen == n {
+			r.logf("connect: %d/%d reported online", seen, n)
+			last = time.Now()
 		}
-		r.agents = append(r.agents, a)
-		if (i+1)%max(n/5, 1) == 0 {
-			r.logf("connect: %d/%d started, %d reported online", i+1, n, r.mon.count(func(s truckView) bool { return s.online }))
+		if time.Since(ph.from) > 2*time.Minute {
+			break
 		}
 	}
 	return r.finish(ctx, ph, 2*time.Minute, func(s truckView, at time.Time) (time.Time, bool) { return at, s.online })
+}
+
+// loadsAlive reports a load process that ended.
+func (r *fleetRun) loadsAlive() error {
+	for _, c := range r.loads {
+		if err := c.alive(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// loadUsage is the load processes' CPU and RSS, summed.
+func (r *fleetRun) loadUsage() procUsage {
+	var u procUsage
+	for _, c := range r.loads {
+		v := c.sample()
+		u.CPU += v.CPU
+		u.RSS += v.RSS
+	}
+	return u
 }
 
 // update approves version and waits until every truck reported it
 // committed. With killPublisher, the publisher is killed (SIGKILL) once the
 // first canary truck committed, and started again.
 func (r *fleetRun) update(ctx context.Context, name string, version int64, killPublisher bool) (FleetPhase, error) {
-	ph := r.begin(name, fmt.Sprintf("report v%d committed", version), len(r.agents))
+	ph := r.begin(name, fmt.Sprintf("report v%d committed", version), r.cfg.Trucks)
 	if _, err := r.reg.Approve(fleetModel, version, "bench"); err != nil {
 		return FleetPhase{}, err
 	}
@@ -421,12 +443,14 @@ func (r *fleetRun) update(ctx context.Context, name string, version int64, killP
 }
 
 // brokerRestart stops the broker (SIGTERM), starts it again on the same
-// data, and waits until every truck reported its status online again.
+// data, and waits until every truck is back: online, having said so on its
+// presence topic since the restart (a truck whose status did not change
+// sends none on reconnecting) or reported a status since.
 func (r *fleetRun) brokerRestart(ctx context.Context) (FleetPhase, error) {
 	stopFrom := time.Now()
 	stopErr := r.broker.stop(syscall.SIGTERM, time.Minute)
 	stopped := time.Since(stopFrom)
-	ph := r.begin("broker restart", "report its status online again, and have it retained", len(r.agents))
+	ph := r.begin("broker restart", "come back online, with its status retained", r.cfg.Trucks)
 	if err := r.broker.start(); err != nil {
 		return FleetPhase{}, err
 	}
@@ -434,10 +458,20 @@ func (r *fleetRun) brokerRestart(ctx context.Context) (FleetPhase, error) {
 		return FleetPhase{}, err
 	}
 	r.logf("broker stopped in %s and started again in %s", stopped.Round(time.Millisecond), time.Since(ph.from).Round(time.Millisecond))
-	// The truck's own time stamp says when it reported: the monitor may
-	// read it later, as a retained message, after its own reconnect.
+	// The truck's own time stamp says when it reported a status: the
+	// monitor may read it later, as a retained message, after its own
+	// reconnect. A presence carries no time stamp: its arrival counts
+	// (see truckView.backAt).
 	p, err := r.finish(ctx, ph, 2*time.Minute, func(s truckView, _ time.Time) (time.Time, bool) {
-		return s.lastSeen, s.online && !s.lastSeen.Before(ph.from)
+		switch {
+		case !s.online:
+			return time.Time{}, false
+		case !s.lastSeen.Before(ph.from):
+			return s.lastSeen, true
+		case !s.backAt.Before(ph.from):
+			return s.backAt, true
+		}
+		return time.Time{}, false
 	})
 	// A broker that does not stop cleanly is a finding, not the end of
 	// the run: the restart is what the trucks live through.
@@ -462,7 +496,7 @@ func (r *fleetRun) begin(name, goal string, trucks int) *phaseRun {
 	r.broker.peakRSS()
 	r.pub.peakRSS()
 	p := &phaseRun{FleetPhase: FleetPhase{Name: name, Goal: goal, Trucks: trucks}, from: time.Now()}
-	p.broker0, p.pub0, p.self = r.broker.sample(), r.pub.sample(), selfUsage()
+	p.broker0, p.pub0, p.self = r.broker.sample(), r.pub.sample(), r.loadUsage()
 	p.dropped0 = r.brokerDropped()
 	p.art0 = r.artifactBytes()
 	p.serials0 = r.mon.serials()
@@ -494,7 +528,7 @@ func (r *fleetRun) finish(ctx context.Context, p *phaseRun, limit time.Duration,
 		}
 	}
 	p.Elapsed = time.Since(p.from)
-	b, pu, s := r.broker.sample(), r.pub.sample(), selfUsage()
+	b, pu, s := r.broker.sample(), r.pub.sample(), r.loadUsage()
 	p.Broker = procUsage{CPU: b.CPU - p.broker0.CPU, RSS: r.broker.peakRSS()}
 	p.Publisher = procUsage{CPU: pu.CPU - p.pub0.CPU, RSS: r.pub.peakRSS()}
 	p.Load = procUsage{CPU: s.CPU - p.self.CPU, RSS: s.RSS}
@@ -508,6 +542,24 @@ func (r *fleetRun) finish(ctx context.Context, p *phaseRun, limit time.Duration,
 	slices.Sort(p.Latencies)
 	if p.Done < p.Trucks {
 		p.Note = fmt.Sprintf("%d trucks did not %s within %s", p.Trucks-p.Done, p.Goal, limit)
+		var late []string
+		for i := range p.Trucks {
+			truck := fleetTruck(i)
+			if _, ok := at[truck]; ok {
+				continue
+			}
+			if len(late) == 5 {
+				late = append(late, "…")
+				break
+			}
+			v, seen := r.mon.view(truck)
+			if !seen {
+				late = append(late, truck+" (never seen)")
+				continue
+			}
+			late = append(late, fmt.Sprintf("%s (last seen online=%v v%d %s, reported %s)", truck, v.online, v.version, v.phase, v.lastSeen.UTC().Format(time.TimeOnly)))
+		}
+		p.Note += " (" + strings.Join(late, ", ") + ")"
 	}
 	return p.FleetPhase, nil
 }
@@ -568,24 +620,8 @@ func (r *fleetRun) close() error {
 	if r.mon != nil {
 		r.mon.close()
 	}
-	// The trucks close in parallel: one by one, 10,000 of them take long.
-	var wg sync.WaitGroup
-	var failed atomic.Int64
-	sem := make(chan struct{}, 64)
-	for _, a := range r.agents {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			if a.Close() != nil {
-				failed.Add(1)
-			}
-		}()
-	}
-	wg.Wait()
-	if n := failed.Load(); n > 0 {
-		errs = append(errs, fmt.Errorf("%d trucks did not close cleanly", n))
+	for _, c := range r.loads {
+		errs = append(errs, c.stop(syscall.SIGTERM, 2*time.Minute))
 	}
 	if r.pub != nil {
 		errs = append(errs, r.pub.stop(syscall.SIGTERM, 30*time.Second))
@@ -610,11 +646,6 @@ func truncate(s string, n int) string {
 	return s[:n] + "…"
 }
 
-func selfUsage() procUsage {
-	u, _ := readProc(os.Getpid())
-	return u
-}
-
 func sleepCtx(ctx context.Context, d time.Duration) error {
 	select {
 	case <-ctx.Done():
@@ -622,6 +653,29 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 	case <-time.After(d):
 		return nil
 	}
+}
+
+// raiseFileLimit lets this process, and the broker and publisher it
+// starts (they inherit it), hold want open files if it can, and otherwise
+// as many as the hard limit allows, and says so. The trucks all live in
+// this process: each holds an MQTT connection, a download connection while
+// it downloads, and files; the publisher serves every download. 10,000
+// trucks need more than the usual soft limit of a few thousand. Raising the
+// hard limit takes CAP_SYS_RESOURCE, which a container may lack.
+func raiseFileLimit(want uint64) (note string) {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return fmt.Sprintf("the open-file limit could not be read (%v)", err)
+	}
+	if lim.Cur >= want {
+		return ""
+	}
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &syscall.Rlimit{Cur: want, Max: max(lim.Max, want)}); err == nil {
+		return ""
+	}
+	lim.Cur = lim.Max
+	_ = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim)
+	return fmt.Sprintf("the open-file limit is %d, below the %d these trucks may need: a download that meets it fails with \"too many open files\" and is retried", lim.Cur, want)
 }
 
 // lockedWriter serialises the trucks' log writes to one file.
@@ -638,10 +692,25 @@ func (w *lockedWriter) Write(p []byte) (int, error) {
 
 // truckView is what the monitor last heard from one truck.
 type truckView struct {
-	online   bool
+	online   bool // the status's and the presence's together (status.Online)
 	version  int64
 	phase    string
 	lastSeen time.Time // the truck's time of the report
+	// statusOnline is the status document's own online member.
+	statusOnline bool
+	// backAt is when the monitor last read "online" on the truck's
+	// presence topic: after a reconnect the truck sends that, and no
+	// status when nothing changed. A retained copy counts too: it reaches
+	// the monitor only as it subscribes, and the broker publishes (and
+	// retains) every truck's will when it shuts down, so after a broker
+	// restart a retained "online" is a truck that came back.
+	backAt time.Time
+}
+
+// presenceSeen is what the monitor last read on a truck's presence topic.
+type presenceSeen struct {
+	online bool
+	backAt time.Time // see truckView.backAt
 }
 
 // goalFunc reports whether a truck's view meets a phase's goal, and since
@@ -657,33 +726,28 @@ type fleetMonitor struct {
 	proc     *child
 	verifier *release.Verifier
 	done     chan struct{} // the reader ended
+	stop     chan struct{} // closed by close: the reader ends
 
-	mu      sync.Mutex
-	trucks  map[string]truckView
-	changed map[string]time.Time // when each truck's view last changed
-	since   time.Time
-	seen    map[int64]bool // release serials
-	ready   bool           // the monitor subscribed
+	mu       sync.Mutex
+	trucks   map[string]truckView
+	presence map[string]presenceSeen
+	changed  map[string]time.Time // when each truck's view last changed
+	since    time.Time
+	seen     map[int64]bool // release serials
+	ready    bool           // the monitor subscribed
 }
 
-func newFleetMonitor(ctx context.Context, exe, broker, logFile string, v *release.Verifier) (*fleetMonitor, error) {
-	m := &fleetMonitor{verifier: v, trucks: map[string]truckView{}, changed: map[string]time.Time{}, seen: map[int64]bool{}, done: make(chan struct{})}
-	m.proc = &child{name: "fleet monitor", exe: exe, log: logFile, args: []string{"bench", "fleet-monitor", "--broker", broker}}
-	out, err := m.proc.startPiped()
-	if err != nil {
+func newFleetMonitor(ctx context.Context, exe, broker, dir string, v *release.Verifier) (*fleetMonitor, error) {
+	m := &fleetMonitor{verifier: v, trucks: map[string]truckView{}, presence: map[string]presenceSeen{}, changed: map[string]time.Time{}, seen: map[int64]bool{}, done: make(chan struct{}), stop: make(chan struct{})}
+	// The monitor writes to a file, not a pipe: beside 10,000 agents this
+	// process reads late, and a pipe would hold the monitor back until the
+	// broker dropped messages to it. Arrival times are the monitor's own.
+	out := filepath.Join(dir, "monitor.jsonl")
+	m.proc = &child{name: "fleet monitor", exe: exe, log: filepath.Join(dir, "monitor.log"), args: []string{"bench", "fleet-monitor", "--broker", broker, "--out", out}}
+	if err := m.proc.start(); err != nil {
 		return nil, err
 	}
-	go func() {
-		defer close(m.done)
-		if c, ok := out.(io.Closer); ok {
-			defer c.Close()
-		}
-		sc := bufio.NewScanner(out)
-		sc.Buffer(make([]byte, 64<<10), status.MaxSize*2+256)
-		for sc.Scan() {
-			m.observe(sc.Bytes())
-		}
-	}()
+	go m.tail(out)
 	if err := waitUntil(ctx, 30*time.Second, "the fleet monitor to subscribe", func() bool {
 		m.mu.Lock()
 		defer m.mu.Unlock()
@@ -692,6 +756,50 @@ func newFleetMonitor(ctx context.Context, exe, broker, logFile string, v *releas
 		return nil, err
 	}
 	return m, m.proc.alive()
+}
+
+// tail reads the monitor's file as it grows, until close.
+func (m *fleetMonitor) tail(path string) {
+	defer close(m.done)
+	var f *os.File
+	for f == nil {
+		var err error
+		if f, err = os.Open(path); err != nil {
+			select {
+			case <-m.stop:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	}
+	defer f.Close()
+	r := bufio.NewReaderSize(f, 256<<10)
+	var partial []byte
+	for {
+		line, err := r.ReadSlice('\n')
+		if err == nil {
+			if len(partial) > 0 {
+				line = append(partial, line...)
+				partial = partial[:0]
+			}
+			m.observe(bytes.TrimSuffix(line, []byte("\n")))
+			continue
+		}
+		if errors.Is(err, bufio.ErrBufferFull) || len(line) > 0 {
+			partial = append(partial, line...) // the rest is not written yet
+			if len(partial) > status.MaxSize*4 {
+				partial = partial[:0] // no line is this long: drop it
+			}
+			if errors.Is(err, bufio.ErrBufferFull) {
+				continue
+			}
+		}
+		select {
+		case <-m.stop:
+			return
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 }
 
 // observe takes one line of the monitor process: "ready", or a topic, the
@@ -716,6 +824,25 @@ func (m *fleetMonitor) observe(line []byte) {
 		}
 		return
 	}
+	if truck, ok := topics.ParseTruckPresence(o.Topic); ok {
+		online, err := status.ParsePresence(o.Payload)
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		p := m.presence[truck]
+		if err != nil {
+			delete(m.presence, truck) // cleared: the status alone says
+		} else {
+			p.online = online
+			if online {
+				p.backAt = at
+			}
+			m.presence[truck] = p
+		}
+		if v, ok := m.trucks[truck]; ok {
+			m.update(truck, v, at)
+		}
+		return
+	}
 	truck, ok := topics.ParseTruckStatus(o.Topic)
 	if !ok {
 		return
@@ -724,21 +851,39 @@ func (m *fleetMonitor) observe(line []byte) {
 	if err != nil {
 		return
 	}
-	v := truckView{online: s.Online, version: s.Version, phase: s.Phase, lastSeen: s.LastSeen}
+	v := truckView{statusOnline: s.Online, version: s.Version, phase: s.Phase, lastSeen: s.LastSeen}
 	m.mu.Lock()
+	m.update(truck, v, at)
+	m.mu.Unlock()
+}
+
+// update records truck's view v, seen at at, with its presence folded in.
+// Under m.mu.
+func (m *fleetMonitor) update(truck string, v truckView, at time.Time) {
+	p, known := m.presence[truck]
+	v.online = status.Online(status.Status{Online: v.statusOnline}, p.online, known)
+	v.backAt = p.backAt
 	// A change is a change of state; a fresh time stamp alone is not.
 	if old := m.trucks[truck]; old.online != v.online || old.version != v.version || old.phase != v.phase || m.changed[truck].IsZero() {
 		m.changed[truck] = at
 	}
 	m.trucks[truck] = v
-	m.mu.Unlock()
+}
+
+// view is the last status the monitor saw of truck.
+func (m *fleetMonitor) view(truck string) (truckView, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	v, ok := m.trucks[truck]
+	return v, ok
 }
 
 // monitorLine is one message the monitor process saw.
 type monitorLine struct {
-	Topic   string `json:"t"`
-	At      int64  `json:"at"` // Unix nanoseconds
-	Payload []byte `json:"p"`
+	Topic    string `json:"t"`
+	At       int64  `json:"at"` // Unix nanoseconds
+	Payload  []byte `json:"p"`
+	Retained bool   `json:"r,omitempty"`
 }
 
 // RunFleetMonitor subscribes to every truck's status and every release on
@@ -753,8 +898,9 @@ func RunFleetMonitor(ctx context.Context, broker string, w io.Writer) error {
 		SetAutoReconnect(true).SetConnectRetry(true).SetConnectRetryInterval(500 * time.Millisecond).SetMaxReconnectInterval(time.Second).
 		SetOrderMatters(true).
 		SetOnConnectHandler(func(c paho.Client) {
-			tok := c.SubscribeMultiple(map[string]byte{topics.AllTruckStatus(): 0, topics.AllModelReleases(): 0}, func(_ paho.Client, msg paho.Message) {
-				line, _ := json.Marshal(monitorLine{Topic: msg.Topic(), At: time.Now().UnixNano(), Payload: msg.Payload()})
+			subs := map[string]byte{topics.AllTruckStatus(): 0, topics.AllTruckPresence(): 0, topics.AllModelReleases(): 0}
+			tok := c.SubscribeMultiple(subs, func(_ paho.Client, msg paho.Message) {
+				line, _ := json.Marshal(monitorLine{Topic: msg.Topic(), At: time.Now().UnixNano(), Payload: msg.Payload(), Retained: msg.Retained()})
 				mu.Lock()
 				bw.Write(append(line, '\n'))
 				mu.Unlock()
@@ -847,6 +993,7 @@ func (m *fleetMonitor) serials() int {
 
 func (m *fleetMonitor) close() {
 	m.proc.stop(syscall.SIGTERM, 10*time.Second)
+	close(m.stop)
 	select {
 	case <-m.done:
 	case <-time.After(5 * time.Second):

@@ -16,8 +16,8 @@ func (rep *FleetReport) Markdown() string {
 		rate = fmt.Sprintf("%s B/s per truck", fmtInt(float64(c.LinkRate)))
 	}
 	fmt.Fprintf(&b, "%s simulated trucks (the real agent's fleet side, a no-op model runtime, probation %s), started %d a second; "+
-		"the largest artifact %s B, downloads %s. The broker and the publisher ran as child processes; the trucks in the bench's process (\"load\").\n\n",
-		fmtInt(float64(c.Trucks)), c.Probation, c.ConnectRate, fmtInt(float64(rep.Artifact)), rate)
+		"the largest artifact %s B, downloads %s. The broker, the publisher and the trucks (\"load\": processes of up to %d trucks each) ran as child processes; trucks.log in the run's folder has the trucks' log.\n\n",
+		fmtInt(float64(c.Trucks)), c.Probation, c.ConnectRate, fmtInt(float64(rep.Artifact)), rate, trucksPerProcess)
 	b.WriteString("| scenario | done | p50 | p99 | max | broker CPU | broker peak RSS | publisher CPU | publisher peak RSS | load CPU | load RSS | dropped by the broker | release documents | artifact bytes sent |\n")
 	b.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, p := range rep.Phases {
@@ -40,6 +40,9 @@ func (rep *FleetReport) Markdown() string {
 			fmt.Fprintf(&b, " **%s.**", p.Note)
 		}
 		b.WriteString("\n")
+	}
+	if rep.Limits != "" {
+		fmt.Fprintf(&b, "\n**Limit of this machine:** %s.\n", rep.Limits)
 	}
 	if c.Trucks > 0 && rep.ConnectedRSS > 0 {
 		fmt.Fprintf(&b, "\nThe broker with every truck connected and idle: %s RSS, %s KB per truck.\n",

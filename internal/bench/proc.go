@@ -6,7 +6,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -76,47 +75,6 @@ func (c *child) start() error {
 		close(done)
 	}(cmd, c.done)
 	return nil
-}
-
-// startPiped runs the process with its standard output piped to the
-// caller; its standard error goes to the log file.
-func (c *child) startPiped() (io.Reader, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.cmd != nil {
-		return nil, fmt.Errorf("%s already runs", c.name)
-	}
-	f, err := os.OpenFile(c.log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		return nil, err
-	}
-	// An os.Pipe rather than StdoutPipe: Wait closes the latter, and the
-	// reader reads until the process's end of the pipe closes instead.
-	pr, pw, err := os.Pipe()
-	if err != nil {
-		f.Close()
-		return nil, err
-	}
-	cmd := exec.Command(c.exe, c.args...)
-	cmd.Stderr, cmd.Stdout = f, pw
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	err = cmd.Start()
-	pw.Close() // the child holds its own copy
-	if err != nil {
-		f.Close()
-		pr.Close()
-		return nil, fmt.Errorf("start %s: %w", c.name, err)
-	}
-	c.cmd, c.done = cmd, make(chan struct{})
-	go func(cmd *exec.Cmd, done chan struct{}) {
-		err := cmd.Wait()
-		f.Close()
-		c.mu.Lock()
-		c.waitErr = err
-		c.mu.Unlock()
-		close(done)
-	}(cmd, c.done)
-	return pr, nil
 }
 
 // stop ends the process with sig (SIGTERM: a clean stop, SIGKILL: a crash)

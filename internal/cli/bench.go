@@ -25,7 +25,7 @@ func newBenchCmd() *cobra.Command {
 suite is measured side by side, so compare the ratios between its rows: absolute numbers
 move with whatever else the machine is doing. "bench link" counts bytes, which do not.`,
 	}
-	cmd.AddCommand(newBenchInferenceCmd(), newBenchLinkCmd(), newBenchFleetCmd(), newBenchFleetMonitorCmd(), newBenchFloorCmd())
+	cmd.AddCommand(newBenchInferenceCmd(), newBenchLinkCmd(), newBenchFleetCmd(), newBenchFleetMonitorCmd(), newBenchFleetTrucksCmd(), newBenchFloorCmd())
 	return cmd
 }
 
@@ -95,7 +95,7 @@ fleet CA and client certificates) it goes through:
               --idle sets a window of its own instead;
   reconnect   the MQTT connection is cut for 1 s, --reconnects times: the bytes from the
               link's return until the truck is connected again and quiet for 1 s
-              (handshakes, CONNECT, status; a kept session needs no SUBSCRIBE);
+              (handshakes, CONNECT, presence; a kept session needs no SUBSCRIBE);
   alerts      readings of failing trucks on the truck's local bus until --alerts alerts
               were forwarded, one at a time.
 
@@ -222,6 +222,7 @@ It prints Markdown. Progress goes to stderr.`,
 	fl.BoolVar(&noStaged, "no-staged", false, "skip the staged-rollout and publisher-kill scenarios")
 	fl.BoolVar(&cfg.NoRestarts, "no-restarts", false, "skip the broker restart and the publisher kill")
 	fl.DurationVar(&cfg.Probation, "probation", time.Second, "the trucks' probation")
+	fl.TextVar(&cfg.TruckLogLevel, "truck-log-level", slog.LevelWarn, "level of the trucks' log (trucks.log in --dir): debug, info, warn or error")
 	fl.StringVar(&cfg.Dir, "dir", "", "folder for the parts' state and logs (default: a temporary folder, removed)")
 	return cmd
 }
@@ -229,17 +230,53 @@ It prints Markdown. Progress goes to stderr.`,
 // newBenchFleetMonitorCmd is the observer `bench fleet` runs as a child
 // process; hidden, since its output is for the bench.
 func newBenchFleetMonitorCmd() *cobra.Command {
-	var broker string
+	var broker, out string
 	cmd := &cobra.Command{
 		Use:    "fleet-monitor",
 		Short:  "Print every truck status and release on a broker as JSON lines (the fleet bench's observer)",
 		Hidden: true,
 		Args:   cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return bench.RunFleetMonitor(cmd.Context(), broker, cmd.OutOrStdout())
+			w := cmd.OutOrStdout()
+			if out != "" {
+				f, err := os.OpenFile(out, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+				if err != nil {
+					return err
+				}
+				defer f.Close()
+				w = f
+			}
+			return bench.RunFleetMonitor(cmd.Context(), broker, w)
 		},
 	}
 	cmd.Flags().StringVar(&broker, "broker", "", "broker URL")
+	cmd.Flags().StringVar(&out, "out", "", "write to this file instead of standard output")
+	return cmd
+}
+
+// newBenchFleetTrucksCmd runs one load process of `bench fleet`; hidden,
+// since only the bench starts it.
+func newBenchFleetTrucksCmd() *cobra.Command {
+	var cfg bench.FleetTrucksConfig
+	cmd := &cobra.Command{
+		Use:    "fleet-trucks",
+		Short:  "Run a share of the fleet bench's simulated trucks until stopped (one load process of bench fleet)",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return bench.RunFleetTrucks(cmd.Context(), cfg)
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&cfg.Broker, "broker", "", "broker URL")
+	fl.IntVar(&cfg.First, "first", 0, "number of the first truck")
+	fl.IntVar(&cfg.Count, "count", 0, "trucks to run")
+	fl.IntVar(&cfg.Rate, "rate", 500, "trucks started a second")
+	fl.StringVar(&cfg.Dir, "dir", "", "folder of the trucks' data folders")
+	fl.StringVar(&cfg.KeyFile, "key", "", "the publisher's public key (PEM)")
+	fl.DurationVar(&cfg.Probation, "probation", time.Second, "the trucks' probation")
+	fl.StringVar(&cfg.LogFile, "log-file", "", "append the trucks' log to this file")
+	fl.TextVar(&cfg.LogLevel, "truck-log-level", slog.LevelWarn, "level of the trucks' log")
 	return cmd
 }
 

@@ -29,6 +29,7 @@ type brokerFlags struct {
 	tlsCA     string
 	tlsBind   bool
 	maxExpiry time.Duration
+	profile   string
 }
 
 func newBrokerCmd() *cobra.Command {
@@ -58,12 +59,18 @@ to the fleet. It is built for trucks that are offline for weeks:
 
 Flags override the optional --config YAML file, whose keys are listen, data_dir,
 max_message_expiry, http_listen, tls_cert, tls_key, tls_client_ca, tls_bind_username, users_file,
-close_timeout, max_packet_size and max_retained_per_user (unknown keys are errors). SIGINT or
+close_timeout, max_packet_size, max_retained_per_user, truck_messages_per_second,
+truck_message_burst, truck_bytes_per_second, truck_byte_burst, max_queued_bytes,
+max_queued_bytes_per_truck, session_expiry and profile (unknown keys are errors). --profile aws-iot-core enforces AWS IoT Core's message-broker limits (8 filters
+per SUBSCRIBE, 7 slashes per topic, 128 KB payloads, QoS 0/1, keep-alive 30-1200 s, 100
+unacknowledged messages per client, sessions kept 1 h) and makes a truck's client id its
+username, its thing name (docs/aws-iot-core.md). SIGINT or
 SIGTERM disconnects clients, flushes storage and exits.`,
 		Example: `  linkedge broker
   linkedge broker --listen 0.0.0.0:1883 --data /var/lib/linkedge/broker --users users.yaml
   linkedge broker --config broker.yaml --tls-cert server.pem --tls-key server-key.pem
   linkedge broker --http "" --max-expiry 720h
+  linkedge broker --profile aws-iot-core --users users.yaml
   printf '%s' "$PASSWORD" | linkedge broker hash-password`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -86,6 +93,7 @@ SIGTERM disconnects clients, flushes storage and exits.`,
 	fl.BoolVar(&f.tlsBind, "tls-bind-username", false, "with --tls-client-ca and --users: a client certificate logs in only as the user its common name (or a DNS name) names")
 	fl.DurationVar(&f.maxExpiry, "max-expiry", broker.DefaultMaxMessageExpiry,
 		"how long undelivered and retained messages and offline sessions are kept")
+	fl.StringVar(&f.profile, "profile", "", `enforce a managed broker's limits: "aws-iot-core" (none when empty)`)
 	cmd.AddCommand(newBrokerHashPasswordCmd())
 	return cmd
 }
@@ -109,6 +117,7 @@ func brokerConfig(cmd *cobra.Command, f brokerFlags) (broker.Config, error) {
 	override(cmd, "tls-client-ca", &cfg.TLSClientCA, f.tlsCA)
 	override(cmd, "tls-bind-username", &cfg.TLSBindUsername, f.tlsBind)
 	override(cmd, "max-expiry", &cfg.MaxMessageExpiry, f.maxExpiry)
+	override(cmd, "profile", &cfg.Profile, broker.Profile(f.profile))
 	cfg.Logger = slog.Default()
 	return cfg, cfg.Validate()
 }

@@ -24,16 +24,26 @@ replaying APS-shaped rows and an application querying the HTTP endpoint. Then:
      without a failed request; the offline truck keeps predicting on v1;
   3. the offline truck reconnects and catches up.
 
+With --containers, on a machine with a Docker Engine, v2 runs in a serving container: the demo
+builds the image from this binary (as "linkedge toolkit image" does), adds v2 to the registry
+with that image pinned by digest, and the trucks, whose agents run with the container runtime,
+swap from v1 in process to v2 in a container, still without a failed request.
+
 It prints what happens as it happens (read from the fleet broker, as an operator would see it)
 and a summary table, and exits 0 only if every step held. It needs no network: every server
 listens on 127.0.0.1. The ONNX Runtime library is fetched once (npm) if it is not cached.`,
 		Example: `  go run . demo
   linkedge demo --link-rate 20000          # a slow link, to watch downloads progress
+  linkedge demo --console --link-rate 50000   # watch it in the fleet console (a browser)
+  linkedge demo --containers               # v2 in a serving container (needs a Docker Engine)
   linkedge demo --broker tcp://127.0.0.1:1883   # use an external fleet broker (e.g. mosquitto)
   linkedge demo --cloud-only --dir /tmp/fleet   # the cloud side alone; attach "linkedge agent" processes`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cfg.Out = cmd.OutOrStdout()
+			if !cfg.Console {
+				cfg.ConsoleWait = 0
+			}
 			if verbose {
 				cfg.Log = slog.Default()
 			}
@@ -47,6 +57,10 @@ listens on 127.0.0.1. The ONNX Runtime library is fetched once (npm) if it is no
 	fl.IntVar(&cfg.LinkRate, "link-rate", 0, "limit each truck's link to this many bytes/s")
 	fl.DurationVar(&cfg.Probation, "probation", 2*time.Second, "how long a new version serves before it is committed")
 	fl.BoolVar(&verbose, "verbose", false, "show every part's logs")
+	fl.BoolVar(&cfg.Containers, "containers", false, "run v2 in a serving container on the local Docker Engine: an in-process to container swap")
+	fl.BoolVar(&cfg.Console, "console", false, "serve the fleet console on the demo fleet, print its URL and a login, and keep it up after the story until Ctrl-C")
+	fl.StringVar(&cfg.ConsoleListen, "console-listen", "127.0.0.1:9890", "address of the console with --console")
+	fl.DurationVar(&cfg.ConsoleWait, "console-wait", 15*time.Second, "with --console, pause this long before the first approval, to open the page")
 	fl.BoolVar(&cfg.CloudOnly, "cloud-only", false, "run only the broker, registry and publisher, for real agents to attach to (until Ctrl-C)")
 	return cmd
 }

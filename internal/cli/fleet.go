@@ -2,22 +2,18 @@ package cli
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"sort"
 	"strings"
-	"sync"
 	"text/tabwriter"
 	"time"
 
-	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/spf13/cobra"
 
+	"github.com/linkedge/linkedge/internal/fleetview"
 	"github.com/linkedge/linkedge/internal/status"
 	"github.com/linkedge/linkedge/internal/tlsconfig"
-	"github.com/linkedge/linkedge/internal/topics"
 )
 
 func newFleetCmd() *cobra.Command {
@@ -61,117 +57,34 @@ the view is stale.`,
 // runFleet prints the fleet table to out, and notes on the connection
 // (stderr in the command) to notes.
 func runFleet(ctx context.Context, out, notes io.Writer, broker, user, pass string, tc tlsconfig.Client, wait time.Duration, watch bool) error {
-	var mu sync.Mutex
-	trucks := map[string]status.Status{}
-	releases := map[string]announced{}
-	var staleSince time.Time // zero while the view is live
-	tlsCfg, err := tc.Build()
-	if err != nil {
-		return err
-	}
-	if err := tc.CheckScheme(broker); err != nil {
-		return err
-	}
-	onStatus := func(_ paho.Client, m paho.Message) {
-		// The topic says which truck; a truck's own login can write only
-		// its topics, while the document's "truck" member is whatever it
-		// wrote (security review A7).
-		truck, ok := topics.ParseTruckStatus(m.Topic())
-		s, err := status.Parse(m.Payload())
-		if !ok || err != nil {
-			return
-		}
-		s.Truck = truck
-		mu.Lock()
-		defer mu.Unlock()
-		if prev, ok := trucks[s.Truck]; ok && !s.Online && s.Version == 0 {
-			// The last will carries no version: keep the last one reported.
-			s.Version, s.Desired, s.LastSeen = prev.Version, prev.Desired, prev.LastSeen
-		}
-		trucks[s.Truck] = *s
-	}
-	onRelease := func(_ paho.Client, m paho.Message) {
-		model, ok := topics.ParseModelRelease(m.Topic())
-		if !ok {
-			return
-		}
-		var a announced
-		mu.Lock()
-		defer mu.Unlock()
-		if json.Unmarshal(m.Payload(), &a) != nil || a.Model != model {
-			delete(releases, model)
-			return
-		}
-		releases[model] = a
-	}
-	// Subscribed on every connect: the session is a clean one, so after a
-	// broker restart (or any reconnect) nothing arrives until it
-	// subscribes again, and the retained documents it then gets bring the
-	// view up to date.
-	subscribed := make(chan error, 1)
-	subscribe := func(c paho.Client) {
-		t := c.SubscribeMultiple(map[string]byte{topics.AllTruckStatus(): 1, topics.AllModelReleases(): 1}, nil)
-		go func() {
-			var err error
-			if !t.WaitTimeout(10 * time.Second) {
-				err = errors.New("no answer from the broker in 10s")
-			} else {
-				err = t.Error()
-			}
-			if err == nil {
-				mu.Lock()
-				if !staleSince.IsZero() {
-					fmt.Fprintf(notes, "fleet: reconnected to %s; the view is current again (it was stale since %s)\n", broker, staleSince.Format(time.TimeOnly))
-				}
-				staleSince = time.Time{}
-				mu.Unlock()
-			}
-			select {
-			case subscribed <- err:
-			default:
-			}
-		}()
-	}
-	o := paho.NewClientOptions()
-	if tlsCfg != nil {
-		o.SetTLSConfig(tlsCfg)
-	}
-	c := paho.NewClient(o.AddBroker(broker).SetClientID(fmt.Sprintf("linkedge-fleet-%d", time.Now().UnixNano()%1e6)).
-		SetUsername(user).SetPassword(pass).SetAutoReconnect(true).SetMaxReconnectInterval(5 * time.Second).
-		SetOnConnectHandler(subscribe).
-		SetConnectionLostHandler(func(_ paho.Client, err error) {
-			mu.Lock()
-			staleSince = time.Now()
-			mu.Unlock()
+	v, err := fleetview.Open(ctx, fleetview.Config{
+		Broker: broker, Username: user, Password: pass, TLS: tc,
+		OnConnectionLost: func(err error) {
 			fmt.Fprintf(notes, "fleet: lost the connection to %s (%v); the view is stale until it is back\n", broker, err)
-		}))
-	c.AddRoute(topics.AllTruckStatus(), onStatus)
-	c.AddRoute(topics.AllModelReleases(), onRelease)
-	if t := c.Connect(); !t.WaitTimeout(10*time.Second) || t.Error() != nil {
-		return fmt.Errorf("connect to %s: %v", broker, t.Error())
-	}
-	defer c.Disconnect(100)
-	select {
-	case err := <-subscribed:
-		if err != nil {
-			return fmt.Errorf("subscribe: %v", err)
+		},
+		OnCurrent: func(staleSince time.Time) {
+			fmt.Fprintf(notes, "fleet: reconnected to %s; the view is current again (it was stale since %s)\n", broker, staleSince.Format(time.TimeOnly))
+		},
+	})
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
 		}
-	case <-ctx.Done():
-		return nil
+		return err
 	}
+	defer v.Close()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-time.After(wait):
 		}
-		mu.Lock()
-		if !staleSince.IsZero() {
-			fmt.Fprintf(out, "STALE: no connection to %s since %s; showing what was known then\n", broker, staleSince.Format(time.TimeOnly))
+		snap := v.Snapshot()
+		if !snap.StaleSince.IsZero() {
+			fmt.Fprintf(out, "STALE: no connection to %s since %s; showing what was known then\n", broker, snap.StaleSince.Format(time.TimeOnly))
 		}
-		printReleases(out, releases)
-		printFleet(out, trucks)
-		mu.Unlock()
+		printReleases(out, snap.Releases)
+		printFleet(out, snap.Trucks)
 		if !watch {
 			return nil
 		}
@@ -179,25 +92,9 @@ func runFleet(ctx context.Context, out, notes io.Writer, broker, user, pass stri
 	}
 }
 
-// announced is what the fleet view shows of a model's retained release
-// document. The signature is not checked here: this is a view for people,
-// and the trucks verify every document before they act on it.
-type announced struct {
-	Model  string `json:"model"`
-	Serial int64  `json:"serial"`
-	Stable struct {
-		Version int64 `json:"version"`
-	} `json:"stable"`
-	Canary *struct {
-		Version int64    `json:"version"`
-		Percent int      `json:"percent"`
-		Groups  []string `json:"groups"`
-	} `json:"canary"`
-}
-
 // printReleases prints one line per model: what the fleet is told to run,
 // and the canary of a staged rollout.
-func printReleases(out io.Writer, releases map[string]announced) {
+func printReleases(out io.Writer, releases map[string]fleetview.Release) {
 	models := make([]string, 0, len(releases))
 	for m := range releases {
 		models = append(models, m)

@@ -18,8 +18,8 @@ import (
 	"github.com/linkedge/linkedge/internal/topics"
 )
 
-// TestFleetTable reads retained statuses from a real broker, including an
-// offline truck whose last will carries no version.
+// TestFleetTable reads retained statuses and presences from a real broker:
+// a truck whose presence is its last will shows offline, with its status.
 func TestFleetTable(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -44,6 +44,10 @@ func TestFleetTable(t *testing.T) {
 		data, _ := json.Marshal(s)
 		c.Publish(topics.TruckStatus(s.Truck), 1, true, data).Wait()
 	}
+	// Presence: truck-1 connected, truck-2's last will (on its presence
+	// topic; its status stays as it was).
+	c.Publish(topics.TruckPresence("truck-1"), 1, true, status.PresenceOnline).Wait()
+	c.Publish(topics.TruckPresence("truck-2"), 1, true, status.PresenceOffline).Wait()
 	// A7: truck-3's login writes a status that claims to be truck-1's; the
 	// table goes by the topic.
 	liar, _ := json.Marshal(status.Status{Schema: status.Schema, Truck: "truck-1", Online: true, Model: "aps-failure", Version: 9, Phase: "committed"})
@@ -56,7 +60,7 @@ func TestFleetTable(t *testing.T) {
 	if err := runFleet(ctx, &out, io.Discard, url, "", "", tlsconfig.Client{}, 500*time.Millisecond, false); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"release aps-failure: stable v1, canary v2 for groups early and 5% of the other trucks (serial 17)", "truck-1  true", "v2", "truck-2", "downloading", "50%", "paused", "17/1200", "truck-3"} {
+	for _, want := range []string{"release aps-failure: stable v1, canary v2 for groups early and 5% of the other trucks (serial 17)", "truck-1  true", "v2", "truck-2  false", "downloading", "50%", "paused", "17/1200", "truck-3"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, out.String())
 		}

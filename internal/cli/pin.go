@@ -43,6 +43,7 @@ Exits 0 once the broker acknowledged.`,
 			if err != nil {
 				return err
 			}
+			oneShotTimeout(cmd, &cfg, timeout)
 			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
 			defer cancel()
 			if clear {
@@ -74,7 +75,8 @@ Exits 0 once the broker acknowledged.`,
 	fl.StringVar(&model, "model", "", "model name")
 	fl.Int64Var(&version, "version", 0, "approved model version to pin")
 	fl.BoolVar(&clear, "clear", false, "remove the truck's pin")
-	fl.DurationVar(&timeout, "timeout", 30*time.Second, "give up if the broker has not acknowledged by then")
+	fl.DurationVar(&timeout, "timeout", 30*time.Second, "give up on the whole pin after this (registry read, broker connection, acknowledgement)")
+	_ = fl.MarkDeprecated("publish-timeout", "use --timeout, which bounds the whole pin, the broker's acknowledgement included")
 	_ = cmd.MarkFlagRequired("truck")
 	return cmd
 }

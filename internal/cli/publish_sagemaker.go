@@ -67,23 +67,45 @@ func (s *sagemakerFlags) register(cmd *cobra.Command, publish bool) {
 	fl.BoolVar(&s.inRelease, "urls-in-release", false, "put presigned URLs in the releases (for agents older than download grants) instead of answering trucks' grant requests")
 }
 
+// sagemakerOnlyFlags are the flags that mean something with the SageMaker
+// registry kind only.
+var sagemakerOnlyFlags = []string{"groups", "sqs-queue-url", "sagemaker-refresh", "urls-in-release", "group",
+	"presign-ttl", "region", "endpoint-url", "s3-path-style", "artifact-cache", "container-runtime"}
+
 // apply lays the flags given on the command line over cfg's registry_kind
 // and sagemaker section, as publisherFlags does for the other keys. The
-// section's flags only count with the SageMaker kind: with the local
-// registry they are ignored, as they always were.
-func (s *sagemakerFlags) apply(cmd *cobra.Command, cfg *publisher.Config) {
+// section's flags only mean something with the SageMaker kind: given with
+// the local registry they are refused, rather than ignored while the user
+// believes them applied (a --container-runtime that left every release in
+// process).
+func (s *sagemakerFlags) apply(cmd *cobra.Command, cfg *publisher.Config) error {
 	changed := cmd.Flags().Changed
 	override(cmd, "registry-kind", &cfg.RegistryKind, s.kind)
 	if s.arn != "" {
 		cfg.RegistryKind = publisher.RegistryKindSageMaker
 	}
 	if cfg.RegistryKind != publisher.RegistryKindSageMaker {
+		// An unknown kind is reported as such by Validate.
+		local := cfg.RegistryKind == "" || cfg.RegistryKind == publisher.RegistryKindLocal
+		for _, name := range sagemakerOnlyFlags {
+			if !local || cmd.Flags().Lookup(name) == nil || !changed(name) {
+				continue
+			}
+			if name == "container-runtime" {
+				return fmt.Errorf("--container-runtime: %w: it applies to the SageMaker Model Registry only (--registry-kind sagemaker); "+
+					"with the local registry a version runs in a container when it names its image: "+
+					"`linkedge registry add BUNDLE --image NAME@sha256:…` or `linkedge registry approve --image …` (docs/agent.md, \"Serving from a container\")",
+					publisher.ErrInvalidConfig)
+			}
+			return fmt.Errorf("--%s: %w: it applies to the SageMaker Model Registry only; add --registry-kind sagemaker (or registry_kind: sagemaker in the config file), or leave it out for the local registry",
+				name, publisher.ErrInvalidConfig)
+		}
 		if changed("registry-kind") {
 			// --registry-kind local over a SageMaker config file: the
 			// file's section describes a backend no longer used.
 			cfg.SageMaker = nil
 		}
-		return
+		return nil
 	}
 	var sec publisher.SageMakerConfig
 	if cfg.SageMaker != nil {
@@ -100,6 +122,7 @@ func (s *sagemakerFlags) apply(cmd *cobra.Command, cfg *publisher.Config) {
 	override(cmd, "container-runtime", &sec.ContainerRuntime, s.container)
 	override(cmd, "urls-in-release", &sec.URLsInRelease, s.inRelease)
 	cfg.SageMaker = &sec
+	return nil
 }
 
 func awsOptions(sec *publisher.SageMakerConfig) sagemaker.AWSOptions {
@@ -219,7 +242,7 @@ func runPublishSageMaker(ctx context.Context, out io.Writer, cfg publisher.Confi
 	if s.arn != "" {
 		pkg, err := sagemaker.Lookup(ctx, cl.SageMaker, s.arn)
 		if err != nil {
-			return nil, err
+			return nil, &publishStageError{stage: stageLookup, err: err}
 		}
 		if (group != "" && group != pkg.Group) || (version != 0 && version != pkg.Version) {
 			return nil, fmt.Errorf("%s is %s version %d, not %s version %d", s.arn, pkg.Group, pkg.Version, group, version)
@@ -241,12 +264,12 @@ func runPublishSageMaker(ctx context.Context, out io.Writer, cfg publisher.Confi
 		return nil, err
 	}
 	if _, err := b.Registry.Announceable(ctx, group, version); err != nil {
-		return nil, err
+		return nil, &publishStageError{stage: stageRegistryRead, err: err}
 	}
 	b.apply(&cfg)
 	r, err := publisher.PublishOnce(ctx, cfg, group, version)
 	if err != nil {
-		return nil, err
+		return nil, &publishStageError{stage: stageBroker, err: err}
 	}
 	a := r.Stable.Artifact
 	u := a.URL
@@ -258,12 +281,38 @@ func runPublishSageMaker(ctx context.Context, out io.Writer, cfg publisher.Confi
 	return r, nil
 }
 
+// Stages of `linkedge publish` on SageMaker, as its errors name them.
+const (
+	stageLookup       = "the SageMaker lookup of the model package (DescribeModelPackage)"
+	stageRegistryRead = "the SageMaker read of the model package group and its artifact in S3"
+	stageBroker       = "the broker"
+)
+
+// publishStageError is an error of one stage of `linkedge publish` on
+// SageMaker. A deadline met before the broker stage says which AWS call
+// stalled: the message used to blame the broker for a SageMaker endpoint
+// that never answered.
+type publishStageError struct {
+	stage string
+	err   error
+}
+
+func (e *publishStageError) Error() string { return e.err.Error() }
+func (e *publishStageError) Unwrap() error { return e.err }
+
 // explainPublishSageMaker adds what to do next to broker failures; the
 // registry's refusals already say it (with the package ARN), and the local
-// registry's hints in explainPublish would mislead.
+// registry's hints in explainPublish would mislead. A timeout names the
+// stage that stalled.
 func explainPublishSageMaker(err error, timeout time.Duration) error {
 	if errors.Is(err, publisher.ErrNotApproved) || errors.Is(err, publisher.ErrUnknownVersion) || errors.Is(err, publisher.ErrSuperseded) {
 		return err
+	}
+	var se *publishStageError
+	if errors.As(err, &se) && se.stage != stageBroker && errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("not announced: %s did not finish within %s (--timeout); nothing was sent to the broker. "+
+			"Check that the SageMaker and S3 endpoints answer (--region, --endpoint-url, the network path from here), or give --timeout more time: %w",
+			se.stage, timeout, se.err)
 	}
 	return explainPublish(err, "", 0, timeout)
 }

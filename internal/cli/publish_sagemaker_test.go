@@ -3,6 +3,8 @@ package cli
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -18,6 +20,7 @@ import (
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 
 	"github.com/linkedge/linkedge/broker"
@@ -210,6 +213,42 @@ func TestPublishSageMaker(t *testing.T) {
 	}
 }
 
+// The pipeline step of docs/pipeline-hook.md (issue 12 #1): the bundle is
+// built before RegisterModel numbers the package, so its metadata.json has
+// no version, and a parallel run registered first; the hook announces the
+// number SageMaker gave, bound to the artifact's sha256.
+func TestPublishSageMakerBundleWithoutVersion(t *testing.T) {
+	a := newAWSOnLoopback(t)
+	brokerURL, key, state := testFleet(t)
+	a.register(t, "aps-failure", 1) // the parallel run, version 1
+	b, err := bundle.Read(bytes.NewReader(apsmodels.V2()), bundle.Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.Meta.Name, b.Meta.Version = "aps-failure", 0
+	var buf bytes.Buffer
+	if err := bundle.Write(&buf, b.Meta, b.ONNX); err != nil {
+		t.Fatal(err)
+	}
+	a.S3.Put(t, "linkedge-ml", "builds/run-42/model.tar.gz", buf.Bytes())
+	arn := a.SM.Register("aps-failure", "s3://linkedge-ml/builds/run-42/model.tar.gz").ARN
+	a.SM.Approve("aps-failure", 2, "pipeline")
+	cfg, s, version, err := parsePublisherArgs(t, true, "--broker", brokerURL, "--key", key, "--state", state, "--model-package-arn", arn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	r, err := runPublishSageMaker(ctx, io.Discard, cfg, s, version, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatalf("publish a bundle without a version: %v", err)
+	}
+	sum := sha256.Sum256(buf.Bytes())
+	if r.Stable.Version != 2 || r.Stable.Artifact.SHA256 != hex.EncodeToString(sum[:]) || r.Stable.Source.ModelPackageARN != arn {
+		t.Fatalf("release %+v, want version 2 with the bundle's sha256", r.Stable)
+	}
+}
+
 // The service: `linkedge publisher --registry-kind sagemaker --groups ...
 // --sqs-queue-url ...` announces on an event, long before its hourly poll.
 func TestSageMakerPublisherService(t *testing.T) {
@@ -260,6 +299,161 @@ func TestSageMakerPublisherService(t *testing.T) {
 			t.Fatal("the event did not lead to an announcement of v2")
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// While SageMaker fails the reads of a group, the publisher keeps
+// announcing from its last view, and counts every poll of it in
+// errors_total{stage="registry"} (issue 12 #3): an alert on that rate
+// fires at once, not only once /healthz calls the view stale.
+func TestSageMakerDegradedViewCountsErrors(t *testing.T) {
+	a := newAWSOnLoopback(t)
+	brokerURL, key, state := testFleet(t)
+	a.register(t, "aps-failure", 1)
+	a.SM.Approve("aps-failure", 1, "pipeline")
+	cfg, _, _, err := parsePublisherArgs(t, false, "--registry-kind", "sagemaker", "--groups", "aps-failure",
+		"--sagemaker-refresh", "100ms", "--broker", brokerURL, "--key", key, "--state", state, "--poll", "50ms", "--artifacts-listen", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.DiscardHandler)
+	if testing.Verbose() {
+		log = slog.New(slog.NewTextHandler(tLog{t}, nil))
+	}
+	cfg.Logger = log
+	metrics := prometheus.NewRegistry()
+	cfg.Metrics = metrics
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	b, err := newSageMakerBackend(ctx, cfg, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	runCtx, stop := context.WithCancel(ctx)
+	go func() { done <- runSageMakerPublisher(runCtx, cfg, b) }()
+	defer func() {
+		stop()
+		if err := <-done; err != nil {
+			t.Errorf("publisher: %v", err)
+		}
+	}()
+	if doc := retainedRelease(t, brokerURL, "aps-failure"); doc.Stable.Version != 1 {
+		t.Fatalf("first announcement: v%d", doc.Stable.Version)
+	}
+	registryErrors := func() float64 {
+		mfs, err := metrics.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, mf := range mfs {
+			if mf.GetName() != "linkedge_publisher_errors_total" {
+				continue
+			}
+			for _, m := range mf.GetMetric() {
+				for _, l := range m.GetLabel() {
+					if l.GetName() == "stage" && l.GetValue() == "registry" {
+						return m.GetCounter().GetValue()
+					}
+				}
+			}
+		}
+		return 0
+	}
+	if n := registryErrors(); n != 0 {
+		t.Fatalf("errors_total{stage=registry} = %v before any failure", n)
+	}
+	a.SM.Fail(sagemakertest.Fault{Op: "ListModelPackages", Code: "AccessDeniedException", Message: "not authorized"})
+	deadline := time.Now().Add(20 * time.Second)
+	for registryErrors() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("failed reads of a group left errors_total{stage=registry} at 0")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err := b.Registry.Degraded(); err == nil || !strings.Contains(err.Error(), "aps-failure") {
+		t.Fatalf("Degraded() = %v, want the group named", err)
+	}
+}
+
+// A SageMaker endpoint that never answers makes `linkedge publish` time
+// out naming SageMaker, not the broker, which it never reached (issue 12
+// #3).
+func TestPublishTimeoutNamesTheStage(t *testing.T) {
+	a := newAWSOnLoopback(t)
+	brokerURL, key, state := testFleet(t)
+	arn := a.register(t, "aps-failure", 1)
+	a.SM.Approve("aps-failure", 1, "pipeline")
+	for _, tc := range []struct {
+		name  string
+		fault sagemakertest.Fault
+		args  []string
+		want  string
+	}{
+		{"lookup", sagemakertest.Fault{Op: "DescribeModelPackage", Hang: true}, []string{"--model-package-arn", arn}, "SageMaker lookup of the model package"},
+		{"group read", sagemakertest.Fault{Op: "ListModelPackages", Hang: true}, []string{"--registry-kind", "sagemaker", "--group", "aps-failure", "--version", "1"}, "SageMaker read of the model package group"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a.SM.ClearFaults()
+			a.SM.Fail(tc.fault)
+			t.Cleanup(a.SM.ClearFaults)
+			cfg, s, version, err := parsePublisherArgs(t, true, append([]string{"--broker", brokerURL, "--key", key, "--state", state}, tc.args...)...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			const timeout = time.Second
+			ctx, cancel := context.WithTimeout(context.Background(), timeout)
+			defer cancel()
+			_, err = runPublishSageMaker(ctx, io.Discard, cfg, s, version, slog.New(slog.DiscardHandler))
+			if err == nil {
+				t.Fatal("announced through a SageMaker endpoint that never answers")
+			}
+			msg := explainPublishSageMaker(err, timeout).Error()
+			if !strings.Contains(msg, tc.want) || !strings.Contains(msg, "--timeout") || strings.Contains(msg, "broker may") || !strings.Contains(msg, "nothing was sent to the broker") {
+				t.Fatalf("message %q, want it to name %q as what stalled", msg, tc.want)
+			}
+		})
+	}
+}
+
+// `linkedge publish` has one deadline, --timeout: it also bounds the wait
+// for the acknowledgement, and the service's --publish-timeout is
+// deprecated there, hidden from the help, and still obeyed when given.
+func TestPublishTimeoutFlags(t *testing.T) {
+	// One deadline in the help of both one-shot commands.
+	for name, cmd := range map[string]*cobra.Command{"publish": newPublishCmd(), "pin": newPinCmd()} {
+		var help bytes.Buffer
+		cmd.SetOut(&help)
+		cmd.SetErr(&help)
+		if err := cmd.Help(); err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(help.String(), "--publish-timeout duration") || !strings.Contains(help.String(), "give up on the whole "+name) {
+			t.Fatalf("%s help:\n%s", name, help.String())
+		}
+	}
+	for _, tc := range []struct {
+		args []string
+		want time.Duration
+	}{
+		{[]string{"--timeout", "45s"}, 45 * time.Second},
+		{nil, 30 * time.Second},
+		{[]string{"--timeout", "45s", "--publish-timeout", "5s"}, 5 * time.Second},
+	} {
+		cmd := newPublishCmd()
+		cmd.Flags().SetOutput(io.Discard) // the deprecation notice
+		if err := cmd.ParseFlags(append([]string{"--broker", "tcp://127.0.0.1:1883", "--key", "k.pem"}, tc.args...)); err != nil {
+			t.Fatal(err)
+		}
+		var cfg publisher.Config
+		if cmd.Flags().Changed("publish-timeout") { // as publisherConfig lays it over the file
+			cfg.PublishTimeout, _ = cmd.Flags().GetDuration("publish-timeout")
+		}
+		timeout, _ := cmd.Flags().GetDuration("timeout")
+		oneShotTimeout(cmd, &cfg, timeout)
+		if cfg.PublishTimeout != tc.want {
+			t.Errorf("%v: acknowledgement wait %s, want %s", tc.args, cfg.PublishTimeout, tc.want)
+		}
 	}
 }
 
@@ -466,7 +660,7 @@ sagemaker:
 		{name: "flags alone", args: []string{"--registry-kind", "sagemaker", "--groups", "a,b"}, kind: "sagemaker",
 			section: &publisher.SageMakerConfig{Groups: []string{"a", "b"}}},
 		{name: "--registry-kind local over the file", args: []string{"--config", file, "--registry-kind", "local"}, kind: "local", registry: "/srv/from-env"},
-		{name: "section flags with the local kind are ignored", args: []string{"--config", localFile, "--presign-ttl", "1h", "--groups", "a"}, registry: "/srv/from-env"},
+		// Section flags with the local kind are refused: TestSageMakerFlagsRefusedWithLocalRegistry.
 		{name: "publish: the file's section", publish: true, args: []string{"--config", file, "--group", "aps-failure"}, kind: "sagemaker", section: &fromFile},
 		{name: "publish: flags over the file", publish: true, args: []string{"--config", file, "--region", "us-east-1"}, kind: "sagemaker",
 			section: with(func(s *publisher.SageMakerConfig) { s.Region = "us-east-1" })},

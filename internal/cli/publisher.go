@@ -99,7 +99,9 @@ func (f *publisherFlags) publisherConfig(cmd *cobra.Command) (publisher.Config, 
 	override(cmd, "publish-timeout", &cfg.PublishTimeout, f.publishTimeout)
 	override(cmd, "replica", &cfg.Replica, f.replica)
 	if f.sm != nil {
-		f.sm.apply(cmd, &cfg)
+		if err := f.sm.apply(cmd, &cfg); err != nil {
+			return cfg, err
+		}
 	}
 	switch cfg.RegistryKind {
 	case "", publisher.RegistryKindLocal:
@@ -258,8 +260,13 @@ serial rule, and always signs a new document (even if the version was announced 
 
 It refuses a version that is unknown, not approved (pass --approve to approve it first),
 or below the model's highest approved version (the publisher would announce that one
-instead; reject the newer version to roll back). If the broker cannot be reached within
---timeout it exits non-zero and records nothing.
+instead; reject the newer version to roll back).
+
+--timeout bounds the whole command: reading the registry (on SageMaker, the model
+package and its artifact), connecting to the broker and waiting for its
+acknowledgement. When it runs out, publish exits non-zero, names the step that
+stalled, and records nothing. (--publish-timeout, the service's wait for one
+acknowledgement, is deprecated here: --timeout covers it.)
 
 Publish serves no artifacts: the release points at --artifacts-url (default
 http://ARTIFACTS-LISTEN), where a running "linkedge publisher" serves them.
@@ -278,6 +285,7 @@ its groups, queue and refresh interval, which are the service's (docs/aws.md).`,
 			if err != nil {
 				return err
 			}
+			oneShotTimeout(cmd, &cfg, timeout)
 			if cfg.RegistryKind == publisher.RegistryKindSageMaker {
 				ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
 				defer cancel()
@@ -312,9 +320,21 @@ its groups, queue and refresh interval, which are the service's (docs/aws.md).`,
 	fl.Int64Var(&version, "version", 0, "model version (local registry, or with --group)")
 	fl.BoolVar(&approve, "approve", false, "approve the version in the local registry first")
 	fl.StringVar(&by, "by", registryApprover(), "approver recorded by --approve")
-	fl.DurationVar(&timeout, "timeout", 30*time.Second, "give up if the broker has not acknowledged by then")
+	fl.DurationVar(&timeout, "timeout", 30*time.Second, "give up on the whole publish after this (registry read, broker connection, acknowledgement); the error names the step that stalled")
 	smf.register(cmd, true)
+	_ = fl.MarkDeprecated("publish-timeout", "use --timeout, which bounds the whole publish, the broker's acknowledgement included")
 	return cmd
+}
+
+// oneShotTimeout makes --timeout the one deadline of `linkedge publish`.
+// Two timeouts confused (issue 12 #3): publish_timeout is the service's
+// wait for each acknowledgement, and a one-shot that waited 10s for an
+// acknowledgement inside a 60s --timeout failed early for no reason. A
+// --publish-timeout given anyway (deprecated) still sets that wait.
+func oneShotTimeout(cmd *cobra.Command, cfg *publisher.Config, timeout time.Duration) {
+	if !cmd.Flags().Changed("publish-timeout") && timeout >= 10*time.Millisecond {
+		cfg.PublishTimeout = timeout
+	}
 }
 
 func approveLocal(dir, model string, version int64, by string) error {

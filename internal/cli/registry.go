@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/linkedge/linkedge/internal/release"
 	"github.com/linkedge/linkedge/publisher/localreg"
 )
 
@@ -22,14 +23,17 @@ func newRegistryCmd() *cobra.Command {
 it would watch the SageMaker Model Registry. Its layout is
 
   DIR/models/{model}/{version}/model.tar.gz   the bundle, byte for byte
-  DIR/models/{model}/{version}/version.json   status, times, sha256, size
+  DIR/models/{model}/{version}/version.json   status, times, sha256, size, image
 
+A version runs in process on the trucks, or, added (or approved) with --image, in that
+serving container image, pinned by digest as "linkedge toolkit image --push" prints it.
 A version is added as pending; once approved, the publisher announces the highest
 approved version of each model to the fleet; rejecting the announced version makes
 the publisher roll the fleet back to the previous approved one. Every change is an
 atomic rename, so a running publisher never sees half of one. Run one writer at a time.`,
 		Example: `  linkedge registry add inference/apsmodels/aps-failure-v1.tar.gz --registry ./registry
   linkedge registry approve --model aps-failure --version 1 --registry ./registry
+  linkedge registry add aps-failure-v2.tar.gz --image 127.0.0.1:5000/linkedge-serve@sha256:… --registry ./registry
   linkedge registry reject --model aps-failure --version 2 --by alice --registry ./registry
   linkedge registry list --registry ./registry`,
 	}
@@ -48,17 +52,28 @@ type registryOpener func() (*localreg.Registry, error)
 
 func newRegistryAddCmd(open registryOpener) *cobra.Command {
 	var approve bool
-	var by string
+	var by, image string
 	cmd := &cobra.Command{
 		Use:   "add BUNDLE...",
 		Short: "Add model bundles (model.tar.gz) as pending versions",
 		Long: `Add copies each bundle into the registry as a pending version. The model name and
 version come from the bundle's metadata.json. A version that exists, or that is not
-above the model's newest version, is refused: a version number always means the same bytes.`,
+above the model's newest version, is refused: a version number always means the same bytes.
+
+With --image each version runs on the trucks in that serving container image (the
+bundle mounted at /opt/ml/model) instead of in process: trucks need containers.enabled.`,
 		Example: `  linkedge registry add model.tar.gz --registry ./registry
-  linkedge registry add aps-failure-v2.tar.gz --approve --by pipeline --registry ./registry`,
+  linkedge registry add aps-failure-v2.tar.gz --approve --by pipeline --registry ./registry
+  linkedge registry add aps-failure-v2.tar.gz --image 127.0.0.1:5000/linkedge-serve@sha256:… --registry ./registry`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if image != "" {
+				// Before anything is added: a mistyped image must not leave
+				// an added version behind.
+				if err := release.CheckImage(image); err != nil {
+					return fmt.Errorf("--image: %w", err)
+				}
+			}
 			reg, err := open()
 			if err != nil {
 				return err
@@ -68,29 +83,43 @@ above the model's newest version, is refused: a version number always means the 
 				if err != nil {
 					return err
 				}
+				if image != "" {
+					if e, err = reg.SetImage(e.Model, e.Version, image); err != nil {
+						return err
+					}
+				}
 				if approve {
 					if e, err = reg.Approve(e.Model, e.Version, by); err != nil {
 						return err
 					}
 				}
-				fmt.Fprintf(cmd.OutOrStdout(), "added %s version %d (%s, sha256 %s, %d bytes)\n", e.Model, e.Version, e.Status, e.SHA256, e.Size)
+				fmt.Fprintf(cmd.OutOrStdout(), "added %s version %d (%s, sha256 %s, %d bytes, runs %s)\n", e.Model, e.Version, e.Status, e.SHA256, e.Size, runsIn(e))
 			}
 			return nil
 		},
 	}
 	cmd.Flags().BoolVar(&approve, "approve", false, "approve each version right away")
 	cmd.Flags().StringVar(&by, "by", registryApprover(), "approver recorded with --approve")
+	cmd.Flags().StringVar(&image, "image", "", "serving container image the versions run in, pinned by digest (name@sha256:…); default: in process")
 	return cmd
 }
 
+// runsIn says where a version runs on the trucks.
+func runsIn(e localreg.Entry) string {
+	if e.Image != "" {
+		return "in container " + e.Image
+	}
+	return "in process"
+}
+
 func newRegistryDecideCmd(open registryOpener, approve bool) *cobra.Command {
-	var model, by string
+	var model, by, image string
 	var version int64
 	cmd := &cobra.Command{
 		Use:     "approve",
 		Short:   "Approve a version, so the publisher announces it if it is the model's highest approved",
-		Long:    "Approve marks a version approved after checking that its artifact is unchanged since it\nwas added. A running publisher announces it within one poll if no higher version is approved.",
-		Example: "  linkedge registry approve --model aps-failure --version 2 --by alice --registry ./registry",
+		Long:    "Approve marks a version approved after checking that its artifact is unchanged since it\nwas added. A running publisher announces it within one poll if no higher version is approved.\n\nWith --image the version runs in that serving container image (pinned by digest) instead of\nin process; a version's image is set once, before or with its approval.",
+		Example: "  linkedge registry approve --model aps-failure --version 2 --by alice --registry ./registry\n  linkedge registry approve --model aps-failure --version 2 --image 127.0.0.1:5000/linkedge-serve@sha256:… --registry ./registry",
 	}
 	if !approve {
 		cmd.Use = "reject"
@@ -107,12 +136,25 @@ func newRegistryDecideCmd(open registryOpener, approve bool) *cobra.Command {
 		decide, verb := reg.Reject, "rejected"
 		if approve {
 			decide, verb = reg.Approve, "approved"
+			if image != "" {
+				if _, err := reg.SetImage(model, version, image); err != nil {
+					return err
+				}
+			}
 		}
-		if _, err := decide(model, version, by); err != nil {
+		e, err := decide(model, version, by)
+		if err != nil {
 			return err
+		}
+		if approve {
+			fmt.Fprintf(cmd.OutOrStdout(), "%s %s version %d (runs %s)\n", verb, model, version, runsIn(e))
+			return nil
 		}
 		fmt.Fprintf(cmd.OutOrStdout(), "%s %s version %d\n", verb, model, version)
 		return nil
+	}
+	if approve {
+		cmd.Flags().StringVar(&image, "image", "", "run the version in this serving container image, pinned by digest (name@sha256:…)")
 	}
 	cmd.Flags().StringVar(&model, "model", "", "model name (required)")
 	cmd.Flags().Int64Var(&version, "version", 0, "version (required)")
@@ -139,7 +181,7 @@ func newRegistryListCmd(open registryOpener) *cobra.Command {
 				return err
 			}
 			w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(w, "MODEL\tVERSION\tSTATUS\tSHA256\tSIZE\tAPPROVED AT\tBY")
+			fmt.Fprintln(w, "MODEL\tVERSION\tSTATUS\tSHA256\tSIZE\tAPPROVED AT\tBY\tIMAGE")
 			for _, e := range entries {
 				if model != "" && e.Model != model {
 					continue
@@ -150,7 +192,11 @@ func newRegistryListCmd(open registryOpener) *cobra.Command {
 				} else if e.Status == localreg.StatusRejected {
 					who = e.RejectedBy
 				}
-				fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%s\t%s\t%s\n", e.Model, e.Version, e.Status, e.SHA256[:12], strconv.FormatInt(e.Size, 10), at, who)
+				img := e.Image
+				if img == "" {
+					img = "-" // in process
+				}
+				fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\n", e.Model, e.Version, e.Status, e.SHA256[:12], strconv.FormatInt(e.Size, 10), at, who, img)
 			}
 			return w.Flush()
 		},

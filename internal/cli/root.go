@@ -10,6 +10,8 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
+	"runtime/pprof"
 	"strings"
 	"syscall"
 
@@ -23,6 +25,7 @@ func Execute() int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	root := newRootCmd()
+	defer startCPUProfile()()
 	if err := root.ExecuteContext(ctx); err != nil {
 		if !errors.Is(err, errSilent) {
 			fmt.Fprintln(os.Stderr, "linkedge:", err)
@@ -30,6 +33,43 @@ func Execute() int {
 		return 1
 	}
 	return 0
+}
+
+// startCPUProfile writes a CPU profile of the whole process when
+// LINKEDGE_CPU_PROFILE_DIR names a folder, to <folder>/<command>-<pid>.pprof,
+// and returns the function that ends it. An environment variable rather
+// than a flag: `linkedge bench fleet` starts the broker and the publisher
+// itself, and they inherit it, so one run profiles all three (see
+// docs/benchmarks.md, Fleet scale).
+func startCPUProfile() (stop func()) {
+	dir := os.Getenv("LINKEDGE_CPU_PROFILE_DIR")
+	if dir == "" {
+		return func() {}
+	}
+	name := "linkedge"
+	if len(os.Args) > 1 {
+		name = strings.Join(os.Args[1:min(len(os.Args), 3)], "-")
+		name = strings.Map(func(r rune) rune {
+			if r == '/' || r == ' ' {
+				return '_'
+			}
+			return r
+		}, name)
+	}
+	f, err := os.Create(filepath.Join(dir, fmt.Sprintf("%s-%d.pprof", name, os.Getpid())))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "linkedge: cpu profile:", err)
+		return func() {}
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		fmt.Fprintln(os.Stderr, "linkedge: cpu profile:", err)
+		f.Close()
+		return func() {}
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}
 }
 
 // errSilent is returned by commands that already told the user what failed.

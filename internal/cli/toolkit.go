@@ -75,8 +75,8 @@ this model answers, so every truck can check that it gets the same.`,
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "wrote %s: %s v%d, %d features, %d golden samples, %d bytes, sha256 %s\n",
-				out, meta.Name, meta.Version, len(meta.Features), len(meta.Golden), size, sha)
+			fmt.Fprintf(cmd.OutOrStdout(), "wrote %s: %s %s, %d features, %d golden samples, %d bytes, sha256 %s\n",
+				out, meta.Name, bundleVersion(meta.Version), len(meta.Features), len(meta.Golden), size, sha)
 			return nil
 		},
 	}
@@ -87,6 +87,15 @@ this model answers, so every truck can check that it gets the same.`,
 	cmd.MarkFlagRequired("onnx")
 	cmd.MarkFlagRequired("metadata")
 	return cmd
+}
+
+// bundleVersion names a bundle's own version for people: "v3", or, for a
+// bundle that leaves it to the registry, says so.
+func bundleVersion(v int64) string {
+	if v == 0 {
+		return "(no version: the registry assigns it)"
+	}
+	return fmt.Sprintf("v%d", v)
 }
 
 func newToolkitValidateCmd() *cobra.Command {
@@ -135,7 +144,7 @@ the graph does not match the metadata, or any golden sample differs.`,
 			if err := m.CheckGolden(cmd.Context()); err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "%s v%d: %d golden samples pass\n", m.Name(), m.Version(), len(res))
+			fmt.Fprintf(cmd.OutOrStdout(), "%s %s: %d golden samples pass\n", m.Name(), bundleVersion(m.Version()), len(res))
 			return nil
 		},
 	}
@@ -168,6 +177,7 @@ func newToolkitInspectCmd() *cobra.Command {
 
 func newToolkitImageCmd() *cobra.Command {
 	var opts container.ImageOptions
+	var push bool
 	cmd := &cobra.Command{
 		Use:   "image --tag NAME[:TAG] [--bundle model.tar.gz]",
 		Short: "Package linkedge serve (and optionally a model) into a SageMaker-compatible container image",
@@ -177,9 +187,17 @@ unpacked at /opt/ml/model. Nothing is pulled from a registry.
 
 The image follows the SageMaker hosting contract: "docker run IMAGE serve" serves
 /opt/ml/model on port 8080 (GET /ping, POST /invocations, plus the Open Inference Protocol v2
-and /metrics) and stops cleanly on SIGTERM. Without --bundle, mount the model there.`,
+and /metrics) and stops cleanly on SIGTERM. Without --bundle, mount the model there: that is
+how the truck agent runs it, with the version's bundle.
+
+It prints the image pinned by digest, the reference a container release must name
+("linkedge registry add BUNDLE --image REF"). With --push it pushes the image to the
+registry its tag names (anonymously) and prints the registry's digest, which any truck can
+pull. Without --push the reference is the image id (NAME@sha256:<id>): only an engine that
+holds the image, built there or loaded with "docker load", can run it.`,
 		Example: `  linkedge toolkit image --tag aps-failure:2 --bundle inference/apsmodels/aps-failure-v2.tar.gz
-  docker run --rm --network host aps-failure:2 serve --http 127.0.0.1:8080`,
+  docker run --rm --network host aps-failure:2 serve --http 127.0.0.1:8080
+  linkedge toolkit image --tag registry.example.com:5000/linkedge-serve:1 --push`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := inference.Init(cmd.Context(), ""); err != nil {
@@ -196,9 +214,23 @@ and /metrics) and stops cleanly on SIGTERM. Without --bundle, mount the model th
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "built %s\n", tag)
+			var ref string
+			if push {
+				if ref, err = container.Push(cmd.Context(), cli, tag, cmd.ErrOrStderr()); err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "pushed %s\n", ref)
+			} else {
+				if ref, _, err = container.Pin(cmd.Context(), cli, tag); err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "pinned %s (by image id: for trucks whose engine holds the image; --push for a registry digest)\n", ref)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "run a version in it: linkedge registry add BUNDLE --image %s\n", ref)
 			return nil
 		},
 	}
+	cmd.Flags().BoolVar(&push, "push", false, "push the image to the registry its tag names and print its registry digest")
 	cmd.Flags().StringVar(&opts.Tag, "tag", "", "image name and tag (required)")
 	cmd.Flags().StringVar(&opts.Bundle, "bundle", "", "model bundle to bake in at /opt/ml/model")
 	cmd.Flags().StringVar(&opts.Binary, "binary", "", "linkedge binary to package (default: this one)")

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 
 	"gopkg.in/yaml.v3"
 )
@@ -27,4 +28,26 @@ func DecodeYAML(data []byte, v any) error {
 		return fmt.Errorf("%w: keep one configuration per file", ErrMultipleDocuments)
 	}
 	return nil
+}
+
+// ErrTooLarge means a file is larger than its reader allows.
+var ErrTooLarge = errors.New("file too large")
+
+// ReadFile reads the file at path, refusing one larger than limit bytes
+// without reading more than limit+1 of it: files named in a configuration
+// (a users file, a policy) are read whole and must not exhaust memory.
+func ReadFile(path string, limit int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, limit+1))
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", path, err)
+	}
+	if int64(len(data)) > limit {
+		return nil, fmt.Errorf("%w: %s is larger than %d bytes", ErrTooLarge, path, limit)
+	}
+	return data, nil
 }

@@ -2,6 +2,8 @@ package config
 
 import (
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -49,4 +51,35 @@ func FuzzDecodeYAML(f *testing.F) {
 		var s sample
 		DecodeYAML(data, &s)
 	})
+}
+
+func TestReadFile(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "users.yaml")
+	if err := os.WriteFile(path, []byte("0123456789"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name  string
+		path  string
+		limit int64
+		want  error // nil: the file's bytes
+	}{
+		{"at the limit", path, 10, nil},
+		{"over the limit", path, 9, ErrTooLarge},
+		{"missing", filepath.Join(dir, "nope"), 10, os.ErrNotExist},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			data, err := ReadFile(tc.path, tc.limit)
+			if tc.want == nil {
+				if err != nil || string(data) != "0123456789" {
+					t.Fatalf("ReadFile = %q, %v", data, err)
+				}
+				return
+			}
+			if !errors.Is(err, tc.want) {
+				t.Fatalf("ReadFile error = %v, want %v", err, tc.want)
+			}
+		})
+	}
 }

@@ -48,6 +48,24 @@ type Config struct {
 	// and the publisher, prints how to attach real agents, and runs until
 	// ctx ends.
 	CloudOnly bool
+	// Containers runs v2 in a serving container on the local Docker
+	// Engine: the trucks start with the container runtime, and v2 is added
+	// to the registry with the image it runs in, so the update swaps an
+	// in-process v1 for a container. Without an engine Run fails with
+	// ErrNoEngine.
+	Containers bool
+	// Binary is the linkedge executable packaged into the serving image
+	// with Containers; default the running one.
+	Binary string
+	// Console serves the fleet console (internal/console) on the demo
+	// fleet, prints its URL and a login, waits ConsoleWait before the first
+	// approval so that a browser can be opened, and goes on serving after
+	// the story until ctx ends.
+	Console bool
+	// ConsoleListen is the console's address. Default 127.0.0.1:9890.
+	ConsoleListen string
+	// ConsoleWait is the pause before the first approval with Console.
+	ConsoleWait time.Duration
 	// Out receives the story; Log the parts' logs (default: discarded).
 	Out io.Writer
 	Log *slog.Logger
@@ -89,7 +107,8 @@ func Run(ctx context.Context, cfg Config) error {
 	if cfg.CloudOnly {
 		return cloudOnly(ctx, cfg, st)
 	}
-	ctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+	outer := ctx
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Minute+cfg.ConsoleWait)
 	defer cancel()
 
 	st.say("starting the fleet: broker, local registry + publisher, %d trucks (state in %s)", cfg.Trucks, cfg.Dir)
@@ -98,28 +117,62 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	defer f.Close()
+	var box *containers // with cfg.Containers
+	defer func() {
+		f.Close()   // the agents remove their containers...
+		box.close() // ...before the image goes
+	}()
 	st.say("fleet broker %s, artifacts at %s", f.BrokerURL, f.Publisher.ArtifactBaseURL())
 	for _, t := range f.Trucks {
 		st.say("%s: HTTP http://%s/invocations, local bus tcp://%s", t.ID, t.Agent.HTTPAddr(), t.Agent.LocalBrokerAddr())
+	}
+	if cfg.Containers {
+		if box, err = startContainers(ctx, cfg, f, st); err != nil {
+			return err
+		}
 	}
 	stopWatch, cloud, err := watch(f.BrokerURL, st)
 	if err != nil {
 		return err
 	}
 	defer stopWatch()
+	if cfg.Console {
+		cs, err := startConsole(ctx, cfg, f, st)
+		if err != nil {
+			return err
+		}
+		defer cs.Close()
+		if cfg.ConsoleWait > 0 {
+			st.say("waiting %s for the console to be opened", cfg.ConsoleWait)
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(cfg.ConsoleWait):
+			}
+		}
+		defer func() {
+			st.say("the console stays up on the fleet until interrupted (Ctrl-C)")
+			<-outer.Done()
+		}()
+	}
 
 	wait := func(what string, cond func() bool) error {
 		wctx, wcancel := context.WithTimeout(ctx, 60*time.Second)
 		defer wcancel()
 		return fleetsim.WaitFor(wctx, what, cond)
 	}
-	approve := func(data []byte) (int64, error) {
+	approve := func(data []byte, image string) (int64, error) {
 		e, err := f.Register(ctx, data)
 		if err != nil {
 			return 0, err
 		}
 		st.say("registry: %s v%d registered (sha256 %s…)", e.Model, e.Version, e.SHA256[:12])
+		if image != "" {
+			if _, err := f.Registry.SetImage(e.Model, e.Version, image); err != nil {
+				return 0, err
+			}
+			st.say("registry: %s v%d runs in the container image %s", e.Model, e.Version, image)
+		}
 		if _, err := f.Registry.Approve(e.Model, e.Version, "demo"); err != nil {
 			return 0, err
 		}
@@ -128,7 +181,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 
 	// Step 1: v1 everywhere.
-	v1, err := approve(apsmodels.V1())
+	v1, err := approve(apsmodels.V1(), "")
 	if err != nil {
 		return err
 	}
@@ -149,7 +202,11 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	failedBefore := failures(f.Trucks)
 	approved := time.Now()
-	v2, err := approve(apsmodels.V2())
+	v2Image := ""
+	if box != nil {
+		v2Image = box.Ref
+	}
+	v2, err := approve(apsmodels.V2(), v2Image)
 	if err != nil {
 		return err
 	}
@@ -174,9 +231,22 @@ func Run(ctx context.Context, cfg Config) error {
 	time.Sleep(time.Second)
 	st.say("%s forwarded %d alerts it raised while offline (kept on disk until the link came back)", last.ID, cloud.get(last.ID)-cloudAtCut)
 	failed := failures(f.Trucks) - failedBefore
+	var problems []string
+	if box != nil {
+		for _, t := range f.Trucks {
+			id, err := box.serving(ctx, t.ID)
+			switch {
+			case err != nil:
+				problems = append(problems, fmt.Sprintf("%s: list its containers: %v", t.ID, err))
+			case id == "":
+				problems = append(problems, t.ID+" serves v2 without a container")
+			default:
+				st.say("%s serves v%d from container %.12s, swapped from v%d in process", t.ID, v2, id, v1)
+			}
+		}
+	}
 
 	summary(cfg.Out, f, approved, cloud)
-	var problems []string
 	if failed != 0 {
 		problems = append(problems, fmt.Sprintf("%d HTTP requests failed during the update", failed))
 	}
@@ -270,7 +340,7 @@ func watch(brokerURL string, st *story) (stop func(), cloud *cloudAlerts, err er
 			cur.pct = int(100 * s.Downloaded / s.Total)
 		}
 		if !s.Online {
-			cur.version = prev.version // the last will carries no version
+			cur.version = prev.version // an older agent's last will carries no version
 		}
 		if ok && cur == prev {
 			return
@@ -285,6 +355,26 @@ func watch(brokerURL string, st *story) (stop func(), cloud *cloudAlerts, err er
 			st.say("  %s: online, v%d", s.Truck, s.Version)
 		case s.Phase != prev.phase || s.Version != prev.version:
 			st.say("  %s: v%d, %s", s.Truck, s.Version, phaseText(s))
+		}
+	}
+	// The last will is on the presence topic; the status stays as the
+	// truck last reported it.
+	present := map[string]bool{}
+	onPresence := func(_ paho.Client, m paho.Message) {
+		truck, ok := topics.ParseTruckPresence(m.Topic())
+		online, err := status.ParsePresence(m.Payload())
+		if !ok || err != nil {
+			return
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		was, known := present[truck]
+		present[truck] = online
+		switch {
+		case !online && (!known || was):
+			st.say("  %s is offline", truck)
+		case online && known && !was:
+			st.say("  %s is back online", truck)
 		}
 	}
 	onEvent := func(_ paho.Client, m paho.Message) {
@@ -314,12 +404,15 @@ func watch(brokerURL string, st *story) (stop func(), cloud *cloudAlerts, err er
 		SetOnConnectHandler(func(c paho.Client) {
 			c.SubscribeMultiple(map[string]byte{
 				topics.AllTruckStatus():                                   1,
+				topics.AllTruckPresence():                                 1,
 				topics.TruckEvents(topics.Wildcard):                       1,
 				topics.TruckPredictions(topics.Wildcard, topics.Wildcard): 1,
 			}, func(c paho.Client, m paho.Message) {
 				switch {
 				case strings.HasSuffix(m.Topic(), "/status"):
 					onStatus(c, m)
+				case strings.HasSuffix(m.Topic(), "/presence"):
+					onPresence(c, m)
 				case strings.HasSuffix(m.Topic(), "/events"):
 					onEvent(c, m)
 				default:
@@ -374,6 +467,13 @@ func cloudOnly(ctx context.Context, cfg Config, st *story) error {
 		return err
 	}
 	defer stop()
+	if cfg.Console {
+		cs, err := startConsole(ctx, cfg, f, st)
+		if err != nil {
+			return err
+		}
+		defer cs.Close()
+	}
 	st.say("cloud side up: fleet broker %s, registry %s (v1 approved, v2 pending), artifacts %s", f.BrokerURL, f.Registry.Dir(), f.Publisher.ArtifactBaseURL())
 	st.say("attach a truck:   linkedge agent --truck truck-9 --model aps-failure --fleet %s --trusted-key %s --data /tmp/truck-9 --http 127.0.0.1:18080 --local-broker 127.0.0.1:11883", f.BrokerURL, pub)
 	st.say("roll out v2:      linkedge registry approve --registry %s --model aps-failure --version 2", f.Registry.Dir())

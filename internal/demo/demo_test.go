@@ -3,9 +3,20 @@ package demo
 import (
 	"bytes"
 	"context"
+	"io"
+	"net/http"
+	"net/http/cookiejar"
+	"net/url"
+	"os/exec"
+	"path/filepath"
+	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/linkedge/linkedge/inference/container/containertest"
+	"github.com/linkedge/linkedge/internal/fleetsim"
 )
 
 // TestDemo plays the README's first command and checks its story.
@@ -23,5 +34,105 @@ func TestDemo(t *testing.T) {
 	}
 	if t.Failed() {
 		t.Log(out.String())
+	}
+}
+
+// TestDemoContainers plays `linkedge demo --containers` (issue 12 #12): with
+// a Docker Engine, every truck swaps from v1 in process to v2 in a serving
+// container built from this tree, without a failed request.
+func TestDemoContainers(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	defer cancel()
+	containertest.Engine(ctx, t) // skipped without an engine, outside CI
+	bin := filepath.Join(t.TempDir(), "linkedge")
+	if out, err := exec.CommandContext(ctx, "go", "build", "-o", bin, "github.com/linkedge/linkedge").CombinedOutput(); err != nil {
+		t.Fatalf("build linkedge: %v\n%s", err, out)
+	}
+	var out bytes.Buffer
+	err := Run(ctx, Config{Dir: t.TempDir(), Trucks: 2, Probation: time.Second, Out: &out, Containers: true, Binary: bin})
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out.String())
+	}
+	for _, want := range []string{"runs in the container image linkedge-demo-serve@sha256:", "truck-1 serves v2 from container",
+		"truck-2 serves v2 from container", "OK: v2 reached the online trucks"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("demo output lacks %q", want)
+		}
+	}
+	if t.Failed() {
+		t.Log(out.String())
+	}
+}
+
+// syncBuffer is a bytes.Buffer for one writer and one reader at once.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// TestDemoConsole plays `linkedge demo --console`: it prints the console's
+// URL and a login that works, the console shows every truck on v2 at the
+// end, and it stays up until the context ends.
+func TestDemoConsole(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	var out syncBuffer
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		done <- Run(runCtx, Config{Dir: t.TempDir(), Probation: time.Second, Out: &out, Console: true, ConsoleListen: "127.0.0.1:0"})
+	}()
+	defer func() {
+		stop()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("demo: %v\n%s", err, out.String())
+			}
+		case <-time.After(30 * time.Second):
+			t.Error("the demo did not stop with its context")
+		}
+	}()
+	loginRE := regexp.MustCompile(`fleet console: (http://\S+) \(log in as demo, password (\S+)\)`)
+	waitOut := func(what string, cond func() bool) {
+		t.Helper()
+		if err := fleetsim.WaitFor(ctx, what, cond); err != nil {
+			t.Fatalf("%v\n%s", err, out.String())
+		}
+	}
+	waitOut("the console's URL", func() bool { return loginRE.MatchString(out.String()) })
+	m := loginRE.FindStringSubmatch(out.String())
+	base, password := m[1], m[2]
+	jar, _ := cookiejar.New(nil)
+	hc := &http.Client{Jar: jar, Timeout: 20 * time.Second}
+	resp, err := hc.PostForm(base+"/login", url.Values{"username": {"demo"}, "password": {password}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || resp.Request.URL.Path != "/" {
+		t.Fatalf("login: %s at %s", resp.Status, resp.Request.URL)
+	}
+	waitOut("the end of the story", func() bool { return strings.Contains(out.String(), "stays up on the fleet") })
+	resp, err = hc.Get(base + "/?version=2&online=yes")
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(page), `<span id="total">3</span>`) {
+		t.Errorf("the console does not show three trucks online on v2:\n%s", page)
 	}
 }

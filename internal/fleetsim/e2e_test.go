@@ -18,6 +18,7 @@ import (
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
+	"github.com/linkedge/linkedge/broker"
 	"github.com/linkedge/linkedge/inference/apsmodels"
 	"github.com/linkedge/linkedge/inference/bundle"
 	"github.com/linkedge/linkedge/internal/release"
@@ -27,16 +28,18 @@ import (
 
 // TestPullSync runs the whole mission on real parts — brokers over TCP,
 // signed releases, HTTP artifact downloads, ONNX Runtime — against the
-// embedded mochi broker and against Debian's mosquitto.
+// embedded mochi broker, against it with AWS IoT Core's limits, and against
+// Debian's mosquitto.
 func TestPullSync(t *testing.T) {
-	t.Run("mochi", func(t *testing.T) { testPullSync(t, "") })
-	t.Run("mosquitto", func(t *testing.T) { testPullSync(t, startMosquitto(t)) })
+	t.Run("mochi", func(t *testing.T) { testPullSync(t, "", broker.ProfileNone) })
+	t.Run("aws-iot-core", func(t *testing.T) { testPullSync(t, "", broker.ProfileAWSIoTCore) })
+	t.Run("mosquitto", func(t *testing.T) { testPullSync(t, startMosquitto(t), broker.ProfileNone) })
 }
 
-func testPullSync(t *testing.T, externalBroker string) {
+func testPullSync(t *testing.T, externalBroker string, profile broker.Profile) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	f, err := Start(ctx, Options{Dir: t.TempDir(), Trucks: 3, FleetBroker: externalBroker, Probation: time.Second, HTTPClients: 2})
+	f, err := Start(ctx, Options{Dir: t.TempDir(), Trucks: 3, FleetBroker: externalBroker, Probation: time.Second, HTTPClients: 2, Profile: profile})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -55,6 +55,14 @@ type Options struct {
 	// required (mutual TLS), and gives the publisher and every truck its
 	// own certificate. Nil: plain TCP.
 	TLS *TLSFiles
+	// Profile runs the embedded fleet broker with a managed broker's
+	// limits (broker.ProfileAWSIoTCore), and the trucks as that service
+	// needs them: each connects under its thing name, its truck id.
+	// Default none.
+	Profile broker.Profile
+	// SessionExpiry of the embedded fleet broker; default the broker's
+	// (the profile's, with one).
+	SessionExpiry time.Duration
 	// Logger receives the parts' logs. Default: discarded.
 	Logger *slog.Logger
 }
@@ -133,7 +141,8 @@ func Start(ctx context.Context, opts Options) (f *Fleet, err error) {
 	}
 	f.BrokerURL = opts.FleetBroker
 	if f.BrokerURL == "" {
-		bc := broker.Config{Listen: "127.0.0.1:0", HTTPListen: "", DataDir: filepath.Join(opts.Dir, "fleet-broker"), Logger: opts.Logger.With("part", "fleet-broker")}
+		bc := broker.Config{Listen: "127.0.0.1:0", HTTPListen: "", DataDir: filepath.Join(opts.Dir, "fleet-broker"), Logger: opts.Logger.With("part", "fleet-broker"),
+			Profile: opts.Profile, SessionExpiry: opts.SessionExpiry}
 		scheme := "tcp://"
 		if t := opts.TLS; t != nil {
 			bc.TLSCert, bc.TLSKey, bc.TLSClientCA = t.ServerCert, t.ServerKey, t.CA
@@ -291,6 +300,9 @@ func (f *Fleet) startTruck(ctx context.Context, id string) (*Truck, error) {
 		RetryMin: 200 * time.Millisecond, RetryMax: 2 * time.Second, ShutdownTimeout: 10 * time.Second,
 		Forward: edgeclient.ForwardConfig{BatchDelay: 200 * time.Millisecond},
 	}}
+	if f.opts.Profile == broker.ProfileAWSIoTCore {
+		t.cfg.Fleet.ClientID = id // the thing name
+	}
 	if err := t.startAgent(ctx); err != nil {
 		link.Close()
 		return nil, err

@@ -17,6 +17,7 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/linkedge/linkedge/broker"
 	"github.com/linkedge/linkedge/inference/apsmodels"
 	"github.com/linkedge/linkedge/inference/bundle"
 	"github.com/linkedge/linkedge/inference/server"
@@ -27,10 +28,12 @@ import (
 // its model raises on the local bus, across an agent restart, and forwards
 // every one, once, when the link is back; readings that are not alerts stay
 // on the truck.
-func TestAlertsStoreAndForward(t *testing.T) {
+func TestAlertsStoreAndForward(t *testing.T) { forEachProfile(t, testAlertsStoreAndForward) }
+
+func testAlertsStoreAndForward(t *testing.T, profile broker.Profile) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	f, err := Start(ctx, Options{Dir: t.TempDir(), Trucks: 1, Probation: 300 * time.Millisecond, HTTPClients: -1, SensorInterval: time.Hour})
+	f, err := Start(ctx, Options{Dir: t.TempDir(), Trucks: 1, Probation: 300 * time.Millisecond, HTTPClients: -1, SensorInterval: time.Hour, Profile: profile})
 	if err != nil {
 		t.Fatal(err)
 	}

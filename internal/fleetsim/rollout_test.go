@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/linkedge/linkedge/broker"
 	"github.com/linkedge/linkedge/edgeclient"
 	"github.com/linkedge/linkedge/inference/apsmodels"
 	"github.com/linkedge/linkedge/inference/bundle"
@@ -19,12 +20,14 @@ import (
 // truck first and everyone only after the soak; a version that fails on
 // the early truck is halted there and never reaches the others; a newer
 // good version rolls out again.
-func TestStagedRollout(t *testing.T) {
+func TestStagedRollout(t *testing.T) { forEachProfile(t, testStagedRollout) }
+
+func testStagedRollout(t *testing.T, profile broker.Profile) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	const soak = 5 * time.Second
 	f, err := Start(ctx, Options{Dir: t.TempDir(), Trucks: 3, Probation: 300 * time.Millisecond, HTTPClients: 1,
-		Rollout: &publisher.RolloutConfig{Groups: []string{"early"}, Soak: soak}})
+		Rollout: &publisher.RolloutConfig{Groups: []string{"early"}, Soak: soak}, Profile: profile})
 	if err != nil {
 		t.Fatal(err)
 	}

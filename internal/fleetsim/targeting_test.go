@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/linkedge/linkedge/broker"
 	"github.com/linkedge/linkedge/edgeclient"
 	"github.com/linkedge/linkedge/inference/apsmodels"
 	"github.com/linkedge/linkedge/internal/release"
@@ -18,10 +19,12 @@ import (
 // TestPinAndCanary drives the two ways a release picks trucks: a signed
 // per-truck pin on linkedge/v1/trucks/{truck}/desired, and a canary target
 // for a group. The publisher announces v2 to everyone meanwhile.
-func TestPinAndCanary(t *testing.T) {
+func TestPinAndCanary(t *testing.T) { forEachProfile(t, testPinAndCanary) }
+
+func testPinAndCanary(t *testing.T, profile broker.Profile) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	f, err := Start(ctx, Options{Dir: t.TempDir(), Trucks: 2, Probation: 200 * time.Millisecond, HTTPClients: -1})
+	f, err := Start(ctx, Options{Dir: t.TempDir(), Trucks: 2, Probation: 200 * time.Millisecond, HTTPClients: -1, Profile: profile})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,6 +13,7 @@ package mqttstore
 import (
 	"bytes"
 	"sync"
+	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/eclipse/paho.mqtt.golang/packets"
@@ -22,12 +23,49 @@ import (
 type Store struct {
 	mu sync.Mutex
 	m  map[string][]byte
+	// lists counts All calls, and listed is closed (and replaced) at
+	// each: paho lists the store once per connection, to resend what it
+	// holds, right after it calls the connect handler in a goroutine. A
+	// QoS 1 publish that the handler makes before that listing is sent
+	// twice (once by Publish, once by the resend); see WaitListed.
+	lists  uint64
+	listed chan struct{}
 }
 
 var _ paho.Store = (*Store)(nil)
 
 // New returns an empty store.
-func New() *Store { return &Store{m: map[string][]byte{}} }
+func New() *Store { return &Store{m: map[string][]byte{}, listed: make(chan struct{})} }
+
+// Lists returns how many times the store has been listed (paho's resume
+// after each connection).
+func (s *Store) Lists() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.lists
+}
+
+// WaitListed waits until the store has been listed more than n times, at
+// most timeout, and reports whether it was. A connect handler that records
+// n before dialing and waits here publishes after paho's resend has read
+// the store, so its message goes out once.
+func (s *Store) WaitListed(n uint64, timeout time.Duration) bool {
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	for {
+		s.mu.Lock()
+		done, ch := s.lists > n, s.listed
+		s.mu.Unlock()
+		if done {
+			return true
+		}
+		select {
+		case <-ch:
+		case <-t.C:
+			return false
+		}
+	}
+}
 
 // Open implements paho.Store.
 func (s *Store) Open() {}
@@ -64,6 +102,9 @@ func (s *Store) Get(key string) packets.ControlPacket {
 func (s *Store) All() []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.lists++
+	close(s.listed)
+	s.listed = make(chan struct{})
 	keys := make([]string, 0, len(s.m))
 	for k := range s.m {
 		keys = append(keys, k)

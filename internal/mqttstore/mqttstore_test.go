@@ -2,6 +2,7 @@ package mqttstore
 
 import (
 	"testing"
+	"time"
 
 	"github.com/eclipse/paho.mqtt.golang/packets"
 )
@@ -34,5 +35,22 @@ func TestGetReturnsACopy(t *testing.T) {
 	s.Reset()
 	if len(s.All()) != 0 {
 		t.Fatal("Reset kept packets")
+	}
+}
+
+func TestWaitListed(t *testing.T) {
+	s := New()
+	n := s.Lists()
+	if s.WaitListed(n, 10*time.Millisecond) {
+		t.Fatal("WaitListed true before any listing")
+	}
+	done := make(chan bool)
+	go func() { done <- s.WaitListed(n, 10*time.Second) }()
+	s.All()
+	if !<-done {
+		t.Fatal("WaitListed false after a listing")
+	}
+	if s.Lists() != n+1 || !s.WaitListed(n, 0) {
+		t.Fatalf("Lists %d after one listing from %d", s.Lists(), n)
 	}
 }

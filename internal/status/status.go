@@ -1,7 +1,8 @@
 // Package status defines what a truck reports about itself on the fleet
-// broker: the retained status document (linkedge/v1/trucks/{truck}/status)
-// and the event stream (linkedge/v1/trucks/{truck}/events). The agent writes
-// them; the demo, `linkedge fleet` and operators' tools read them.
+// broker: the retained status document (linkedge/v1/trucks/{truck}/status),
+// its presence (linkedge/v1/trucks/{truck}/presence) and the event stream
+// (linkedge/v1/trucks/{truck}/events). The agent writes them; the demo,
+// `linkedge fleet` and operators' tools read them.
 package status
 
 import (
@@ -14,9 +15,12 @@ import (
 // Schema names version 1 of both documents.
 const Schema = "linkedge.status/v1"
 
-// Status is the retained truck status. The broker keeps the last one; the
-// last will replaces it with Online=false when the truck drops off, so
-// LastSeen and Online together say honestly how old the picture is.
+// Status is the retained truck status. The broker keeps the last one. The
+// agent sends it with Online=true; whether the truck is connected now is its
+// presence (presence.go), which the last will sets to offline without
+// touching this document. An agent older than the presence topic had its
+// will replace this document with Online=false, which readers still honour
+// (see [Online]).
 type Status struct {
 	Schema string `json:"schema"`
 	Truck  string `json:"truck"`

@@ -2,6 +2,8 @@ package status
 
 import (
 	"encoding/json"
+	"errors"
+	"strings"
 	"testing"
 	"time"
 )
@@ -32,6 +34,68 @@ func FuzzParse(f *testing.F) {
 		}
 		if e, err := ParseEvent(data); err == nil && e.Schema != Schema {
 			t.Fatal("accepted a wrong schema")
+		}
+	})
+}
+
+func TestParsePresence(t *testing.T) {
+	for _, tt := range []struct {
+		in     string
+		online bool
+		ok     bool
+	}{
+		{"online", true, true},
+		{"offline", false, true},
+		{"", false, false},
+		{"Online", false, false},
+		{"online\n", false, false},
+		{`{"online":true}`, false, false},
+		{strings.Repeat("x", MaxPresenceSize+1), false, false},
+	} {
+		got, err := ParsePresence([]byte(tt.in))
+		if (err == nil) != tt.ok || got != tt.online {
+			t.Errorf("ParsePresence(%q) = %v, %v; want %v, ok %v", tt.in, got, err, tt.online, tt.ok)
+		}
+		if err != nil && !errors.Is(err, ErrBadPresence) {
+			t.Errorf("ParsePresence(%q) error %v does not wrap ErrBadPresence", tt.in, err)
+		}
+	}
+}
+
+func TestOnline(t *testing.T) {
+	on, off := Status{Online: true}, Status{Online: false}
+	for _, tt := range []struct {
+		name          string
+		st            Status
+		online, known bool
+		want          bool
+	}{
+		{"status online, no presence (older agent)", on, false, false, true},
+		{"older agent's will", off, false, false, false},
+		{"presence online", on, true, true, true},
+		{"presence offline (the will)", on, false, true, false},
+		{"older agent's will after a newer agent's presence", off, true, true, false},
+	} {
+		if got := Online(tt.st, tt.online, tt.known); got != tt.want {
+			t.Errorf("%s: Online = %v, want %v", tt.name, got, tt.want)
+		}
+	}
+}
+
+func FuzzParsePresence(f *testing.F) {
+	for _, s := range []string{"online", "offline", "", "onlinex", "\x00"} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		online, err := ParsePresence(data)
+		if err != nil {
+			if online || !errors.Is(err, ErrBadPresence) {
+				t.Fatalf("ParsePresence(%q) = %v, %v", data, online, err)
+			}
+			return
+		}
+		if want := map[bool]string{true: PresenceOnline, false: PresenceOffline}[online]; string(data) != want {
+			t.Fatalf("ParsePresence(%q) = %v, but the payload is not %q", data, online, want)
 		}
 	})
 }

@@ -36,11 +36,12 @@ const (
 	DesiredRetain      = true
 )
 
-// TruckStatus is the truck's current state (models, versions, online or
-// not): retained so dashboards see every truck's last known state on
-// subscribe; QoS 1. The agent registers a retained last-will message on this
-// topic marking the truck offline, which the broker publishes when the
-// connection drops without a clean disconnect.
+// TruckStatus is the truck's current state (models, versions, phase):
+// retained so dashboards see every truck's last known state on subscribe;
+// QoS 1. Whether the truck is connected is [TruckPresence]'s, so that the
+// last will never overwrites this document and a reconnect need not send
+// it again. (Agents before the presence topic registered their last will
+// here, a status with online=false; readers still treat that as offline.)
 //
 //	linkedge/v1/trucks/{truck}/status
 func TruckStatus(truck string) string { return truckTopic(truck, "status") }
@@ -51,10 +52,32 @@ func TruckStatus(truck string) string { return truckTopic(truck, "status") }
 //	linkedge/v1/trucks/+/status
 func AllTruckStatus() string { return TruckStatus(Wildcard) }
 
-// QoS and retain flag for [TruckStatus] and its last will.
+// QoS and retain flag for [TruckStatus].
 const (
 	StatusQoS    byte = 1
 	StatusRetain      = true
+)
+
+// TruckPresence says whether the truck is connected: a few bytes, retained,
+// QoS 1 (see package status for the payloads). The agent publishes "online"
+// on every connect and registers "offline" as its last will here, which
+// the broker publishes when the connection drops without a clean
+// disconnect; a clean shutdown publishes "offline" itself. Kept apart from
+// [TruckStatus] so a reconnect costs this tiny message, not the full status.
+//
+//	linkedge/v1/trucks/{truck}/presence
+func TruckPresence(truck string) string { return truckTopic(truck, "presence") }
+
+// AllTruckPresence is the subscription filter matching [TruckPresence] for
+// every truck.
+//
+//	linkedge/v1/trucks/+/presence
+func AllTruckPresence() string { return TruckPresence(Wildcard) }
+
+// QoS and retain flag for [TruckPresence] and the last will.
+const (
+	PresenceQoS    byte = 1
+	PresenceRetain      = true
 )
 
 // TruckEvents is a stream of notable happenings on a truck (download

@@ -17,6 +17,11 @@ func ParseTruckStatus(topic string) (truck string, ok bool) {
 	return oneID(topic, "trucks", "status")
 }
 
+// ParseTruckPresence returns the truck of a [TruckPresence] topic.
+func ParseTruckPresence(topic string) (truck string, ok bool) {
+	return oneID(topic, "trucks", "presence")
+}
+
 // ParseTruckEvents returns the truck of a [TruckEvents] topic.
 func ParseTruckEvents(topic string) (truck string, ok bool) {
 	return oneID(topic, "trucks", "events")

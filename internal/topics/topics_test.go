@@ -15,6 +15,8 @@ func TestBuilders(t *testing.T) {
 		{TruckDesired("truck-042"), "linkedge/v1/trucks/truck-042/desired"},
 		{TruckStatus("truck-042"), "linkedge/v1/trucks/truck-042/status"},
 		{AllTruckStatus(), "linkedge/v1/trucks/+/status"},
+		{TruckPresence("truck-042"), "linkedge/v1/trucks/truck-042/presence"},
+		{AllTruckPresence(), "linkedge/v1/trucks/+/presence"},
 		{TruckEvents("truck-042"), "linkedge/v1/trucks/truck-042/events"},
 		{TruckPredictions("truck-042", "aps-failure"), "linkedge/v1/trucks/truck-042/predictions/aps-failure"},
 		{LocalReadings("aps-failure"), "linkedge/v1/local/aps-failure/readings"},
@@ -71,6 +73,9 @@ func TestParseRoundTrip(t *testing.T) {
 		if got, ok := ParseTruckStatus(TruckStatus(id)); !ok || got != id {
 			t.Errorf("ParseTruckStatus(TruckStatus(%q)) = %q, %v", id, got, ok)
 		}
+		if got, ok := ParseTruckPresence(TruckPresence(id)); !ok || got != id {
+			t.Errorf("ParseTruckPresence(TruckPresence(%q)) = %q, %v", id, got, ok)
+		}
 		if got, ok := ParseTruckEvents(TruckEvents(id)); !ok || got != id {
 			t.Errorf("ParseTruckEvents(TruckEvents(%q)) = %q, %v", id, got, ok)
 		}
@@ -108,6 +113,8 @@ func TestParseRejects(t *testing.T) {
 		"linkedge/v1/trucks/t/predictions/#",
 		"linkedge/v1/trucks/t/desired",
 		"linkedge/v1/trucks/+/events",
+		"linkedge/v1/trucks/+/presence",
+		"linkedge/v1/trucks/t/presence/x",
 		"linkedge/v1/trucks/t/events/x",
 		"linkedge/v1/trucks/+/grant-request",
 		"linkedge/v1/trucks/t/grant",
@@ -121,6 +128,9 @@ func TestParseRejects(t *testing.T) {
 		}
 		if tr, ok := ParseTruckStatus(topic); ok {
 			t.Errorf("ParseTruckStatus(%q) accepted %q", topic, tr)
+		}
+		if tr, ok := ParseTruckPresence(topic); ok {
+			t.Errorf("ParseTruckPresence(%q) accepted %q", topic, tr)
 		}
 		if tr, ok := ParseTruckEvents(topic); ok {
 			t.Errorf("ParseTruckEvents(%q) accepted %q", topic, tr)
@@ -138,7 +148,7 @@ func TestParseRejects(t *testing.T) {
 // only the exact strings the builders would produce.
 func FuzzParsers(f *testing.F) {
 	for _, s := range []string{
-		ModelRelease("aps-failure"), AllModelReleases(), TruckStatus("t1"), AllTruckStatus(),
+		ModelRelease("aps-failure"), AllModelReleases(), TruckStatus("t1"), AllTruckStatus(), TruckPresence("t1"), AllTruckPresence(),
 		TruckPredictions("t1", "m1"), TruckEvents("t1"), TruckGrantRequest("t1"), LocalReadings("m"),
 		"linkedge/v1/models//release", "linkedge/v1/trucks/a/predictions/b/c", "", "/", "linkedge/v1/",
 	} {
@@ -155,6 +165,9 @@ func FuzzParsers(f *testing.F) {
 		}
 		if truck, ok := ParseTruckGrantRequest(topic); ok && (ValidID(truck) != nil || TruckGrantRequest(truck) != topic) {
 			t.Fatalf("ParseTruckGrantRequest(%q) = %q does not round-trip", topic, truck)
+		}
+		if truck, ok := ParseTruckPresence(topic); ok && (ValidID(truck) != nil || TruckPresence(truck) != topic) {
+			t.Fatalf("ParseTruckPresence(%q) = %q does not round-trip", topic, truck)
 		}
 		if truck, ok := ParseTruckStatus(topic); ok {
 			if ValidID(truck) != nil || TruckStatus(truck) != topic {

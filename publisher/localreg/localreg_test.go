@@ -118,7 +118,7 @@ func TestAddRefuses(t *testing.T) {
 	noMeta := filepath.Join(src, "nometa.tar.gz")
 	os.WriteFile(noMeta, tarGz(t, map[string]string{"model.onnx": "x"}), 0o644)
 	badMeta := filepath.Join(src, "badmeta.tar.gz")
-	os.WriteFile(badMeta, tarGz(t, map[string]string{"model.onnx": "x", "metadata.json": `{"schema":"linkedge.bundle/v1","name":"m","version":0}`}), 0o644)
+	os.WriteFile(badMeta, tarGz(t, map[string]string{"model.onnx": "x", "metadata.json": `{"schema":"linkedge.bundle/v1","name":"m","version":-1}`}), 0o644)
 
 	tests := []struct {
 		name, path string
@@ -153,6 +153,32 @@ func TestAddRefuses(t *testing.T) {
 	}
 	if list, err := r.List(); err != nil || len(list) != 1 {
 		t.Errorf("after refusals List = %v, %v; want only version 2", list, err)
+	}
+}
+
+// A bundle without a version (a pipeline leaves the numbering to the
+// registry) gets the model's next version, as SageMaker numbers a
+// registration.
+func TestAddNumbersABundleWithoutVersion(t *testing.T) {
+	r := openReg(t)
+	src := t.TempDir()
+	for _, want := range []int64{1, 2} {
+		p, _ := writeBundle(t, src, "m", 0)
+		e, err := r.Add(context.Background(), p)
+		if err != nil {
+			t.Fatalf("add a bundle without a version: %v", err)
+		}
+		if e.Version != want {
+			t.Fatalf("got version %d, want %d", e.Version, want)
+		}
+	}
+	p, _ := writeBundle(t, src, "m", 5)
+	if _, err := r.Add(context.Background(), p); err != nil {
+		t.Fatal(err)
+	}
+	p, _ = writeBundle(t, src, "m", 0)
+	if e, err := r.Add(context.Background(), p); err != nil || e.Version != 6 {
+		t.Fatalf("after version 5: %+v, %v; want version 6", e, err)
 	}
 }
 

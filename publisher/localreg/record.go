@@ -10,6 +10,8 @@ import (
 	"time"
 	"unicode"
 	"unicode/utf8"
+
+	"github.com/linkedge/linkedge/internal/release"
 )
 
 // RecordSchema is the value of Record.Schema this package writes and reads.
@@ -54,6 +56,12 @@ type Record struct {
 	SHA256      string `json:"sha256"`
 	Size        int64  `json:"size"`
 	Description string `json:"description,omitempty"`
+	// Image, if set, is the serving container image the version runs in,
+	// pinned by digest (name@sha256:...): the publisher announces it as a
+	// container release. Without it trucks run the bundle in process.
+	// Set by `registry add --image` or `registry approve --image`; see
+	// SetImage for when it may change.
+	Image string `json:"image,omitempty"`
 }
 
 var sha256Hex = regexp.MustCompile(`^[0-9a-f]{64}$`)
@@ -109,6 +117,11 @@ func (r *Record) validate() error {
 	}
 	if r.Size <= 0 {
 		bad("size is %d, want the artifact size in bytes", r.Size)
+	}
+	if r.Image != "" {
+		if err := release.CheckImage(r.Image); err != nil {
+			bad("image: %v", err)
+		}
 	}
 	for _, f := range [...]struct{ name, value string }{
 		{"approved_by", r.ApprovedBy}, {"rejected_by", r.RejectedBy}, {"description", r.Description},

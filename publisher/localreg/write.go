@@ -13,14 +13,17 @@ import (
 
 	"github.com/linkedge/linkedge/inference/bundle"
 	"github.com/linkedge/linkedge/internal/atomicfile"
+	"github.com/linkedge/linkedge/internal/topics"
 )
 
 // now is the clock, replaceable by tests.
 var now = time.Now
 
 // Add copies the model bundle at bundlePath (a model.tar.gz) into the
-// registry as a pending version. The model name and version come from the
-// bundle's metadata.json. It refuses a version that exists ([ErrExists]) or
+// registry as a pending version. The model name comes from the bundle's
+// metadata.json, and so does the version if it gives one; a bundle without
+// a version gets the model's next one (its newest of any status plus one),
+// as SageMaker numbers a registration. It refuses a version that exists ([ErrExists]) or
 // is not above the model's newest version of any status ([ErrNotNewer]):
 // versions only move forward, as they do in SageMaker, so a version number
 // always means the same bytes.
@@ -55,6 +58,16 @@ func (r *Registry) Add(ctx context.Context, bundlePath string) (Entry, error) {
 		return Entry{}, fmt.Errorf("%w: %s: %w", ErrInvalidBundle, bundlePath, err)
 	}
 	model, version := b.Meta.Name, b.Meta.Version
+	if version == 0 && topics.ValidID(model) == nil {
+		vs, err := r.versions(model)
+		if err != nil {
+			return Entry{}, err
+		}
+		version = 1
+		if len(vs) > 0 {
+			version = vs[len(vs)-1] + 1
+		}
+	}
 	if err := checkID(model, version); err != nil {
 		return Entry{}, fmt.Errorf("%w: %s: %w", ErrInvalidBundle, bundlePath, err)
 	}

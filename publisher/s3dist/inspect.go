@@ -106,18 +106,32 @@ func (r *Reader) Inspect(ctx context.Context, loc Location, etag string) (Artifa
 	return a, nil
 }
 
-// CheckNames returns an [ErrInvalidBundle] error unless the bundle's
-// metadata names model and version: a version number must always mean the
-// same model, or trucks would run one model under another's name.
-func (a Artifact) CheckNames(model string, version int64) error {
+// CheckModel returns an [ErrInvalidBundle] error unless the bundle's
+// metadata names model: a model name must always mean the same model (its
+// features, its topics), or trucks would run one model under another's
+// name. The version is not checked: the registry assigns it, often after
+// the bundle was built, and the signed release binds the registry's number
+// to the artifact's sha256 (see [Artifact.OtherVersion]).
+func (a Artifact) CheckModel(model string) error {
 	switch {
 	case a.Meta == nil:
 		return fmt.Errorf("%w: no metadata", ErrInvalidBundle)
-	case a.Meta.Name != model || a.Meta.Version != version:
-		return fmt.Errorf("%w: its metadata.json says %s version %d, but the registry says %s version %d",
-			ErrInvalidBundle, a.Meta.Name, a.Meta.Version, model, version)
+	case a.Meta.Name != model:
+		return fmt.Errorf("%w: its metadata.json names model %s, but the registry holds it as %s; package it again with \"name\": %q",
+			ErrInvalidBundle, a.Meta.Name, model, model)
 	}
 	return nil
+}
+
+// OtherVersion returns the version the bundle's metadata.json gives when
+// it gives one and it is not version, the registry's: a pipeline that
+// predicted its version and lost a race with another registration. The
+// registry's number wins; the caller says so in its log.
+func (a Artifact) OtherVersion(version int64) (int64, bool) {
+	if a.Meta == nil || a.Meta.Version == 0 || a.Meta.Version == version {
+		return 0, false
+	}
+	return a.Meta.Version, true
 }
 
 // countingReader counts bytes and remembers a read error, so a broken

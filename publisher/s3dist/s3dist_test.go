@@ -118,16 +118,19 @@ func TestInspect(t *testing.T) {
 			if a.ETag == "" || a.ETag != h.ETag {
 				t.Fatalf("etag %q, head %q", a.ETag, h.ETag)
 			}
-			if err := a.CheckNames("aps-failure", 3); err != nil {
+			if err := a.CheckModel("aps-failure"); err != nil {
 				t.Fatal(err)
 			}
-			for _, wrong := range []struct {
-				m string
-				v int64
-			}{{"aps-failure", 4}, {"engine-temp", 3}} {
-				if err := a.CheckNames(wrong.m, wrong.v); !errors.Is(err, s3dist.ErrInvalidBundle) {
-					t.Errorf("CheckNames(%s, %d) = %v, want ErrInvalidBundle", wrong.m, wrong.v, err)
-				}
+			if err := a.CheckModel("engine-temp"); !errors.Is(err, s3dist.ErrInvalidBundle) || !strings.Contains(err.Error(), "engine-temp") {
+				t.Errorf("CheckModel(engine-temp) = %v, want ErrInvalidBundle naming the registry's model", err)
+			}
+			// The registry's version is the authority: another one in
+			// metadata.json is reported, not refused.
+			if v, ok := a.OtherVersion(3); ok {
+				t.Errorf("OtherVersion(3) = %d, want none", v)
+			}
+			if v, ok := a.OtherVersion(4); !ok || v != 3 {
+				t.Errorf("OtherVersion(4) = %d %v, want 3 true", v, ok)
 			}
 		})
 	}

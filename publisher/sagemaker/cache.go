@@ -10,8 +10,14 @@ import (
 	"github.com/linkedge/linkedge/internal/atomicfile"
 )
 
-// cacheSchema names the cache file's format.
-const cacheSchema = "linkedge.sagemaker-artifacts/v1"
+// cacheSchema names the cache file's format. Version 1 files are read
+// without their problems: they were judged when a bundle's metadata.json
+// had to give the registry's version, and an artifact refused only for
+// that is good now (the registry's version is the authority).
+const (
+	cacheSchema   = "linkedge.sagemaker-artifacts/v2"
+	cacheSchemaV1 = "linkedge.sagemaker-artifacts/v1"
+)
 
 // maxCacheEntries bounds the cache; the oldest entries are dropped first.
 const maxCacheEntries = 4096
@@ -61,12 +67,12 @@ func newArtifactCache(path string) (*artifactCache, error) {
 		return nil, fmt.Errorf("read artifact cache: %w", err)
 	}
 	var f cacheFile
-	if err := json.Unmarshal(data, &f); err != nil || f.Schema != cacheSchema {
+	if err := json.Unmarshal(data, &f); err != nil || (f.Schema != cacheSchema && f.Schema != cacheSchemaV1) {
 		// A damaged cache costs one download per artifact, nothing more.
 		return c, nil
 	}
 	for _, k := range f.Order {
-		if e, ok := f.Entries[k]; ok {
+		if e, ok := f.Entries[k]; ok && (f.Schema == cacheSchema || e.Problem == "") {
 			c.entries[k] = e
 			c.order = append(c.order, k)
 		}

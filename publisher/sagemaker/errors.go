@@ -25,6 +25,10 @@ var (
 	// ErrNoArtifact: the package names no model data
 	// (InferenceSpecification.Containers[0].ModelDataUrl).
 	ErrNoArtifact = errors.New("model package has no model data url")
+	// ErrImageNotPinned: with the container runtime, the package's serving
+	// image is not pinned by digest (or there is none), so no release can
+	// name exactly what trucks would run.
+	ErrImageNotPinned = errors.New("model package image is not pinned by digest")
 	// ErrNotReady: the package's ModelPackageStatus is not Completed.
 	ErrNotReady = errors.New("model package is not completed")
 	// ErrThrottled: SageMaker or S3 asked us to slow down; the registry
@@ -66,7 +70,7 @@ func classify(err error) class {
 	case errors.Is(err, ErrThrottled), throttles.IsErrorThrottle(err) == aws.TrueTernary:
 		return throttled
 	case errors.Is(err, ErrGroupNotFound), errors.Is(err, ErrPackageNotFound), errors.Is(err, ErrNoVersion),
-		errors.Is(err, ErrNoArtifact), errors.Is(err, ErrNotReady),
+		errors.Is(err, ErrNoArtifact), errors.Is(err, ErrImageNotPinned), errors.Is(err, ErrNotReady),
 		errors.Is(err, s3dist.ErrNotS3), errors.Is(err, s3dist.ErrNotFound), errors.Is(err, s3dist.ErrInvalidBundle):
 		return permanent
 	}

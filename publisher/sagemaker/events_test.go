@@ -1,10 +1,13 @@
 package sagemaker_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -108,8 +111,10 @@ func TestEventsTriggerRefresh(t *testing.T) {
 	}
 	var mu sync.Mutex
 	var seen []sagemaker.Event
+	logs := &lockedBuffer{}
 	ev := &sagemaker.Events{Client: sqsClient(q), QueueURL: q.QueueURL, Registry: r, Wait: time.Second,
-		MinBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond, Logger: testLogger(t),
+		MinBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond,
+		Logger:  slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo})),
 		OnEvent: func(e sagemaker.Event) { mu.Lock(); seen = append(seen, e); mu.Unlock() }}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -130,6 +135,11 @@ func TestEventsTriggerRefresh(t *testing.T) {
 	case <-r.Notify():
 		t.Fatal("noise triggered a refresh")
 	default:
+	}
+	// An unwatched group's event is said at Info (a mistyped --groups would
+	// be silent at Debug), naming the group and the fix.
+	if out := logs.String(); !strings.Contains(out, "level=INFO") || !strings.Contains(out, "group=some-other-group") || !strings.Contains(out, "--groups") {
+		t.Errorf("the event of an unwatched group was not logged at Info with the group and the fix:\n%s", out)
 	}
 
 	p2 := e.register("aps-failure")
@@ -193,4 +203,22 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// lockedBuffer is a log destination safe for the consumer's goroutine.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }

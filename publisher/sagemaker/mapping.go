@@ -152,7 +152,12 @@ func pinnedImage(image, digest string) (string, error) {
 	if image != "" && strings.HasPrefix(digest, "sha256:") {
 		return image + "@" + digest, nil
 	}
-	return "", fmt.Errorf("%w: container runtime needs the image pinned by digest, and %q has none", ErrNoArtifact, image)
+	// The cause is the image, not the artifact: the model data may be
+	// fine, and the fix is in how the package names its container.
+	if image == "" {
+		return "", fmt.Errorf("%w: the container runtime (--container-runtime, sagemaker.container_runtime) announces the package's serving image, and InferenceSpecification.Containers[0].Image is empty; register the model with an image as repo@sha256:<digest>", ErrImageNotPinned)
+	}
+	return "", fmt.Errorf("%w: the container runtime (--container-runtime, sagemaker.container_runtime) needs the serving image pinned by digest, and %q has no @sha256: digest and SageMaker recorded no ImageDigest; register the model with the image as repo@sha256:<digest> (linkedge toolkit image prints it after a push)", ErrImageNotPinned, image)
 }
 
 func status(s types.ModelApprovalStatus) publisher.Status {

@@ -11,6 +11,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	sm "github.com/aws/aws-sdk-go-v2/service/sagemaker"
 	"github.com/aws/aws-sdk-go-v2/service/sagemaker/types"
+	"github.com/aws/smithy-go"
 
 	"github.com/linkedge/linkedge/publisher"
 	"github.com/linkedge/linkedge/publisher/s3dist"
@@ -23,6 +24,9 @@ import (
 // transient failure with no earlier good description of it): stepping
 // past such a version could roll the fleet back for nothing.
 func (r *Registry) refreshGroup(ctx context.Context, group string, now time.Time) ([]publisher.Version, []Problem, error) {
+	if err := r.checkGroup(ctx, group); err != nil {
+		return nil, nil, err
+	}
 	sums, err := r.listApproved(ctx, group)
 	if err != nil {
 		return nil, nil, err
@@ -64,6 +68,42 @@ func (r *Registry) refreshGroup(ctx context.Context, group string, now time.Time
 		return nil, probs, err
 	}
 	return nil, probs, nil
+}
+
+// checkGroup asks SageMaker whether group exists, until it has once: a
+// mistyped group in --groups otherwise looks like a group with nothing
+// approved, since ListModelPackages may answer it with an empty list. A
+// group that does not exist is [ErrGroupNotFound] and is asked about again
+// at each refresh, so that the publisher says when a pipeline created it.
+// A failure that says nothing about the group is no reason to skip the
+// read: a network error leaves it to be asked again, and an answer such
+// as AccessDenied (a role without sagemaker:DescribeModelPackageGroup,
+// which older set-ups did not need) is logged once and not asked again.
+func (r *Registry) checkGroup(ctx context.Context, group string) error {
+	r.mu.Lock()
+	known := r.exists[group]
+	r.mu.Unlock()
+	if known {
+		return nil
+	}
+	callCtx, cancel := r.callContext(ctx, r.cfg.CallTimeout)
+	_, err := r.cfg.Client.DescribeModelPackageGroup(callCtx, &sm.DescribeModelPackageGroupInput{ModelPackageGroupName: aws.String(group)})
+	cancel()
+	var ae smithy.APIError
+	switch {
+	case err == nil:
+	case notFound(err):
+		return fmt.Errorf("%w: %q does not exist in this account and region (check --groups or sagemaker.groups; it is watched in case a pipeline creates it): %w", ErrGroupNotFound, group, err)
+	case errors.As(err, &ae) && classify(err) != throttled:
+		r.log.Info("cannot check that the sagemaker model package group exists; a mistyped group will look empty (grant sagemaker:DescribeModelPackageGroup to see it named)",
+			"group", group, "err", err)
+	default:
+		return nil // asked again at the next refresh
+	}
+	r.mu.Lock()
+	r.exists[group] = true
+	r.mu.Unlock()
+	return nil
 }
 
 // listApproved lists every approved versioned package of group, all
@@ -160,7 +200,15 @@ func (r *Registry) artifact(ctx context.Context, p Package, loc s3dist.Location)
 	a, err := r.cfg.Artifacts.Inspect(inspectCtx, loc, head.ETag)
 	cancel()
 	if err == nil {
-		err = a.CheckNames(p.Group, p.Version)
+		err = a.CheckModel(p.Group)
+	}
+	if other, ok := a.OtherVersion(p.Version); ok && err == nil {
+		// A pipeline that predicted its version and lost a race with
+		// another registration: the registry's number is the one signed
+		// with this sha256, and trucks report it, not the bundle's. Logged
+		// once per artifact, since its digest is cached.
+		r.log.Warn("artifact's metadata.json gives another version than the registry's; announcing the registry's (leave \"version\" out of metadata.json: the registry assigns it)",
+			"group", p.Group, "version", p.Version, "metadata_version", other, "arn", p.ARN)
 	}
 	var entry cacheEntry
 	switch {

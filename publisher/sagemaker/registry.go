@@ -36,6 +36,10 @@ const (
 type API interface {
 	ListModelPackages(ctx context.Context, in *sm.ListModelPackagesInput, optFns ...func(*sm.Options)) (*sm.ListModelPackagesOutput, error)
 	DescribeModelPackage(ctx context.Context, in *sm.DescribeModelPackageInput, optFns ...func(*sm.Options)) (*sm.DescribeModelPackageOutput, error)
+	// DescribeModelPackageGroup tells a watched group that does not exist
+	// (a typo in the configuration) from one with nothing approved yet:
+	// ListModelPackages may answer both with an empty list.
+	DescribeModelPackageGroup(ctx context.Context, in *sm.DescribeModelPackageGroupInput, optFns ...func(*sm.Options)) (*sm.DescribeModelPackageGroupOutput, error)
 }
 
 // Artifacts reads artifacts from S3; *s3dist.Reader implements it.
@@ -162,6 +166,12 @@ type Registry struct {
 	reported  map[string]string            // by problem key: the message last logged
 	refreshes int
 	created   time.Time // when New ran: a group never read is stale from then
+	// exists holds the groups known to exist, or whose existence cannot
+	// be asked (no permission): they are not asked again.
+	exists map[string]bool
+	// failing holds the groups whose last read failed, so their view is
+	// older than asked for; see [Registry.Degraded].
+	failing map[string]error
 }
 
 // groupState is what the registry last learned about one group.
@@ -201,7 +211,7 @@ func New(cfg Config) (*Registry, error) {
 	}
 	r := &Registry{cfg: cfg, log: cfg.Logger, cache: cache, notify: make(chan struct{}, 1),
 		dirty: map[string]bool{}, groups: map[string]*groupState{}, lastGood: map[string]publisher.Version{},
-		problems: map[string]Problem{}, reported: map[string]string{},
+		problems: map[string]Problem{}, reported: map[string]string{}, exists: map[string]bool{}, failing: map[string]error{},
 		backoff: backoff.Backoff{Min: cfg.MinBackoff, Max: cfg.MaxBackoff}, created: cfg.Now()}
 	r.cfg.Groups = slices.Clone(cfg.Groups)
 	return r, nil
@@ -306,6 +316,7 @@ func (r *Registry) Versions(ctx context.Context) ([]publisher.Version, error) {
 func (r *Registry) refresh(ctx context.Context, due []string, full bool, now time.Time) []error {
 	var errs []error
 	var failed []string
+	failErr := map[string]error{}
 	throttledAny := false
 	for _, g := range due {
 		vs, probs, err := r.refreshGroup(ctx, g, now)
@@ -319,6 +330,7 @@ func (r *Registry) refresh(ctx context.Context, due []string, full bool, now tim
 			r.setGroup(g, vs, true)
 			r.mu.Lock()
 			r.groups[g].readAt = now
+			delete(r.failing, g)
 			r.mu.Unlock()
 			r.replaceProblems(g, probs)
 			continue
@@ -330,12 +342,19 @@ func (r *Registry) refresh(ctx context.Context, due []string, full bool, now tim
 		case errors.Is(err, ErrGroupNotFound):
 			// The group is gone (or misspelt): it has no versions, which
 			// the publisher reports as "no approved version remains".
+			// That answer is current, so the view is not degraded; the
+			// problem and /healthz (the group is never read) say it.
 			r.setGroup(g, nil, true)
+			r.mu.Lock()
+			delete(r.failing, g)
+			r.mu.Unlock()
 		case c == throttled:
 			throttledAny = true
 			failed = append(failed, g)
+			failErr[g] = err
 		default:
 			failed = append(failed, g)
+			failErr[g] = err
 		}
 		if c == throttled {
 			// Every group shares the account's quota: stop here.
@@ -354,6 +373,11 @@ func (r *Registry) refresh(ctx context.Context, due []string, full bool, now tim
 	}
 	for _, g := range failed {
 		r.dirty[g] = true
+		if err, ok := failErr[g]; ok {
+			r.failing[g] = err
+		} else {
+			r.failing[g] = errors.New("not read: sagemaker throttled the groups read before it")
+		}
 	}
 	if len(failed) > 0 {
 		wait := r.backoff.Next()
@@ -412,6 +436,27 @@ func (r *Registry) Health() error {
 	return fmt.Errorf("%w: the SageMaker view is stale: %s; last problem: %s", ErrUnavailable, strings.Join(stale, ", "), cmp.Or(last, "none recorded"))
 }
 
+// Degraded returns nil unless the last read of a group failed, in which
+// case the registry answers from an older view of that group: the error
+// names the groups and why. The publisher counts it in errors_total at
+// every poll it lasts, as it counts a registry it cannot read at all,
+// so that an alert on the rate of registry errors fires at once, long
+// before [Registry.Health] calls the view stale.
+func (r *Registry) Degraded() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.failing) == 0 {
+		return nil
+	}
+	var parts []string
+	for _, g := range r.cfg.Groups {
+		if err, ok := r.failing[g]; ok {
+			parts = append(parts, fmt.Sprintf("%s: %v", g, err))
+		}
+	}
+	return fmt.Errorf("%w: answering from an older view of %s", ErrUnavailable, strings.Join(parts, "; "))
+}
+
 // problem records p and logs it, once while the same message lasts.
 func (r *Registry) problem(p Problem) {
 	r.mu.Lock()
@@ -426,10 +471,14 @@ func (r *Registry) problem(p Problem) {
 		return
 	}
 	r.reported[k] = msg
-	if p.ARN != "" {
+	switch {
+	case p.ARN != "":
 		r.log.Warn("sagemaker model package not usable; checked again at the next refresh",
 			"group", p.Group, "version", p.Version, "arn", p.ARN, "err", p.Err)
-	} else {
+	case errors.Is(p.Err, ErrGroupNotFound):
+		r.log.Warn("sagemaker model package group does not exist; check its name in --groups (sagemaker.groups); it is watched in case a pipeline creates it",
+			"group", p.Group, "err", p.Err)
+	default:
 		r.log.Warn("sagemaker model package group not read; keeping what it reported before", "group", p.Group, "err", p.Err)
 	}
 }
@@ -444,7 +493,13 @@ func (r *Registry) replaceProblems(g string, probs []Problem) {
 	r.mu.Lock()
 	for k, p := range r.problems {
 		if p.Group == g && !now[k] {
-			r.log.Info("sagemaker problem resolved", "group", g, "arn", p.ARN, "version", p.Version)
+			// A group's problem has no package: naming one (arn="",
+			// version=0) after an outage read as a broken package.
+			if p.ARN == "" {
+				r.log.Info("sagemaker model package group read again", "group", g, "problem_was", p.Err, "since", p.Since.Format(time.RFC3339))
+			} else {
+				r.log.Info("sagemaker model package usable again", "group", g, "version", p.Version, "arn", p.ARN)
+			}
 			delete(r.problems, k)
 			delete(r.reported, k)
 		}

@@ -1,10 +1,14 @@
 package sagemaker_test
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"log/slog"
+	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -229,5 +233,154 @@ func TestArtifactCache(t *testing.T) {
 	}
 	if n := e.S3.Gets(bucket, key); n != 2 || got["aps-failure"].Artifact.SHA256 != sha256hex(padded) {
 		t.Fatalf("%d downloads, sha %s", n, got["aps-failure"].Artifact.SHA256)
+	}
+}
+
+// The registry's version is the authority (issue 12 #1). A pipeline builds
+// model.tar.gz before RegisterModel gives the package its version, so the
+// bundle may not know it, or may give a guess that a parallel registration
+// made wrong; either way the version announced is SageMaker's, bound to the
+// artifact's sha256, and a guess that differs is logged, not refused.
+func TestRegistryVersionIsTheAuthority(t *testing.T) {
+	e := newEnv(t)
+	var logs syncBuffer
+	edit := func(c *sagemaker.Config) { c.Logger = slog.New(slog.NewTextHandler(&logs, nil)) }
+	r := e.registry(edit, "aps-failure")
+
+	// A bundle without a version, as the pipeline step in
+	// docs/pipeline-hook.md builds it.
+	unversioned := bundleBytes(t, "aps-failure", 0)
+	url := "s3://" + bucket + "/builds/run-1/model.tar.gz"
+	e.S3.Put(t, bucket, "builds/run-1/model.tar.gz", unversioned)
+	p := e.SM.Register("aps-failure", url)
+	e.SM.Approve("aps-failure", p.Version, "pipeline")
+	got, err := versionsOf(t, r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v := got["aps-failure"]; v.Version != 1 || v.Artifact.SHA256 != sha256hex(unversioned) {
+		t.Fatalf("bundle without a version: got %+v, want version 1 with sha256 %s; problems %v", v, sha256hex(unversioned), r.Problems())
+	}
+
+	// Two pipeline runs at once. Run A predicted version 2 and wrote it
+	// into its metadata.json, but run B registered first and took 2; A's
+	// package is version 3.
+	runB := bundleBytes(t, "aps-failure", 0)
+	runA := append(bundleBytes(t, "aps-failure", 2), 0) // other bytes, other digest
+	e.S3.Put(t, bucket, "builds/run-b/model.tar.gz", runB)
+	e.S3.Put(t, bucket, "builds/run-a/model.tar.gz", runA)
+	if p := e.SM.Register("aps-failure", "s3://"+bucket+"/builds/run-b/model.tar.gz"); p.Version != 2 {
+		t.Fatalf("run B got version %d", p.Version)
+	}
+	if p := e.SM.Register("aps-failure", "s3://"+bucket+"/builds/run-a/model.tar.gz"); p.Version != 3 {
+		t.Fatalf("run A got version %d", p.Version)
+	}
+	e.SM.Approve("aps-failure", 2, "pipeline")
+	e.SM.Approve("aps-failure", 3, "pipeline")
+	r.Trigger("aps-failure")
+	got, err = versionsOf(t, r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v := got["aps-failure"]; v.Version != 3 || v.Artifact.SHA256 != sha256hex(runA) {
+		t.Fatalf("shifted version: got %+v, want version 3 with run A's sha256; problems %v", v, r.Problems())
+	}
+	if probs := r.Problems(); len(probs) != 0 {
+		t.Fatalf("problems %v, want none", probs)
+	}
+	if !strings.Contains(logs.String(), "metadata_version=2") || !strings.Contains(logs.String(), "version=3") {
+		t.Fatalf("the differing metadata.json version was not logged:\n%s", logs.String())
+	}
+	// Announceable (the pipeline hook's check) agrees.
+	if v, err := r.Announceable(t.Context(), "aps-failure", 3); err != nil || v.Artifact.SHA256 != sha256hex(runA) {
+		t.Fatalf("Announceable(3) = %+v, %v", v, err)
+	}
+	// A bundle of another model is still refused: a name is a model's
+	// identity (features, topics), not a number a registry hands out.
+	e.S3.Put(t, bucket, "builds/run-c/model.tar.gz", bundleBytes(t, "engine-temp", 0))
+	e.SM.Register("aps-failure", "s3://"+bucket+"/builds/run-c/model.tar.gz")
+	e.SM.Approve("aps-failure", 4, "pipeline")
+	r.Trigger("aps-failure")
+	if got, err = versionsOf(t, r); err != nil || got["aps-failure"].Version != 3 {
+		t.Fatalf("bundle of another model: %v %v", got, err)
+	}
+	if probs := r.Problems(); len(probs) != 1 || !errors.Is(probs[0].Err, s3dist.ErrInvalidBundle) || !strings.Contains(probs[0].Err.Error(), "engine-temp") {
+		t.Fatalf("problems %v, want the bundle of engine-temp refused", probs)
+	}
+}
+
+// An artifact cache written before the registry's version became the
+// authority may remember a package as refused for its metadata.json
+// version; that verdict is dropped, the digests are kept.
+func TestArtifactCacheV1(t *testing.T) {
+	e := newEnv(t)
+	data := bundleBytes(t, "aps-failure", 7) // the bundle's guess, 7; the registry's version, 1
+	url := e.upload("aps-failure", 1, data)
+	p := e.SM.Register("aps-failure", url)
+	e.SM.Approve("aps-failure", p.Version, "alice")
+	loc, err := s3dist.ParseURL(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := (&s3dist.Reader{Client: e.S3.Client()}).Head(t.Context(), loc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cache := filepath.Join(t.TempDir(), "artifacts.json")
+	k := p.ARN + " " + h.ETag
+	old := fmt.Sprintf(`{"schema":"linkedge.sagemaker-artifacts/v1","entries":{%q:{"problem":"s3://linkedge-ml/aps-failure/1/model.tar.gz: not a valid linkedge bundle: its metadata.json says aps-failure version 7, but the registry says aps-failure version 1"}},"order":[%q]}`, k, k)
+	if err := os.WriteFile(cache, []byte(old), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r := e.registry(func(c *sagemaker.Config) { c.CacheFile = cache }, "aps-failure")
+	got, err := versionsOf(t, r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v := got["aps-failure"]; v.Version != 1 || v.Artifact.SHA256 != sha256hex(data) {
+		t.Fatalf("got %+v, want version 1; problems %v", v, r.Problems())
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for a logger and a test at once.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// With the container runtime, a package whose serving image is not pinned
+// by digest is refused for its image, not for its model data, which is
+// fine (issue 12 #3: the error named a missing model data URL).
+func TestContainerRuntimeNamesTheImage(t *testing.T) {
+	e := newEnv(t)
+	p := e.register("aps-failure") // the emulator's image is a tag, ":1"
+	e.SM.Approve("aps-failure", p.Version, "alice")
+	r := e.registry(func(c *sagemaker.Config) { c.ContainerRuntime = true }, "aps-failure")
+	if got, err := versionsOf(t, r); err != nil || len(got) != 0 {
+		t.Fatalf("an image by tag was announced: %v %v", got, err)
+	}
+	probs := r.Problems()
+	if len(probs) != 1 || !errors.Is(probs[0].Err, sagemaker.ErrImageNotPinned) || errors.Is(probs[0].Err, sagemaker.ErrNoArtifact) ||
+		strings.Contains(probs[0].Err.Error(), "model data url") || !strings.Contains(probs[0].Err.Error(), p.Image) {
+		t.Fatalf("problems %v, want the unpinned image %s named as the cause", probs, p.Image)
+	}
+	pinned := "763104351884.dkr.ecr.eu-west-1.amazonaws.com/linkedge-inference@sha256:" + strings.Repeat("ab", 32)
+	e.SM.Update("aps-failure", p.Version, func(p *sagemakertest.Package) { p.Image = pinned })
+	e.advance(time.Hour)
+	got, err := versionsOf(t, r)
+	if err != nil || got["aps-failure"].Runtime.Image != pinned || got["aps-failure"].Runtime.Kind != release.RuntimeContainer {
+		t.Fatalf("pinned image: %v %v", got, err)
 	}
 }

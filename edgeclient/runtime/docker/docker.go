@@ -281,6 +281,9 @@ func (c *candidate) unpack() error {
 	if err != nil {
 		return err
 	}
+	if err := runtime.Adopt(b, c.spec); err != nil {
+		return err
+	}
 	os.RemoveAll(c.dir)
 	return b.Unpack(c.dir)
 }
@@ -327,7 +330,11 @@ func (r *Runtime) start(ctx context.Context, spec runtime.Spec, addr, dir, reaso
 	if r.Owner != "" {
 		labels = map[string]string{OwnerLabel: r.Owner}
 	}
-	id, err := icontainer.Run(ctx, r.Docker, icontainer.RunOptions{Image: spec.Image, Name: name, HTTP: addr, ModelDir: dir, Labels: labels})
+	ref := spec.Image
+	if local, ok := r.localImage(ctx, ref); ok {
+		ref = local // an image pinned by its id is run by its id
+	}
+	id, err := icontainer.Run(ctx, r.Docker, icontainer.RunOptions{Image: ref, Name: name, HTTP: addr, ModelDir: dir, Labels: labels})
 	if err != nil {
 		return "", fmt.Errorf("%w: %w", ErrContainer, err)
 	}
@@ -362,8 +369,10 @@ func (r *Runtime) Stage(ctx context.Context, spec runtime.Spec) (runtime.Candida
 	if err != nil {
 		return nil, err
 	}
-	if b.Meta == nil || b.Meta.Name != spec.Model || b.Meta.Version != spec.Version {
-		return nil, fmt.Errorf("%w: bundle does not hold %s v%d", bundle.ErrInvalid, spec.Model, spec.Version)
+	// The container reads the metadata.json Unpack writes, so it reports
+	// the release's version too.
+	if err := runtime.Adopt(b, spec); err != nil {
+		return nil, err
 	}
 	dir := filepath.Join(r.WorkDir, spec.SHA256)
 	os.RemoveAll(dir)
@@ -482,7 +491,7 @@ func (r *Runtime) logTail(id string) string {
 // failure is ErrContainer: an unreachable engine or registry, or an image
 // the registry does not have (yet), is no verdict on the model.
 func (r *Runtime) ensureImage(ctx context.Context, ref string) error {
-	if _, err := r.Docker.ImageInspect(ctx, ref); err == nil {
+	if _, ok := r.localImage(ctx, ref); ok {
 		return nil
 	}
 	rc, err := r.Docker.ImagePull(ctx, ref, image.PullOptions{})

@@ -72,8 +72,8 @@ func (r *Runtime) Stage(ctx context.Context, spec runtime.Spec) (runtime.Candida
 		}
 		return nil, err
 	}
-	if b.Meta != nil && (b.Meta.Name != spec.Model || b.Meta.Version != spec.Version) {
-		return nil, fmt.Errorf("%w: bundle holds %s v%d, the release announced %s v%d", bundle.ErrInvalid, b.Meta.Name, b.Meta.Version, spec.Model, spec.Version)
+	if err := runtime.Adopt(b, spec); err != nil {
+		return nil, err
 	}
 	m, err := inference.Load(ctx, b, r.opts)
 	if err != nil {

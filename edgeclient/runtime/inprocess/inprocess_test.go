@@ -1,6 +1,7 @@
 package inprocess
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"os"
@@ -41,9 +42,9 @@ func TestStageActivate(t *testing.T) {
 	v1 := runtime.Spec{Model: "aps-failure", Version: 1, Bundle: write(t, apsmodels.V1())}
 	v2 := runtime.Spec{Model: "aps-failure", Version: 2, Bundle: write(t, apsmodels.V2())}
 
-	// A bundle that is not what the release announced is refused.
-	if _, err := rt.Stage(ctx, runtime.Spec{Model: "aps-failure", Version: 7, Bundle: v1.Bundle}); !errors.Is(err, bundle.ErrInvalid) {
-		t.Fatalf("mismatched version: %v", err)
+	// A bundle of another model than the release announced is refused.
+	if _, err := rt.Stage(ctx, runtime.Spec{Model: "engine-temp", Version: 1, Bundle: v1.Bundle}); !errors.Is(err, bundle.ErrInvalid) {
+		t.Fatalf("another model: %v", err)
 	}
 	c1, err := rt.Stage(ctx, v1)
 	if err != nil {
@@ -90,5 +91,44 @@ func TestStageRefusesAModelOverTheCap(t *testing.T) {
 	}
 	if update.Classify(ctx, err) != update.Permanent {
 		t.Fatalf("classified %v, want permanent", update.Classify(ctx, err))
+	}
+}
+
+// The release's version is the model's (issue 12 #1): a bundle built
+// before the registry numbered it has no version, or a guess that a
+// parallel registration made wrong, and the truck serves and reports the
+// version the signed release binds to the bundle's sha256.
+func TestStageTakesTheReleaseVersion(t *testing.T) {
+	ctx := context.Background()
+	rt, slot := newRuntime(t)
+	b, err := bundle.Read(bytes.NewReader(apsmodels.V1()), bundle.Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.Meta.Version = 0
+	var unversioned bytes.Buffer
+	if err := bundle.Write(&unversioned, b.Meta, b.ONNX); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		data []byte
+		want int64
+	}{
+		{"no version in metadata.json", unversioned.Bytes(), 3},
+		{"metadata.json says 1", apsmodels.V1(), 4},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := rt.Stage(ctx, runtime.Spec{Model: "aps-failure", Version: tc.want, Bundle: write(t, tc.data)})
+			if err != nil {
+				t.Fatalf("stage as version %d: %v", tc.want, err)
+			}
+			if _, err := rt.Activate(ctx, c); err != nil {
+				t.Fatal(err)
+			}
+			if v := slot.Current().Meta().Version; v != tc.want {
+				t.Fatalf("serves version %d, want the release's %d", v, tc.want)
+			}
+		})
 	}
 }

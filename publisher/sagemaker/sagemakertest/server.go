@@ -1,8 +1,9 @@
 // Package sagemakertest is a SageMaker Model Registry API server for tests.
 // It speaks the real wire protocol, so the real aws-sdk-go-v2 SageMaker
 // client talks to it through BaseEndpoint: AWS JSON 1.1, POST / with
-// X-Amz-Target "SageMaker.ListModelPackages" or
-// "SageMaker.DescribeModelPackage", members named as in the API reference,
+// X-Amz-Target "SageMaker.ListModelPackages",
+// "SageMaker.DescribeModelPackage" or
+// "SageMaker.DescribeModelPackageGroup", members named as in the API reference,
 // timestamps as epoch seconds, and errors as {"__type": "...", "message":
 // "..."} with status 400 (ValidationException, ThrottlingException, ...).
 //
@@ -66,11 +67,11 @@ type Package struct {
 
 // Fault makes matching requests fail.
 type Fault struct {
-	// Op is the operation ("ListModelPackages", "DescribeModelPackage");
-	// empty matches both.
+	// Op is the operation ("ListModelPackages", "DescribeModelPackage",
+	// "DescribeModelPackageGroup"); empty matches every one.
 	Op string
-	// Resource is a group name (List) or package ARN (Describe); empty
-	// matches any.
+	// Resource is a group name (List, DescribeModelPackageGroup) or package
+	// ARN (DescribeModelPackage); empty matches any.
 	Resource string
 	// Code is the error's __type, e.g. "ThrottlingException"; Status is its
 	// HTTP status (default 400).
@@ -98,6 +99,9 @@ type Server struct {
 	faults   []*Fault
 	calls    map[string]int
 	pageCap  int
+	// emptyUnknown: ListModelPackages answers an unknown group with an
+	// empty list instead of a ValidationException.
+	emptyUnknown bool
 }
 
 // New starts a server and stops it when tb ends.
@@ -119,6 +123,16 @@ func (s *Server) SetPageCap(n int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.pageCap = n
+}
+
+// SetListUnknownGroupEmpty makes ListModelPackages answer a group that does
+// not exist with an empty list, as some SageMaker-compatible services do,
+// instead of a ValidationException: a mistyped group then looks like one
+// with nothing approved, unless the client asks DescribeModelPackageGroup.
+func (s *Server) SetListUnknownGroupEmpty(on bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.emptyUnknown = on
 }
 
 // CreateGroup creates a model package group.

@@ -195,6 +195,16 @@ func (s *Server) handle(r *http.Request) (string, any, *apiError) {
 		}
 		out, err := s.describe(in)
 		return op, out, err
+	case "DescribeModelPackageGroup":
+		var in describeGroupInput
+		if err := dec(&in); err != nil {
+			return op, nil, err
+		}
+		if err := s.fault(op, in.ModelPackageGroupName); err != nil {
+			return op, nil, err
+		}
+		out, err := s.describeGroup(in)
+		return op, out, err
 	}
 	return op, nil, &apiError{status: http.StatusBadRequest, code: "UnknownOperationException", message: op + " is not served by sagemakertest"}
 }
@@ -252,6 +262,9 @@ func (s *Server) list(in listInput) (*listOutput, *apiError) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if in.ModelPackageGroupName != "" && !s.groups[in.ModelPackageGroupName] {
+		if s.emptyUnknown {
+			return &listOutput{ModelPackageSummaryList: []summary{}}, nil
+		}
 		return nil, validation("Model Package Group %s does not exist.", in.ModelPackageGroupName)
 	}
 	var match []*Package
@@ -341,6 +354,36 @@ func (s *Server) describe(in describeInput) (*describeOutput, *apiError) {
 		out.ModelMetrics = map[string]any{"ModelQuality": map[string]any{"Statistics": metricsSource{ContentType: "application/json", S3Uri: p.MetricsURI}}}
 	}
 	return out, nil
+}
+
+type describeGroupInput struct {
+	ModelPackageGroupName string
+}
+
+type describeGroupOutput struct {
+	ModelPackageGroupName   string
+	ModelPackageGroupArn    string
+	CreationTime            epoch
+	CreatedBy               *userContext `json:",omitempty"`
+	ModelPackageGroupStatus string
+}
+
+func (s *Server) describeGroup(in describeGroupInput) (*describeGroupOutput, *apiError) {
+	if in.ModelPackageGroupName == "" {
+		return nil, validation("1 validation error detected: Value null at 'modelPackageGroupName' failed to satisfy constraint: Member must not be null")
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.groups[in.ModelPackageGroupName] {
+		return nil, validation("ModelPackageGroup %s does not exist.", in.ModelPackageGroupName)
+	}
+	return &describeGroupOutput{
+		ModelPackageGroupName:   in.ModelPackageGroupName,
+		ModelPackageGroupArn:    fmt.Sprintf("arn:aws:sagemaker:%s:%s:model-package-group/%s", Region, Account, strings.ToLower(in.ModelPackageGroupName)),
+		CreationTime:            epoch(s.now()),
+		CreatedBy:               &userContext{IamIdentity: &iamIdentity{Arn: "arn:aws:sts::" + Account + ":assumed-role/SageMakerPipelineRole/pipeline"}},
+		ModelPackageGroupStatus: "Completed",
+	}, nil
 }
 
 func version(p *Package) *int32 {
