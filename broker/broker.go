@@ -58,6 +58,9 @@ type Broker struct {
 	// closing is closed when Close begins: publishes held back by the
 	// truck budget stop waiting.
 	closing chan struct{}
+	// backpressure paces publishers to wildcard subscribers that fall
+	// behind (backpressure.go).
+	backpressure *backpressure
 
 	startedAt atomic.Int64 // unix nanoseconds; 0 until Start succeeds
 	ready     atomic.Bool
@@ -175,6 +178,10 @@ func New(cfg Config) (*Broker, error) {
 			return nil, fmt.Errorf("add truck budget hook: %w", err)
 		}
 	}
+	b.backpressure = newBackpressure(srv, cfg.Logger, b.closing)
+	if err := srv.AddHook(b.backpressure, nil); err != nil {
+		return nil, fmt.Errorf("add backpressure hook: %w", err)
+	}
 	if cfg.MaxQueuedBytes > 0 || cfg.MaxQueuedBytesPerTruck > 0 {
 		b.queues = newSessionQueues(max(cfg.MaxQueuedBytes, 0), max(cfg.MaxQueuedBytesPerTruck, 0), cfg.Logger)
 		b.auth.queues = b.queues // asked for each delivery, in OnACLCheck
@@ -182,7 +189,8 @@ func New(cfg Config) (*Broker, error) {
 			return nil, fmt.Errorf("add session queue hook: %w", err)
 		}
 	}
-	if err := srv.AddHook(&retainGuard{}, nil); err != nil {
+	guard := &retainGuard{}
+	if err := srv.AddHook(guard, nil); err != nil {
 		return nil, fmt.Errorf("add retain guard hook: %w", err)
 	}
 	if err := srv.AddHook(newDropReporter(cfg.Logger), nil); err != nil {
@@ -207,7 +215,7 @@ func New(cfg Config) (*Broker, error) {
 			return nil, fmt.Errorf("register profile metrics: %w", err)
 		}
 	}
-	b.sess = &sessionHook{srv: srv, acl: b.auth.OnACLCheck}
+	b.sess = &sessionHook{srv: srv, acl: b.auth.OnACLCheck, guard: guard}
 	if err := srv.AddHook(b.sess, nil); err != nil {
 		return nil, fmt.Errorf("add session hook: %w", err)
 	}

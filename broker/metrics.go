@@ -63,6 +63,8 @@ func newCollector(b *Broker) *collector {
 	add("bytes_sent_total", "Bytes sent to MQTT clients.", counter, info(func(i *sysInfo) int64 { return i.BytesSent }))
 	add("auth_failures_total", "Connections refused: bad credentials, a session owned by another user, or a truck's client id taken by someone else.", counter, func(c *collector) float64 { return float64(c.b.auth.authFailures.Load()) })
 	add("logins_throttled_total", "Logins refused without a password check: too many failed logins from the address (and username) in the last minute.", counter, func(c *collector) float64 { return float64(c.b.auth.throttled.Load()) })
+	add("backpressure_waits_total", "QoS 1 publishes held back while a subscriber of every truck's topics (the publisher, an operator's tool) caught up, instead of its copy being dropped.", counter, func(c *collector) float64 { return float64(c.b.backpressure.waits.Load()) })
+	add("backpressure_wait_seconds_total", "Time publishes spent held back for subscribers catching up.", counter, func(c *collector) float64 { return float64(c.b.backpressure.waited.Load()) / 1e9 })
 	add("truck_throttled_total", "Truck publishes held back by the truck budget (truck_messages_per_second, truck_bytes_per_second) until it covered them.", counter, func(c *collector) float64 {
 		if c.b.budget == nil {
 			return 0

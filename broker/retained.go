@@ -70,12 +70,24 @@ func (h *sessionHook) deliverRetained(cl *mqtt.Client, pk packets.Packet) {
 		if !granted {
 			continue // refused
 		}
-		for _, msg := range h.srv.Topics.Messages(f.filter) {
+		for _, msg := range h.retained(f.filter) {
 			if !h.sendRetained(cl, sub, msg) {
 				return // the connection is gone; its session gets them on resubscribing
 			}
 		}
 	}
+}
+
+// retained returns the retained messages matching filter. mochi's scan
+// reads the topic tree without the locks its retained writes take, so it
+// runs under the retain guard's read side, as mochi's own delivery does
+// (retainGuard); the messages are copies, sent after it is let go.
+func (h *sessionHook) retained(filter string) []packets.Packet {
+	if h.guard != nil {
+		h.guard.mu.RLock()
+		defer h.guard.mu.RUnlock()
+	}
+	return h.srv.Topics.Messages(filter)
 }
 
 // queuedFor reports whether a copy of the retained message msg is already

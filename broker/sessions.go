@@ -20,6 +20,9 @@ type sessionHook struct {
 	// acl is the broker's read/write check, asked again before a retained
 	// message is replayed (see OnSessionEstablished).
 	acl func(cl *mqtt.Client, topic string, write bool) bool
+	// guard keeps the scan of retained messages apart from retained
+	// writes (see retainGuard); nil in tests that build the hook alone.
+	guard *retainGuard
 
 	displaced sync.Map // displacedKey -> packets.Packet; see OnPacketRead
 	// subscribing holds, between OnSubscribe and OnPacketProcessed, the
@@ -84,7 +87,7 @@ func (h *sessionHook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 		if strings.HasPrefix(sub.Filter, "$share/") {
 			continue // never brings retained messages
 		}
-		for _, msg := range h.srv.Topics.Messages(sub.Filter) {
+		for _, msg := range h.retained(sub.Filter) {
 			if !h.queuedFor(cl, msg) {
 				h.sendRetained(cl, sub, msg)
 			}

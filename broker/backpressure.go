@@ -1,0 +1,206 @@
+package broker
+
+import (
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+)
+
+var _ mqtt.Hook = (*backpressure)(nil)
+
+// backpressure makes publishers wait, briefly, for a subscriber that has
+// fallen behind, instead of letting mochi drop what it cannot queue.
+//
+// Why: mochi (v2.7.9) drops a message, QoS 1 included, when the
+// subscriber's buffer of pending writes (MaximumClientWritesPending,
+// 1,024 here) is full. The clients that subscribe to every truck's status
+// and events (the publisher, an operator's tool, the console) take a whole
+// fleet's burst through one connection: at 10,000 trucks an update's
+// reports outran the publisher and the broker dropped 8,298 of them
+// (`linkedge bench fleet --trucks 10000`, 2026-12-06), so a staged rollout
+// decided on a partial view. Here a QoS 1 publish that such a subscriber
+// would receive waits while that subscriber holds highWater or more
+// unacknowledged messages, so its buffer never fills, and the trucks'
+// publishes are paced by its reading. A subscriber that stays over the
+// mark for stallAfter is treated as stalled (a laptop gone to sleep with
+// its connection open) and nobody waits for it until it catches up: one
+// stuck tool must not slow a fleet for the minutes its keep-alive takes to
+// expire.
+//
+// Only subscribers with a wildcard filter are watched: a truck subscribes
+// to its own few topics, and the check then costs a publish nothing but a
+// look at a handful of clients.
+type backpressure struct {
+	mqtt.HookBase
+	srv        *mqtt.Server
+	log        *slog.Logger
+	highWater  int
+	stallAfter time.Duration
+	done       <-chan struct{} // closed when the broker closes
+
+	mu      sync.Mutex
+	watched map[string]*watch // client id → state
+
+	waits  atomic.Int64 // publishes that waited
+	waited atomic.Int64 // nanoseconds waited in all
+}
+
+// watch is one watched subscriber's state.
+type watch struct {
+	mu        sync.Mutex
+	overSince time.Time // when it went over the mark; zero while under
+	warned    time.Time
+}
+
+const (
+	backpressureHighWater = 512 // half the write buffer: QoS 0 copies and the rest fit beside
+	backpressureStall     = 5 * time.Second
+	backpressurePoll      = 2 * time.Millisecond
+)
+
+func newBackpressure(srv *mqtt.Server, log *slog.Logger, done <-chan struct{}) *backpressure {
+	return &backpressure{srv: srv, log: log, highWater: backpressureHighWater, stallAfter: backpressureStall,
+		done: done, watched: map[string]*watch{}}
+}
+
+// ID implements mqtt.Hook.
+func (b *backpressure) ID() string { return "linkedge-backpressure" }
+
+// Provides implements mqtt.Hook.
+func (b *backpressure) Provides(x byte) bool {
+	switch x {
+	case mqtt.OnPublish, mqtt.OnSubscribed, mqtt.OnUnsubscribed, mqtt.OnSessionEstablished, mqtt.OnDisconnect:
+		return true
+	}
+	return false
+}
+
+// OnSubscribed implements mqtt.Hook.
+func (b *backpressure) OnSubscribed(cl *mqtt.Client, _ packets.Packet, _ []byte) { b.review(cl) }
+
+// OnUnsubscribed implements mqtt.Hook.
+func (b *backpressure) OnUnsubscribed(cl *mqtt.Client, _ packets.Packet) { b.review(cl) }
+
+// OnSessionEstablished implements mqtt.Hook: a resumed session keeps its
+// subscriptions without subscribing again.
+func (b *backpressure) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) { b.review(cl) }
+
+// OnDisconnect implements mqtt.Hook: a session that ends is forgotten (one
+// that stays is skipped while its client is away).
+func (b *backpressure) OnDisconnect(cl *mqtt.Client, _ error, expire bool) {
+	if expire && !cl.IsTakenOver() {
+		b.mu.Lock()
+		delete(b.watched, cl.ID)
+		b.mu.Unlock()
+	}
+}
+
+// review watches cl if one of its subscriptions has a wildcard.
+func (b *backpressure) review(cl *mqtt.Client) {
+	if cl.Net.Inline {
+		return
+	}
+	wild := false
+	for _, sub := range cl.State.Subscriptions.GetAll() {
+		if strings.ContainsAny(sub.Filter, "+#") && sub.Qos > 0 {
+			wild = true
+			break
+		}
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if _, ok := b.watched[cl.ID]; ok == wild {
+		return
+	}
+	if wild {
+		b.watched[cl.ID] = &watch{}
+	} else {
+		delete(b.watched, cl.ID)
+	}
+}
+
+// OnPublish implements mqtt.Hook: it waits while a watched subscriber of
+// pk's topic is over the mark and not stalled.
+func (b *backpressure) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if pk.FixedHeader.Qos == 0 || cl.Net.Inline {
+		return pk, nil
+	}
+	b.mu.Lock()
+	var behind []string
+	for id := range b.watched {
+		if id == cl.ID {
+			continue // never wait for oneself
+		}
+		if sub, ok := b.srv.Clients.Get(id); ok && !sub.Closed() && sub.State.Inflight.Len() >= b.highWater {
+			behind = append(behind, id)
+		}
+	}
+	b.mu.Unlock()
+	if len(behind) == 0 {
+		return pk, nil
+	}
+	subs := b.srv.Topics.Subscribers(pk.TopicName)
+	for _, id := range behind {
+		if s, ok := subs.Subscriptions[id]; ok && s.Qos > 0 {
+			b.wait(id)
+		}
+	}
+	return pk, nil
+}
+
+// wait holds the publish until subscriber id is under the mark, gone, or
+// stalled.
+func (b *backpressure) wait(id string) {
+	b.mu.Lock()
+	w := b.watched[id]
+	b.mu.Unlock()
+	if w == nil {
+		return
+	}
+	start := time.Now()
+	waited := false
+	defer func() {
+		if waited {
+			b.waits.Add(1)
+			b.waited.Add(int64(time.Since(start)))
+		}
+	}()
+	for {
+		sub, ok := b.srv.Clients.Get(id)
+		if !ok || sub.Closed() || sub.State.Inflight.Len() < b.highWater {
+			w.mu.Lock()
+			w.overSince = time.Time{}
+			w.mu.Unlock()
+			return
+		}
+		now := time.Now()
+		w.mu.Lock()
+		if w.overSince.IsZero() {
+			w.overSince = now
+		}
+		stalled := now.Sub(w.overSince) >= b.stallAfter
+		warn := stalled && now.Sub(w.warned) >= dropReportEvery
+		if warn {
+			w.warned = now
+		}
+		w.mu.Unlock()
+		if warn {
+			b.log.Warn("a subscriber has not read its messages for a while; publishers no longer wait for it, and what does not fit its queue is dropped",
+				"client", id, "unacknowledged", sub.State.Inflight.Len(), "over_for", now.Sub(w.overSince).Round(time.Second))
+		}
+		if stalled {
+			return
+		}
+		waited = true
+		select {
+		case <-b.done:
+			return
+		case <-time.After(backpressurePoll):
+		}
+	}
+}
