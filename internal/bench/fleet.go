@@ -167,7 +167,9 @@ type fleetRun struct {
 func RunFleet(ctx context.Context, cfg FleetConfig) (rep *FleetReport, err error) {
 	cfg.setDefaults()
 	start := time.Now()
-	fileLimitNote := raiseFileLimit(uint64(2*cfg.Trucks + 1024))
+	// The broker holds a socket per truck, the publisher one per download
+	// in flight, a load process two per truck at most.
+	fileLimitNote := raiseFileLimit(uint64(max(cfg.Trucks, 2*trucksPerProcess) + 1024))
 	r := &fleetRun{cfg: cfg, dir: cfg.Dir}
 	if r.dir == "" {
 		if r.dir, err = os.MkdirTemp("", "linkedge-bench-fleet-"); err != nil {
@@ -655,13 +657,11 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 	}
 }
 
-// raiseFileLimit lets this process, and the broker and publisher it
-// starts (they inherit it), hold want open files if it can, and otherwise
-// as many as the hard limit allows, and says so. The trucks all live in
-// this process: each holds an MQTT connection, a download connection while
-// it downloads, and files; the publisher serves every download. 10,000
-// trucks need more than the usual soft limit of a few thousand. Raising the
-// hard limit takes CAP_SYS_RESOURCE, which a container may lack.
+// raiseFileLimit lets this process, and the processes it starts (they
+// inherit it), hold want open files if it can, and otherwise as many as
+// the hard limit allows, and says so. 10,000 trucks need more than the
+// usual soft limit of a few thousand. Raising the hard limit takes
+// CAP_SYS_RESOURCE, which a container may lack.
 func raiseFileLimit(want uint64) (note string) {
 	var lim syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
