@@ -400,7 +400,12 @@ func (a *Agent) close() {
 		a.mu.Unlock()
 		// The will goes only on a lost link, not on a clean disconnect:
 		// say offline on the presence topic; the retained status stays.
-		a.publishPresence(false)
+		// Wait for the broker's acknowledgement (bounded): Disconnect does
+		// not flush a publish still queued in paho, and on a loaded
+		// machine the offline presence was lost.
+		if tok, ok := a.publishPresence(false); ok {
+			tok.WaitTimeout(min(2*time.Second, a.cfg.ShutdownTimeout/4))
+		}
 		a.fleet.Disconnect(250)
 	}
 	if a.holdBus != nil {
