@@ -59,7 +59,7 @@ type watch struct {
 
 const (
 	backpressureHighWater = 512 // half the write buffer: QoS 0 copies and the rest fit beside
-	backpressureStall     = 5 * time.Second
+	backpressureStall     = 15 * time.Second
 	backpressurePoll      = 2 * time.Millisecond
 )
 
