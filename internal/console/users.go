@@ -4,11 +4,9 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"regexp"
 
 	"golang.org/x/crypto/bcrypt"
-	"gopkg.in/yaml.v3"
 
 	"github.com/linkedge/linkedge/internal/config"
 )
@@ -70,16 +68,11 @@ func ParseUsers(data []byte) (map[string]User, error) {
 	var doc struct {
 		Users []User `yaml:"users"`
 	}
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	dec.KnownFields(true)
-	if err := dec.Decode(&doc); err != nil {
-		if errors.Is(err, io.EOF) {
-			return nil, fmt.Errorf("%w: empty", ErrInvalidUsersFile)
-		}
-		return nil, fmt.Errorf("%w: %w", ErrInvalidUsersFile, err)
+	if len(bytes.TrimSpace(data)) == 0 {
+		return nil, fmt.Errorf("%w: empty", ErrInvalidUsersFile)
 	}
-	if err := dec.Decode(new(any)); !errors.Is(err, io.EOF) {
-		return nil, fmt.Errorf("%w: more than one YAML document", ErrInvalidUsersFile)
+	if err := config.DecodeYAML(data, &doc); err != nil { // strict, one document
+		return nil, fmt.Errorf("%w: %w", ErrInvalidUsersFile, err)
 	}
 	if len(doc.Users) == 0 {
 		return nil, fmt.Errorf("%w: no users; add one with a hash from `linkedge broker hash-password`", ErrInvalidUsersFile)
