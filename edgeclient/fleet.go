@@ -65,9 +65,10 @@ func (a *Agent) fleetOptions() *paho.ClientOptions {
 // CONNECT carries it.
 func (a *Agent) will() []byte { return []byte(status.PresenceOffline) }
 
-// publishPresence sets the retained presence; false if the link is down.
+// publishPresence sets the retained presence; false if the link is down
+// (or not yet through onConnect: see linkUp).
 func (a *Agent) publishPresence(online bool) (paho.Token, bool) {
-	if a.fleet == nil || !a.fleet.IsConnectionOpen() {
+	if !a.linkUp() {
 		return nil, false
 	}
 	p := status.PresenceOffline
@@ -100,9 +101,10 @@ func (a *Agent) linkUp() bool {
 }
 
 // publishFleet sends a QoS 1 message that is not retained on the fleet
-// link; false if the link is down.
+// link; false if the link is down, or up but not yet through onConnect
+// (see linkUp): a grant request sent in that window went out twice.
 func (a *Agent) publishFleet(topic string, payload []byte) bool {
-	if a.fleet == nil || !a.fleet.IsConnectionOpen() {
+	if !a.linkUp() {
 		return false
 	}
 	a.fleet.Publish(topic, 1, false, payload)

@@ -262,3 +262,45 @@ func TestCloseSaysOffline(t *testing.T) {
 		t.Errorf("status after a clean close %s (%v)", msgs[topics.TruckStatus("truck-1")], err)
 	}
 }
+
+// TestFleetPublishWaitsForConnectHandler: between paho opening the
+// connection and onConnect (which waits for paho to have read its session
+// store), a QoS 1 publish would be resent with the store and reach the
+// broker twice. Grant requests and the presence are refused in that window,
+// as statuses and forwarded predictions already were.
+func TestFleetPublishWaitsForConnectHandler(t *testing.T) {
+	b, err := broker.New(broker.Config{Listen: "127.0.0.1:0", Logger: busLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := b.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c := paho.NewClient(paho.NewClientOptions().AddBroker("tcp://" + b.Addr()).SetClientID("window"))
+	if tok := c.Connect(); !tok.WaitTimeout(busWait) || tok.Error() != nil {
+		t.Fatalf("connect: %v", tok.Error())
+	}
+	t.Cleanup(func() { c.Disconnect(0) })
+	a := &Agent{fleet: c, cfg: Config{Truck: "truck-1"}}
+	if !c.IsConnectionOpen() {
+		t.Fatal("the client is not connected")
+	}
+	if a.publishFleet(topics.TruckGrantRequest("truck-1"), []byte("{}")) {
+		t.Error("publishFleet sent before onConnect marked the link up")
+	}
+	if _, ok := a.publishPresence(true); ok {
+		t.Error("publishPresence sent before onConnect marked the link up")
+	}
+	a.mu.Lock()
+	a.online = true
+	a.mu.Unlock()
+	if !a.publishFleet(topics.TruckGrantRequest("truck-1"), []byte("{}")) {
+		t.Error("publishFleet refused with the link up")
+	}
+	if tok, ok := a.publishPresence(true); !ok || !tok.WaitTimeout(busWait) || tok.Error() != nil {
+		t.Error("publishPresence failed with the link up")
+	}
+}

@@ -19,16 +19,23 @@ func TestLostByBroker(t *testing.T) {
 		echoed   int64 // highest serial the view saw
 		since    time.Time
 		acked    time.Time
+		looked   time.Time // when the publisher last took a fresh view
 		lost     bool
-		rewatchs bool
+		rewatchs bool // takes a fresh view now
 	}{
-		{"echo late, view from before the ack", 5, 5, ack.Add(-time.Minute), ack, false, false},
-		{"view from after the ack lacks it", 5, 5, ack.Add(time.Second), ack, true, false},
-		{"view from after the ack has nothing", 0, 0, ack.Add(time.Second), ack, true, false},
-		{"view has it", 7, 7, ack.Add(-time.Minute), ack, false, false},
-		{"an older document replaced ours after its echo", 6, 7, ack.Add(-time.Minute), ack, true, false},
-		{"view not settled yet", 5, 7, now.Add(-retainedGrace / 2), ack, false, false},
-		{"no echo for long: look again", 5, 5, now.Add(-time.Hour), now.Add(-echoWait - time.Second), false, true},
+		{"echo late, view from before the ack: confirm", 5, 5, ack.Add(-time.Minute), ack, time.Time{}, false, true},
+		{"echo late, already confirming", 5, 5, ack.Add(-time.Minute), ack, ack.Add(time.Second), false, false},
+		{"view from after the ack lacks it", 5, 5, ack.Add(time.Second), ack, time.Time{}, true, false},
+		{"view from after the ack has nothing", 0, 0, ack.Add(time.Second), ack, time.Time{}, true, false},
+		{"view has it, from after the ack", 7, 7, ack.Add(time.Second), ack, time.Time{}, false, false},
+		// The echoes came in the other order than the broker stored them:
+		// only a fresh view can tell, so it is taken.
+		{"view has it, from before the ack: confirm", 7, 7, ack.Add(-time.Minute), ack, time.Time{}, false, true},
+		{"view has it, just acknowledged", 7, 7, ack.Add(-time.Minute), now, time.Time{}, false, false},
+		{"an older document replaced ours after its echo", 6, 7, ack.Add(-time.Minute), ack, time.Time{}, true, false},
+		{"view not settled yet", 5, 7, now.Add(-retainedGrace / 2), ack, time.Time{}, false, false},
+		{"no echo for long: look again", 5, 5, now.Add(-time.Hour), now.Add(-echoWait - time.Second), time.Time{}, false, true},
+		{"no echo, looked a moment ago", 5, 5, now.Add(-time.Hour), now.Add(-echoWait - time.Second), now.Add(-time.Second), false, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -36,12 +43,12 @@ func TestLostByBroker(t *testing.T) {
 			if tt.serial == 0 {
 				delete(s.retained, "m")
 			}
-			p := &Publisher{sess: s}
+			p := &Publisher{sess: s, rewatched: tt.looked}
 			got := p.lostByBroker("m", &Announcement{Serial: 7, AckedAt: tt.acked})
 			if got != tt.lost {
 				t.Errorf("lost = %v, want %v", got, tt.lost)
 			}
-			if rewatched := !p.rewatched.IsZero(); rewatched != tt.rewatchs {
+			if rewatched := !p.rewatched.Equal(tt.looked); rewatched != tt.rewatchs {
 				t.Errorf("looked again = %v, want %v", rewatched, tt.rewatchs)
 			}
 		})

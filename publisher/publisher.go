@@ -654,25 +654,36 @@ func sameHold(a, b *Hold) bool {
 // lostByBroker reports whether the broker's retained release for model is
 // missing or older than the last one acknowledged.
 //
-// Only a view subscribed after the acknowledgement can say so: the broker
-// sends what it retains right behind the SUBACK. An older view learns of the
-// announcement from its echo (the publisher is subscribed to its own
-// release topics), which a broker busy with thousands of trucks may deliver
-// seconds later; taking the wait for the echo as a loss announced the
-// release again to every truck. Once the echo came, a lower serial after it
-// means the broker now retains an older document: another publisher's, for
-// the same plan, signed a moment before ours but sent after it; announcing
-// again puts the newest document back, so the fleet converges on one. If no
-// echo came within echoWait, a fresh subscription looks.
+// Only a view subscribed after the acknowledgement can say so for certain:
+// the broker sends what it retains right behind the SUBACK. An older view
+// learns of the announcement from its echo (the publisher is subscribed to
+// its own release topics), which a broker busy with thousands of trucks may
+// deliver seconds later; taking the wait for the echo as a loss announced
+// the release again to every truck. Once the echo came, a lower serial after
+// it means the broker now retains an older document: another publisher's,
+// for the same plan, signed a moment before ours but sent after it;
+// announcing again puts the newest document back, so the fleet converges on
+// one.
+//
+// The live echoes alone can also mislead: the broker stores two publishers'
+// documents in one order and may deliver them in the other, leaving the view
+// on the newer serial while the older is retained (seen under CI load in
+// TestTwoPublishers). So confirmDelay after every acknowledgement the
+// publisher takes one fresh view, which reads what is retained; and if no
+// echo came within echoWait, it looks again.
 func (p *Publisher) lostByBroker(model string, last *Announcement) bool {
 	serial, echoed, since, settled := p.sess.retainedSerial(model)
-	if !settled || serial >= last.Serial {
+	if !settled {
 		return false
 	}
-	if since.After(last.AckedAt) || echoed >= last.Serial {
+	fresh := since.After(last.AckedAt)
+	if serial < last.Serial && (fresh || echoed >= last.Serial) {
 		return true
 	}
-	if now := time.Now(); now.Sub(last.AckedAt) > echoWait && now.Sub(p.rewatched) > echoWait {
+	now := time.Now()
+	confirm := !fresh && p.rewatched.Before(last.AckedAt) && now.Sub(last.AckedAt) > confirmDelay
+	noEcho := serial < last.Serial && now.Sub(last.AckedAt) > echoWait && now.Sub(p.rewatched) > echoWait
+	if confirm || noEcho {
 		p.rewatched = now
 		p.sess.rewatch()
 	}
@@ -689,6 +700,11 @@ func (p *Publisher) retainedNow(model string) int64 {
 // publisher looks at the broker's retained release with a new
 // subscription.
 const echoWait = 10 * time.Second
+
+// confirmDelay is how long after an acknowledgement the publisher takes its
+// confirming view of the retained releases: long enough for a second
+// publisher's document for the same approval to have landed.
+const confirmDelay = time.Second
 
 func announcedOf(st *State, model string) *Announcement {
 	if ms := st.Models[model]; ms != nil {

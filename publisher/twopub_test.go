@@ -31,9 +31,10 @@ func TestTwoPublishers(t *testing.T) {
 	// one per publisher, then quiet.
 	collect := func(version int64) (maxSerial int64) {
 		t.Helper()
-		// A replaced document is noticed once the publisher's view of the
-		// retained releases has settled (retainedGrace).
-		deadline := time.After(retainedGrace + 3*time.Second)
+		// A replaced document is noticed by the confirming view taken
+		// confirmDelay after the acknowledgement, once it has settled
+		// (retainedGrace); the rest is slack for a loaded machine.
+		deadline := time.After(confirmDelay + retainedGrace + 5*time.Second)
 		n := 0
 		for {
 			select {
