@@ -22,6 +22,7 @@ import (
 	"log/slog"
 	"net/url"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -174,7 +175,9 @@ func New(cfg Config) (*Agent, error) {
 	a.machine = &update.Machine{Store: store, Runtime: a.rts, Fetch: a.grants.fetch(fetchArtifact(a.log, cfg.Fleet.HTTPProxy, dlTLS)),
 		VerifyRelease: a.verifyKept, Hold: a.holdState, Probation: cfg.Probation, RetryMin: cfg.RetryMin, RetryMax: cfg.RetryMax,
 		MaxURLFailures: cfg.MaxURLFailures, DeadURLRetry: cfg.DeadURLRetry, Log: a.log, OnChange: a.onRecord}
-	a.st = status.Status{Schema: status.Schema, Truck: cfg.Truck, Model: cfg.Model, Phase: string(update.Idle), Agent: "linkedge"}
+	// The groups go in the status so that operators can sort the fleet by
+	// them (the console's filter); a copy, since the caller owns cfg.
+	a.st = status.Status{Schema: status.Schema, Truck: cfg.Truck, Model: cfg.Model, Groups: slices.Clone(cfg.Groups), Phase: string(update.Idle), Agent: "linkedge"}
 	return a, nil
 }
 

@@ -15,6 +15,7 @@ import (
 	"github.com/linkedge/linkedge/inference"
 	"github.com/linkedge/linkedge/internal/config"
 	"github.com/linkedge/linkedge/internal/release"
+	"github.com/linkedge/linkedge/internal/status"
 	"github.com/linkedge/linkedge/internal/tlsconfig"
 	"github.com/linkedge/linkedge/internal/topics"
 )
@@ -362,6 +363,10 @@ func (c *Config) Validate() error {
 		if err := topics.ValidID(g); err != nil {
 			errs = append(errs, fmt.Errorf("groups: %w", err))
 		}
+	}
+	if len(c.Groups) > status.MaxGroups {
+		// The groups go in the status document, whose readers refuse more.
+		errs = append(errs, fmt.Errorf("groups: %d of them, at most %d", len(c.Groups), status.MaxGroups))
 	}
 	if _, ok := Profiles[c.Link.Profile]; !ok && c.Link.Profile != "" {
 		errs = append(errs, fmt.Errorf("link.profile %q: want cellular, wifi or satellite", c.Link.Profile))

@@ -43,6 +43,8 @@ func TestLoadConfig(t *testing.T) {
 		{"thing name as client id", "truck: t1\nmodel: aps-failure\ntrusted_keys: [" + keyFile + "]\nfleet: {broker: ssl://x.iot.eu-west-1.amazonaws.com:8883, client_id: t1}\n", ""},
 		{"client id with a wildcard", "truck: t1\nmodel: m\ntrusted_keys: [" + keyFile + "]\nfleet: {broker: tcp://x:1883, client_id: 't/#'}\n", "fleet.client_id"},
 		{"client id too long", "truck: t1\nmodel: m\ntrusted_keys: [" + keyFile + "]\nfleet: {broker: tcp://x:1883, client_id: " + strings.Repeat("c", 129) + "}\n", "fleet.client_id"},
+		{"sixteen groups", "truck: t1\nmodel: aps-failure\ntrusted_keys: [" + keyFile + "]\nfleet: {broker: tcp://x:1883}\ngroups: [" + strings.Repeat("g,", 15) + "g]\n", ""},
+		{"too many groups", "truck: t1\nmodel: m\ntrusted_keys: [" + keyFile + "]\nfleet: {broker: tcp://x:1883}\ngroups: [" + strings.Repeat("g,", 16) + "g]\n", "groups: 17 of them, at most 16"},
 		{"local login for the embedded broker", "truck: t1\nmodel: m\ntrusted_keys: [" + keyFile + "]\nfleet: {broker: tcp://x:1883}\nlocal_broker: {username: agent, password: pw}\n", "local_broker.username and password log in to local_broker.external"},
 	}
 	for _, tt := range tests {

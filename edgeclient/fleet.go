@@ -7,6 +7,7 @@ import (
 	"maps"
 	"net"
 	"net/url"
+	"reflect"
 	"slices"
 	"time"
 
@@ -347,9 +348,10 @@ func (a *Agent) sendStatus() bool {
 
 // statusKey is what makes a status worth sending: everything but the
 // time and the prediction counters, which change with every reading and
-// ride along with the next change or heartbeat.
+// ride along with the next change or heartbeat, and the groups, which come
+// from the configuration and never change while the agent runs.
 func statusKey(st status.Status) status.Status {
-	st.LastSeen, st.Predictions, st.Alerts = time.Time{}, 0, 0
+	st.LastSeen, st.Predictions, st.Alerts, st.Groups = time.Time{}, 0, 0, nil
 	return st
 }
 
@@ -372,7 +374,7 @@ func (a *Agent) statusLoop(ctx context.Context) {
 	sent := false
 	send := func(force bool) {
 		key := statusKey(a.Status())
-		if !force && sent && key == last {
+		if !force && sent && reflect.DeepEqual(key, last) {
 			return
 		}
 		if a.sendStatus() {

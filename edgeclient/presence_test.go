@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -140,6 +141,7 @@ func TestReconnectSendsPresenceNotStatus(t *testing.T) {
 
 	pub, _ := release.GenerateKey()
 	a, err := New(Config{Truck: "truck-1", Model: busModel, DataDir: t.TempDir(), Keys: []ed25519.PublicKey{pub},
+		Groups:      []string{"early", "north"},
 		Fleet:       FleetConfig{Broker: "tcp://" + proxy.ln.Addr().String(), Username: "truck-1", Password: "truck-1-pw"},
 		HTTP:        "127.0.0.1:0",
 		LocalBroker: LocalBrokerConfig{Listen: "off"},
@@ -196,6 +198,10 @@ func TestReconnectSendsPresenceNotStatus(t *testing.T) {
 	st, err := status.Parse([]byte(retained[statusTopic]))
 	if err != nil || !st.Online || st.Truck != "truck-1" {
 		t.Fatalf("retained status %s (%v): want the agent's own, online", retained[statusTopic], err)
+	}
+	// The groups of its configuration, for operators to filter by.
+	if !slices.Equal(st.Groups, []string{"early", "north"}) {
+		t.Errorf("retained status names the groups %q, want the configuration's [early north]", st.Groups)
 	}
 	if online, err := status.ParsePresence([]byte(retained[presenceTopic])); err != nil || !online {
 		t.Fatalf("retained presence %q (%v), want online", retained[presenceTopic], err)

@@ -34,7 +34,8 @@ func chromium(t *testing.T) string {
 // TestBrowser drives the console in headless Chromium against a real fleet
 // (fleetsim): it logs in, sees three trucks, approves v2 in a second tab
 // and watches the first tab's table move to v2 without a reload, pins a
-// truck and watches it go back to v1. Screenshots go to
+// truck and watches it go back to v1, then unpins it and watches its page
+// show v2 without a reload. Screenshots go to
 // $LINKEDGE_CONSOLE_SCREENSHOTS (default: a temporary folder).
 func TestBrowser(t *testing.T) {
 	k := newBrowserKit(t)
@@ -92,19 +93,37 @@ func TestBrowser(t *testing.T) {
 	until(tabA, "truck-2 back on v1 in the table", `window.notReloaded === true && (() => { const v = `+versionsJS+`; return v["truck-2"] === "v1/committed" && v["truck-1"] === "v2/committed"; })()`)
 	shot(tabA, "fleet-pinned.png")
 
-	// The truck's page shows its history.
+	// The truck's page shows its history, and follows the truck live:
+	// cleared of its pin in the other browser, truck-2 goes to v2 on the
+	// page without a reload.
 	do(tabA, "truck page", chromedp.Navigate(base+"/trucks/truck-2"), chromedp.WaitVisible(chromedp.CSS(`table.events`)))
-	until(tabA, "update events on the truck page", `document.querySelector("table.events").textContent.includes("update_committed")`)
+	until(tabA, "update events on the truck page, live", `document.querySelector("table.events").textContent.includes("update_committed") && document.body.dataset.live === "live"`)
+	do(tabA, "mark the truck page", chromedp.Action[chromedp.Void](func(ctx context.Context, tg *chromedp.Target) (chromedp.Void, error) {
+		_, err := chromedp.Evaluate[chromedp.Void](`window.notReloaded = true`)(ctx, tg)
+		return chromedp.Void{}, err
+	}))
 	shot(tabA, "truck-2.png")
+	do(tabB, "unpin truck-2",
+		chromedp.Navigate(base+"/trucks/truck-2"),
+		chromedp.Click(chromedp.CSS(`#unpin`)),
+		chromedp.WaitVisible(chromedp.CSS(`#confirm`)),
+		chromedp.Click(chromedp.CSS(`#confirm`)),
+		chromedp.WaitVisible(chromedp.CSS(`p.message`)),
+	)
+	until(tabB, "the unpin's result", `document.querySelector("p.message").textContent.includes("cleared the pin of truck-2")`)
+	until(tabA, "truck-2 on v2 on its page, without a reload", `window.notReloaded === true && document.getElementById("serving").textContent === "v2" && document.getElementById("phase").textContent.startsWith("committed")`)
+	shot(tabA, "truck-2-live.png")
 	do(tabA, "model page", chromedp.Navigate(base+"/models/aps-failure"), chromedp.WaitVisible(chromedp.CSS(`table.registry`)))
 	shot(tabA, "model.png")
+	do(tabA, "alerts page", chromedp.Navigate(base+"/alerts"), chromedp.WaitVisible(chromedp.CSS(`svg.alerts`)))
+	shot(tabA, "alerts.png")
 
 	// A phone-sized screen: the rows become cards.
 	do(tabA, "phone", chromedp.EmulateViewport(390, 844, chromedp.EmulateMobile), chromedp.Navigate(base+"/"), chromedp.WaitVisible(chromedp.CSS(`#fleet`)))
 	until(tabA, "cards on a phone", `getComputedStyle(document.querySelector("#fleet thead")).display === "none" && document.getElementById("live").textContent === "live"`)
 	shot(tabA, "fleet-phone.png")
 
-	if recs := readAudit(t, audit); len(recs) != 4 || recs[1].Kind != ActionApprove || recs[3].Kind != ActionPin || recs[3].Result != "ok" || recs[3].User != "olga" {
+	if recs := readAudit(t, audit); len(recs) != 6 || recs[1].Kind != ActionApprove || recs[3].Kind != ActionPin || recs[3].Result != "ok" || recs[3].User != "olga" || recs[5].Kind != ActionUnpin || recs[5].Result != "ok" {
 		t.Errorf("audit log: %+v", recs)
 	}
 	t.Logf("screenshots in %s", shots)

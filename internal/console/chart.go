@@ -38,9 +38,20 @@ type history struct {
 	models  map[string][]sample
 	lastGen uint64
 	started bool
+	// changed is closed and replaced whenever a sample is added: the live
+	// model pages wait on it.
+	changed chan struct{}
 }
 
-func newHistory() *history { return &history{models: map[string][]sample{}} }
+func newHistory() *history {
+	return &history{models: map[string][]sample{}, changed: make(chan struct{})}
+}
+
+func (h *history) changedCh() <-chan struct{} {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.changed
+}
 
 // record appends, per model, the counts in rows when they differ from the
 // model's last sample.
@@ -67,6 +78,13 @@ func (h *history) record(now time.Time, rows []Row) {
 			counts[m] = map[int64]int{} // no truck reports it any more
 		}
 	}
+	added := false
+	defer func() {
+		if added {
+			close(h.changed)
+			h.changed = make(chan struct{})
+		}
+	}()
 	for m, c := range counts {
 		ss := h.models[m]
 		if len(ss) > 0 && maps.Equal(ss[len(ss)-1].counts, c) {
@@ -79,6 +97,7 @@ func (h *history) record(now time.Time, rows []Row) {
 			ss = slices.Delete(ss, 0, len(ss)-maxSamples+1)
 		}
 		h.models[m] = append(ss, sample{at: now, counts: c})
+		added = true
 	}
 }
 
@@ -88,20 +107,29 @@ func (h *history) samples(model string) []sample {
 	return slices.Clone(h.models[model])
 }
 
-// sampleLoop records the fleet every interval while something changed,
-// until ctx is done.
+// sampleLoop records the fleet when it changed, until ctx is done: a
+// change UpdateInterval after it came (so that the live model pages show
+// it within a second), but at most once per interval, so that a fleet
+// changing all the time costs a sample per interval.
 func (s *Server) sampleLoop(ctx context.Context, interval time.Duration) {
-	t := time.NewTicker(interval)
-	defer t.Stop()
+	var last time.Time
 	for {
+		ch := s.changedCh()
 		if g := s.gen.Load(); !s.hist.started || g != s.hist.lastGen {
 			s.hist.started, s.hist.lastGen = true, g
-			s.hist.record(time.Now(), s.rows())
+			last = time.Now()
+			s.hist.record(last, s.rows())
 		}
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
+		case <-ch:
+		}
+		wait := max(s.cfg.UpdateInterval, interval-time.Since(last))
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
 		}
 	}
 }

@@ -27,8 +27,8 @@ const (
 	// DefaultUpdateInterval is how often a live page is brought up to date
 	// when something changed: changes within it go out as one message.
 	DefaultUpdateInterval = 250 * time.Millisecond
-	// DefaultChartInterval is how often the rollout charts sample the
-	// fleet (when it changed).
+	// DefaultChartInterval is how often at most the rollout charts sample
+	// the fleet (when it changed).
 	DefaultChartInterval = 5 * time.Second
 )
 
@@ -45,7 +45,9 @@ type Config struct {
 	// AuditLog is the file every action is appended to (JSON lines).
 	// Required when Actions is set.
 	AuditLog string
-	// Fleet says where the fleet is read from; its Events is always on.
+	// Fleet says where the fleet is read from; its Events is always on,
+	// and its OnForwarded counts the alerts (and then calls the one set
+	// here, if any).
 	Fleet fleetview.Config
 	// Actions is the publisher configuration the actions use, as
 	// `linkedge registry`, `linkedge pin` would: RegistryDir for approve
@@ -63,8 +65,9 @@ type Config struct {
 	MaxStreams int
 	// UpdateInterval coalesces changes for the live pages. Default 250ms.
 	UpdateInterval time.Duration
-	// ChartInterval is how often the model pages' charts of trucks per
-	// version sample the fleet, when it changed. Default 5s.
+	// ChartInterval is how often at most the model pages' charts of
+	// trucks per version sample the fleet: UpdateInterval after it changed,
+	// but no sooner than ChartInterval after the last sample. Default 5s.
 	ChartInterval time.Duration
 	// Logger. Default slog.Default().
 	Logger *slog.Logger

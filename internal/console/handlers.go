@@ -8,12 +8,15 @@ import (
 	"io/fs"
 	"net/http"
 	"net/url"
+	"slices"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/linkedge/linkedge/internal/fleetview"
 	"github.com/linkedge/linkedge/internal/status"
 	"github.com/linkedge/linkedge/internal/topics"
 	"github.com/linkedge/linkedge/publisher"
@@ -34,7 +37,11 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("GET /{$}", s.authed(RoleViewer, s.fleetPage))
 	mux.HandleFunc("GET /live", s.authed(RoleViewer, s.live))
 	mux.HandleFunc("GET /trucks/{id}", s.authed(RoleViewer, s.truckPage))
+	mux.HandleFunc("GET /live/trucks/{id}", s.authed(RoleViewer, s.liveTruck))
 	mux.HandleFunc("GET /models/{name}", s.authed(RoleViewer, s.modelPage))
+	mux.HandleFunc("GET /live/models/{name}", s.authed(RoleViewer, s.liveModel))
+	mux.HandleFunc("GET /alerts", s.authed(RoleViewer, s.alertsPage))
+	mux.HandleFunc("GET /live/alerts", s.authed(RoleViewer, s.liveAlerts))
 	mux.HandleFunc("GET /models/{name}/progress", s.authed(RoleViewer, s.modelProgress))
 	mux.HandleFunc("POST /actions", s.authed(RoleOperator, s.action))
 	// The console's own counters only, no fleet data: served without a
@@ -80,7 +87,7 @@ func (s *Server) authed(role Role, h func(http.ResponseWriter, *http.Request, *s
 	return func(w http.ResponseWriter, r *http.Request) {
 		ses := s.sessions.get(r)
 		if ses == nil {
-			if r.Method == http.MethodGet && r.URL.Path != "/live" {
+			if r.Method == http.MethodGet && r.URL.Path != "/live" && !strings.HasPrefix(r.URL.Path, "/live/") {
 				http.Redirect(w, r, "/login?next="+url.QueryEscape(r.URL.RequestURI()), http.StatusSeeOther)
 				return
 			}
@@ -216,10 +223,15 @@ type fleetData struct {
 	Page     Page
 	Releases []ReleaseRow
 	Models   []string
+	Groups   []string
 	Phases   []string
 	Prev     string
 	Next     string
 }
+
+// maxGroupsOffered bounds the groups the filter form suggests: any group
+// can still be typed.
+const maxGroupsOffered = 500
 
 var phases = []string{"idle", "downloading", "verifying", "staging", "probation", "committed", "failed", "rolled_back", "offline"}
 
@@ -231,7 +243,8 @@ func (s *Server) fleetPage(w http.ResponseWriter, r *http.Request, ses *session)
 	}
 	snap := s.view.Snapshot()
 	rows := s.rows()
-	d := fleetData{Query: q, Page: pageOf(rows, q, s.cfg.PageSize), Releases: releaseRows(snap.Releases), Phases: phases}
+	d := fleetData{Query: q, Page: pageOf(rows, q, s.cfg.PageSize), Releases: releaseRows(snap.Releases), Phases: phases,
+		Groups: groupsOf(rows, maxGroupsOffered)}
 	seen := map[string]bool{}
 	for _, r := range rows {
 		if r.Model != "" && !seen[r.Model] {
@@ -279,22 +292,11 @@ func (s *Server) live(w http.ResponseWriter, r *http.Request, ses *session) {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
-	if n := s.streams.Add(1); n > int64(s.cfg.MaxStreams) {
-		s.streams.Add(-1)
-		http.Error(w, fmt.Sprintf("too many live pages open (%d); close some", s.cfg.MaxStreams), http.StatusServiceUnavailable)
-		return
-	}
-	defer s.streams.Add(-1)
-	fl, ok := w.(http.Flusher)
+	fl, rc, done, ok := s.openStream(w)
 	if !ok {
-		http.Error(w, "streaming unsupported", http.StatusInternalServerError)
 		return
 	}
-	rc := http.NewResponseController(w)
-	w.Header().Set("Content-Type", "text/event-stream")
-	w.Header().Set("Cache-Control", "no-store")
-	w.WriteHeader(http.StatusOK)
-	fl.Flush()
+	defer done()
 	sent := map[string]Row{}
 	var lastGen uint64
 	var lastOrder, lastHead string
@@ -367,6 +369,25 @@ type truckData struct {
 	Known   bool
 	CanPin  bool
 	Release *ReleaseRow
+	// Alerts is the truck's alerts per minute.
+	Alerts *alertPlot
+}
+
+// truckOf gathers what the truck page shows of id; false if no truck id
+// has reported.
+func (s *Server) truckOf(id string, now time.Time) (truckData, bool) {
+	st, evs, ok := s.view.Truck(id)
+	if !ok {
+		return truckData{}, false
+	}
+	// Newest first: the last update is what one comes to see.
+	slices.Reverse(evs)
+	d := truckData{ID: id, Status: st, Events: evs, Known: ok, Alerts: s.alerts.plot(id, now)}
+	if r, ok := s.view.Releases()[st.Model]; ok {
+		rr := releaseRows(map[string]fleetview.Release{st.Model: r})[0]
+		d.Release = &rr
+	}
+	return d, true
 }
 
 func (s *Server) truckPage(w http.ResponseWriter, r *http.Request, ses *session) {
@@ -375,23 +396,34 @@ func (s *Server) truckPage(w http.ResponseWriter, r *http.Request, ses *session)
 		s.errorPage(w, ses, http.StatusBadRequest, "truck id: "+err.Error())
 		return
 	}
-	st, evs, ok := s.view.Truck(id)
+	d, ok := s.truckOf(id, time.Now())
 	if !ok {
 		s.errorPage(w, ses, http.StatusNotFound, fmt.Sprintf("no truck %q has reported to the fleet broker", id))
 		return
 	}
-	// Newest first: the last update is what one comes to see.
-	for i, j := 0, len(evs)-1; i < j; i, j = i+1, j-1 {
-		evs[i], evs[j] = evs[j], evs[i]
-	}
-	d := truckData{ID: id, Status: st, Events: evs, Known: ok, CanPin: s.available(ActionPin) && ses.role == RoleOperator}
-	for _, rr := range releaseRows(s.view.Snapshot().Releases) {
-		if rr.Model == st.Model {
-			rr := rr
-			d.Release = &rr
-		}
-	}
+	d.CanPin = s.available(ActionPin) && ses.role == RoleOperator
 	s.render(w, ses, http.StatusOK, "truck", pageData{Title: id, Data: d})
+}
+
+// truckParts are the parts of the truck page its live stream replaces:
+// everything but the pin forms, which would lose what is being typed.
+var truckParts = []string{"truck-head", "truck-facts", "truck-alerts", "truck-events"}
+
+// liveTruck streams the truck page's parts as they change.
+func (s *Server) liveTruck(w http.ResponseWriter, r *http.Request, ses *session) {
+	id := r.PathValue("id")
+	if err := topics.ValidID(id); err != nil {
+		http.Error(w, "truck id: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	if _, _, ok := s.view.Truck(id); !ok {
+		http.Error(w, fmt.Sprintf("no truck %q has reported to the fleet broker", id), http.StatusNotFound)
+		return
+	}
+	s.liveParts(w, r, func(now time.Time) (any, bool) {
+		d, ok := s.truckOf(id, now)
+		return d, ok
+	}, "truck", truckParts, s.alerts.changedCh)
 }
 
 type versionCount struct {
@@ -423,23 +455,13 @@ type modelData struct {
 	CanSteer   bool
 }
 
-func (s *Server) modelPage(w http.ResponseWriter, r *http.Request, ses *session) {
-	name := r.PathValue("name")
-	if err := topics.ValidID(name); err != nil {
-		s.errorPage(w, ses, http.StatusBadRequest, "model name: "+err.Error())
-		return
-	}
-	d := modelData{Name: name, CanDecide: s.available(ActionApprove) && ses.role == RoleOperator,
-		CanSteer: s.available(ActionHalt) && ses.role == RoleOperator, Chart: chartOf(s.hist.samples(name), time.Now())}
-	if s.available(ActionHalt) {
-		d.RolloutKnown = true
-		s.rolloutOf(&d)
-	}
-	for _, rr := range releaseRows(s.view.Snapshot().Releases) {
-		if rr.Model == name {
-			rr := rr
-			d.Release = &rr
-		}
+// modelOf gathers the parts of the model page that follow the fleet: the
+// release, the chart and the trucks per version.
+func (s *Server) modelOf(name string, now time.Time) modelData {
+	d := modelData{Name: name, Chart: chartOf(s.hist.samples(name), now)}
+	if r, ok := s.view.Releases()[name]; ok {
+		rr := releaseRows(map[string]fleetview.Release{name: r})[0]
+		d.Release = &rr
 	}
 	counts := map[int64]*versionCount{}
 	for _, row := range s.rows() {
@@ -460,6 +482,22 @@ func (s *Server) modelPage(w http.ResponseWriter, r *http.Request, ses *session)
 		d.Versions = append(d.Versions, *c)
 	}
 	sort.Slice(d.Versions, func(i, j int) bool { return d.Versions[i].Version > d.Versions[j].Version })
+	return d
+}
+
+func (s *Server) modelPage(w http.ResponseWriter, r *http.Request, ses *session) {
+	name := r.PathValue("name")
+	if err := topics.ValidID(name); err != nil {
+		s.errorPage(w, ses, http.StatusBadRequest, "model name: "+err.Error())
+		return
+	}
+	d := s.modelOf(name, time.Now())
+	d.CanDecide = s.available(ActionApprove) && ses.role == RoleOperator
+	d.CanSteer = s.available(ActionHalt) && ses.role == RoleOperator
+	if s.available(ActionHalt) {
+		d.RolloutKnown = true
+		s.rolloutOf(&d)
+	}
 	if s.cfg.Actions != nil && s.cfg.Actions.RegistryDir != "" {
 		d.RegistryOK = true
 		reg, err := localreg.Open(s.cfg.Actions.RegistryDir)
@@ -478,6 +516,34 @@ func (s *Server) modelPage(w http.ResponseWriter, r *http.Request, ses *session)
 		sort.Slice(d.Registry, func(i, j int) bool { return d.Registry[i].Version > d.Registry[j].Version })
 	}
 	s.render(w, ses, http.StatusOK, "model", pageData{Title: name, Data: d})
+}
+
+// modelParts are the parts of the model page its live stream replaces:
+// the ones read from the fleet. The rollout and the registry, with their
+// forms, change by actions, and the page after an action shows them anew.
+var modelParts = []string{"model-release", "model-progress", "model-versions"}
+
+// liveModel streams the model page's parts as they change.
+func (s *Server) liveModel(w http.ResponseWriter, r *http.Request, ses *session) {
+	name := r.PathValue("name")
+	if err := topics.ValidID(name); err != nil {
+		http.Error(w, "model name: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	s.liveParts(w, r, func(now time.Time) (any, bool) { return s.modelOf(name, now), true }, "model", modelParts, s.hist.changedCh)
+}
+
+type alertsData struct {
+	Plot *alertPlot
+}
+
+func (s *Server) alertsPage(w http.ResponseWriter, r *http.Request, ses *session) {
+	s.render(w, ses, http.StatusOK, "alerts", pageData{Title: "Alerts", Data: alertsData{Plot: s.alerts.plot("", time.Now())}})
+}
+
+// liveAlerts streams the alerts page's plot as alerts come.
+func (s *Server) liveAlerts(w http.ResponseWriter, r *http.Request, ses *session) {
+	s.liveParts(w, r, func(now time.Time) (any, bool) { return alertsData{Plot: s.alerts.plot("", now)}, true }, "alerts", []string{"alerts-plot"}, s.alerts.changedCh)
 }
 
 // modelProgress serves the model page's chart alone, which the page's

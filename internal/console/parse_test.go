@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -29,7 +30,10 @@ func TestParseQuery(t *testing.T) {
 		{"online=maybe", Query{}, "online"},
 		{"q=" + strings.Repeat("a", 65), Query{}, "at most 64"},
 		{"q=a&q=b", Query{}, "given 2 times"},
-		{"group=early", Query{}, "unknown parameter"},
+		{"group=early&online=yes", Query{Group: "early", Online: "yes", Page: 1}, ""},
+		{"group=a,b", Query{}, "group"},
+		{"group=a%2Fb", Query{}, "group"},
+		{"colour=red", Query{}, "unknown parameter"},
 	} {
 		v, _ := url.ParseQuery(tc.in)
 		got, err := ParseQuery(v)
@@ -48,6 +52,7 @@ func TestParseQuery(t *testing.T) {
 func FuzzParseQuery(f *testing.F) {
 	f.Add("model=m&version=2&page=3&online=yes&q=x")
 	f.Add("page=-1&version=v")
+	f.Add("group=early&model=m")
 	f.Fuzz(func(t *testing.T, raw string) {
 		v, err := url.ParseQuery(raw)
 		if err != nil {
@@ -57,12 +62,13 @@ func FuzzParseQuery(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if q.Page < 1 || q.Page > maxPage || q.Version < 0 || len(q.Search) > maxQueryValue || len(q.Model) > maxQueryValue {
+		if q.Page < 1 || q.Page > maxPage || q.Version < 0 || len(q.Search) > maxQueryValue || len(q.Model) > maxQueryValue ||
+			strings.Contains(q.Group, groupSep) {
 			t.Fatalf("accepted out of range: %+v", q)
 		}
 		// What it writes back, it reads again the same.
 		back, err := ParseQuery(q.Values())
-		if err != nil || back.Model != q.Model || back.Version != q.Version || back.Search != q.Search || back.Online != q.Online || back.Phase != q.Phase {
+		if err != nil || back.Model != q.Model || back.Version != q.Version || back.Search != q.Search || back.Online != q.Online || back.Phase != q.Phase || back.Group != q.Group {
 			t.Fatalf("round trip %+v -> %+v, %v", q, back, err)
 		}
 	})
@@ -181,6 +187,18 @@ func TestPageOf(t *testing.T) {
 	for i := range 120 {
 		rows = append(rows, Row{ID: fmt.Sprintf("truck-%03d", i), Online: i%2 == 0, Model: "m", Version: int64(1 + i%3)})
 	}
+	// Every tenth truck is in "early", every fifth in "north"; "ear" is
+	// a prefix of a group, not a group.
+	for i := range rows {
+		var gs []string
+		if i%10 == 0 {
+			gs = append(gs, "early")
+		}
+		if i%5 == 0 {
+			gs = append(gs, "north")
+		}
+		rows[i].Groups = strings.Join(gs, groupSep)
+	}
 	for _, tc := range []struct {
 		q                   Query
 		total, pages, first int
@@ -193,11 +211,28 @@ func TestPageOf(t *testing.T) {
 		{Query{Page: 1, Version: 3}, 40, 1, 40, "truck-002"},
 		{Query{Page: 1, Search: "TRUCK-11"}, 10, 1, 10, "truck-110"},
 		{Query{Page: 1, Model: "other"}, 0, 1, 0, ""},
+		{Query{Page: 1, Group: "early"}, 12, 1, 12, "truck-000"},
+		{Query{Page: 1, Group: "north", Online: "no"}, 12, 1, 12, "truck-005"},
+		{Query{Page: 1, Group: "ear"}, 0, 1, 0, ""},
 	} {
 		p := pageOf(rows, tc.q, 50)
 		if p.Total != tc.total || p.Pages != tc.pages || len(p.Rows) != tc.first || p.All != 120 || (len(p.Rows) > 0 && p.Rows[0].ID != tc.firstID) {
 			t.Errorf("%+v: total %d pages %d rows %d; want %d %d %d from %s", tc.q, p.Total, p.Pages, len(p.Rows), tc.total, tc.pages, tc.first, tc.firstID)
 		}
+	}
+}
+
+func TestRowGroups(t *testing.T) {
+	r := rowOf("t", status.Status{Groups: []string{"early", "north"}})
+	if r.Groups != "early, north" {
+		t.Errorf("row groups %q", r.Groups)
+	}
+	rows := []Row{{Groups: "north, early"}, {Groups: "early"}, {}}
+	if got := groupsOf(rows, 10); !slices.Equal(got, []string{"early", "north"}) {
+		t.Errorf("groupsOf: %q", got)
+	}
+	if got := groupsOf(rows, 1); len(got) != 1 {
+		t.Errorf("groupsOf bounded to 1: %q", got)
 	}
 }
 

@@ -36,6 +36,17 @@ func TestConsoleHaltResume(t *testing.T) {
 	olga, vic := newClient(t, s.URL()), newClient(t, s.URL())
 	olga.login("olga", "olga-secret")
 	vic.login("vic", "vic-secret")
+	// The canary group, from the first truck's configuration through its
+	// status: the filter shows that truck alone.
+	gctx, gcancel := context.WithTimeout(ctx, 30*time.Second)
+	rows := map[string]Row{}
+	waitLive(t, gctx, olga.live(gctx, "?group=early"), rows, "the early truck in the group filter", func(rs map[string]Row) bool {
+		return rs[early.ID].Groups == "early"
+	})
+	gcancel()
+	if len(rows) != 1 {
+		t.Errorf("group early lists %d trucks, want the one canary: %+v", len(rows), rows)
+	}
 	if _, page := olga.do("GET", "/models/aps-failure", nil); !strings.Contains(page, "No staged rollout running") || strings.Contains(page, `id="halt"`) {
 		t.Errorf("model page before the rollout:\n%s", page)
 	}

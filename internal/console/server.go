@@ -55,6 +55,8 @@ type Server struct {
 	hist     *history
 	histDone chan struct{}
 
+	alerts *alertLog
+
 	streams atomic.Int64
 	ln      net.Listener
 	srv     *http.Server
@@ -77,7 +79,8 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{cfg: cfg, users: users, sessions: newSessions(cfg.SessionTTL), limiter: newLoginLimiter(),
-		changed: make(chan struct{}), done: make(chan struct{}), hist: newHistory(), histDone: make(chan struct{})}
+		changed: make(chan struct{}), done: make(chan struct{}), hist: newHistory(), histDone: make(chan struct{}),
+		alerts: newAlertLog(time.Now())}
 	if s.pages, err = parsePages(); err != nil {
 		return nil, err
 	}
@@ -106,6 +109,15 @@ func (s *Server) Start(ctx context.Context) error {
 		s.chMu.Unlock()
 		if user != nil {
 			user(truck, model)
+		}
+	}
+	forwarded := fc.OnForwarded
+	fc.OnForwarded = func(truck, model string, made []time.Time) {
+		// The trucks forward their alerts only, unless configured to
+		// forward every prediction (docs/console.md says so).
+		s.alerts.add(time.Now(), truck, made)
+		if forwarded != nil {
+			forwarded(truck, model, made)
 		}
 	}
 	lost, current := fc.OnConnectionLost, fc.OnCurrent
@@ -252,12 +264,6 @@ func (s *Server) registerStreamsGauge() {
 func parsePages() (map[string]*template.Template, error) {
 	funcs := template.FuncMap{
 		"join": strings.Join,
-		"ago": func(t time.Time) string {
-			if t.IsZero() {
-				return "never"
-			}
-			return time.Since(t).Round(time.Second).String() + " ago"
-		},
 		"rfc3339": func(t time.Time) string {
 			if t.IsZero() {
 				return ""
@@ -265,7 +271,7 @@ func parsePages() (map[string]*template.Template, error) {
 			return t.UTC().Format(time.RFC3339)
 		},
 	}
-	base, err := template.New("").Funcs(funcs).ParseFS(assets, "assets/layout.html")
+	base, err := template.New("").Funcs(funcs).ParseFS(assets, "assets/layout.html", "assets/part-*.html")
 	if err != nil {
 		return nil, err
 	}

@@ -3,7 +3,9 @@ package console
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net/url"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -11,6 +13,7 @@ import (
 
 	"github.com/linkedge/linkedge/internal/fleetview"
 	"github.com/linkedge/linkedge/internal/status"
+	"github.com/linkedge/linkedge/internal/topics"
 )
 
 // Query is the fleet table's filter and page, from the URL's query string.
@@ -19,6 +22,7 @@ type Query struct {
 	Version int64 // 0: any
 	Phase   string
 	Online  string // "", "yes" or "no"
+	Group   string // a group the truck is in (its status's groups)
 	Search  string // a substring of the truck id
 	Page    int    // from 1
 }
@@ -52,6 +56,15 @@ func ParseQuery(v url.Values) (Query, error) {
 			q.Phase = val
 		case "q":
 			q.Search = val
+		case "group":
+			// A group is an id (topics.ValidID), which also keeps the
+			// comma match of Query.match exact.
+			if val != "" {
+				if err := topics.ValidID(val); err != nil {
+					return q, fmt.Errorf("%w: group: %w", ErrBadQuery, err)
+				}
+			}
+			q.Group = val
 		case "online":
 			if val != "" && val != "yes" && val != "no" {
 				return q, fmt.Errorf("%w: online=%q; want yes, no or nothing", ErrBadQuery, val)
@@ -76,7 +89,7 @@ func ParseQuery(v url.Values) (Query, error) {
 			}
 			q.Page = n
 		default:
-			return q, fmt.Errorf("%w: unknown parameter %q (known: model, version, phase, online, q, page)", ErrBadQuery, k)
+			return q, fmt.Errorf("%w: unknown parameter %q (known: model, version, phase, online, group, q, page)", ErrBadQuery, k)
 		}
 	}
 	return q, nil
@@ -85,7 +98,7 @@ func ParseQuery(v url.Values) (Query, error) {
 // Values is q as a query string, without the page.
 func (q Query) Values() url.Values {
 	v := url.Values{}
-	for k, s := range map[string]string{"model": q.Model, "phase": q.Phase, "online": q.Online, "q": q.Search} {
+	for k, s := range map[string]string{"model": q.Model, "phase": q.Phase, "online": q.Online, "group": q.Group, "q": q.Search} {
 		if s != "" {
 			v.Set(k, s)
 		}
@@ -99,9 +112,12 @@ func (q Query) Values() url.Values {
 // Row is one truck as the table shows it. It is what the live stream sends,
 // so it is comparable: a row that did not change is not sent again.
 type Row struct {
-	ID       string `json:"id"`
-	Online   bool   `json:"online"`
-	Model    string `json:"model"`
+	ID     string `json:"id"`
+	Online bool   `json:"online"`
+	Model  string `json:"model"`
+	// Groups are the truck's groups, joined by ", " (a string keeps the
+	// row comparable).
+	Groups   string `json:"groups"`
 	Version  int64  `json:"version"`
 	Desired  int64  `json:"desired"`
 	Phase    string `json:"phase"`
@@ -118,7 +134,7 @@ type Row struct {
 const maxErrorShown = 120
 
 func rowOf(id string, s status.Status) Row {
-	r := Row{ID: id, Online: s.Online, Model: s.Model, Version: s.Version, Desired: s.Desired, Phase: s.Phase,
+	r := Row{ID: id, Online: s.Online, Model: s.Model, Groups: strings.Join(s.Groups, groupSep), Version: s.Version, Desired: s.Desired, Phase: s.Phase,
 		Alerts: fmt.Sprintf("%d/%d", s.Alerts, s.Predictions), Error: s.LastError}
 	if s.Total > 0 && s.Downloaded < s.Total {
 		r.Progress = fmt.Sprintf("%d%%", 100*s.Downloaded/s.Total)
@@ -153,7 +169,38 @@ func (q Query) match(r *Row, search string) bool {
 		(q.Version == 0 || r.Version == q.Version) &&
 		(q.Phase == "" || r.Phase == q.Phase) &&
 		(q.Online == "" || r.Online == (q.Online == "yes")) &&
+		(q.Group == "" || inGroup(r.Groups, q.Group)) &&
 		(search == "" || containsFold(r.ID, search))
+}
+
+// groupSep joins a row's groups.
+const groupSep = ", "
+
+// inGroup reports whether groups, joined by groupSep, has g. Group names
+// cannot hold the separator (topics.ValidID), so this is an exact match of
+// one name, without allocating.
+func inGroup(groups, g string) bool {
+	for groups != "" {
+		var one string
+		one, groups, _ = strings.Cut(groups, groupSep)
+		if one == g {
+			return true
+		}
+	}
+	return false
+}
+
+// groupsOf lists the groups of rows, sorted, at most max of them.
+func groupsOf(rows []Row, max int) []string {
+	seen := map[string]bool{}
+	for i := range rows {
+		for g := range strings.SplitSeq(rows[i].Groups, groupSep) {
+			if g != "" && !seen[g] && len(seen) < max {
+				seen[g] = true
+			}
+		}
+	}
+	return slices.Sorted(maps.Keys(seen))
 }
 
 // containsFold is strings.Contains ignoring ASCII case (truck ids are

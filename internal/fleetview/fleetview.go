@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"sync"
 	"time"
 
@@ -39,6 +40,14 @@ type Config struct {
 	Events bool
 	// EventsPerTruck bounds the events kept per truck. Default 20.
 	EventsPerTruck int
+	// OnForwarded, if set, subscribes to the predictions the trucks
+	// forward (linkedge/v1/trucks/{truck}/predictions/{model}: by default
+	// each truck forwards its alerts only) and is called with each batch:
+	// the truck and model of its topic, and when each prediction was made
+	// by the truck's clock (zero when its time does not parse). It is
+	// called on the MQTT client's goroutine, so it must not block. The
+	// view keeps none of them.
+	OnForwarded func(truck, model string, made []time.Time)
 	// OnChange, if set, is called (without the view's lock held, on the MQTT
 	// client's goroutine, so it must not block) after a truck's status or
 	// events or a model's release changed; truck or model is empty.
@@ -152,6 +161,9 @@ func Open(ctx context.Context, cfg Config) (*View, error) {
 		if cfg.Events {
 			subs[topics.TruckEvents(topics.Wildcard)] = 1
 		}
+		if cfg.OnForwarded != nil {
+			subs[topics.TruckPredictions(topics.Wildcard, topics.Wildcard)] = topics.PredictionsQoS
+		}
 		t := c.SubscribeMultiple(subs, nil)
 		go func() {
 			var err error
@@ -195,6 +207,9 @@ func Open(ctx context.Context, cfg Config) (*View, error) {
 	v.c.AddRoute(topics.AllModelReleases(), v.onRelease)
 	if cfg.Events {
 		v.c.AddRoute(topics.TruckEvents(topics.Wildcard), v.onEvent)
+	}
+	if cfg.OnForwarded != nil {
+		v.c.AddRoute(topics.TruckPredictions(topics.Wildcard, topics.Wildcard), v.onForwarded)
 	}
 	if t := v.c.Connect(); !t.WaitTimeout(cfg.ConnectTimeout) || t.Error() != nil {
 		v.c.Disconnect(0)
@@ -305,6 +320,33 @@ func (v *View) onEvent(_ paho.Client, m paho.Message) {
 	v.changed(truck, "")
 }
 
+// maxForwardedBatch bounds a forwarded batch the view reads, as
+// inference/server.MaxForwardedBatch does (not imported: it would bring
+// the ONNX Runtime into every reader of the fleet).
+const maxForwardedBatch = 1 << 20
+
+func (v *View) onForwarded(_ paho.Client, m paho.Message) {
+	truck, model, ok := topics.ParseTruckPredictions(m.Topic())
+	if !ok || len(m.Payload()) > maxForwardedBatch {
+		v.cfg.Logger.Debug("dropped a forwarded batch", "topic", m.Topic(), "bytes", len(m.Payload()))
+		return
+	}
+	// Only the times are read: the rest of each prediction is the
+	// cloud's business, not the view's.
+	var batch []struct {
+		Time string `json:"time"`
+	}
+	if err := json.Unmarshal(m.Payload(), &batch); err != nil {
+		v.cfg.Logger.Debug("dropped a forwarded batch", "topic", m.Topic(), "err", err)
+		return
+	}
+	made := make([]time.Time, len(batch))
+	for i, p := range batch {
+		made[i], _ = time.Parse(time.RFC3339Nano, p.Time)
+	}
+	v.cfg.OnForwarded(truck, model, made)
+}
+
 func (v *View) changed(truck, model string) {
 	if v.cfg.OnChange != nil {
 		v.cfg.OnChange(truck, model)
@@ -323,6 +365,14 @@ func (v *View) Snapshot() Snapshot {
 		s.Releases[k] = r
 	}
 	return s
+}
+
+// Releases returns a copy of the models' releases alone, which costs
+// nothing per truck, unlike Snapshot.
+func (v *View) Releases() map[string]Release {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return maps.Clone(v.releases)
 }
 
 // Truck returns one truck's status and its events, oldest first.

@@ -156,3 +156,74 @@ func TestPresence(t *testing.T) {
 	v = v2
 	want("a fresh view", true)
 }
+
+// TestGroupsAndForwarded: a truck's groups come with its status, and with
+// OnForwarded set the view hears each forwarded batch, by the topic's truck
+// and model, with each prediction's time; a batch it cannot read is
+// dropped.
+func TestGroupsAndForwarded(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	b, err := broker.New(broker.Config{Listen: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	url := "tcp://" + b.Addr()
+	type batch struct {
+		truck, model string
+		made         []time.Time
+	}
+	got := make(chan batch, 10)
+	v, err := Open(ctx, Config{Broker: url, OnForwarded: func(truck, model string, made []time.Time) {
+		got <- batch{truck, model, made}
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	c := paho.NewClient(paho.NewClientOptions().AddBroker(url).SetClientID("test-truck"))
+	if tok := c.Connect(); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	defer c.Disconnect(100)
+	pub := func(topic, payload string) {
+		t.Helper()
+		if tok := c.Publish(topic, 1, false, payload); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+			t.Fatal(tok.Error())
+		}
+	}
+	data, _ := json.Marshal(status.Status{Schema: status.Schema, Online: true, Model: "m", Version: 1, Groups: []string{"early", "north"}})
+	pub(topics.TruckStatus("truck-1"), string(data))
+	pub(topics.TruckPredictions("truck-1", "m"), `not json`)
+	pub(topics.TruckPredictions("truck-1", "m"), `[{"id":"a","label":"pos","time":"2030-01-01T12:00:30.5Z"},{"id":"b","label":"pos","time":"yesterday"}]`)
+	select {
+	case bt := <-got:
+		want := time.Date(2030, 1, 1, 12, 0, 30, 5e8, time.UTC)
+		if bt.truck != "truck-1" || bt.model != "m" || len(bt.made) != 2 || !bt.made[0].Equal(want) || !bt.made[1].IsZero() {
+			t.Fatalf("forwarded batch %+v", bt)
+		}
+	case <-ctx.Done():
+		t.Fatal("no forwarded batch heard")
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		s, _, ok := v.Truck("truck-1")
+		if ok {
+			if len(s.Groups) != 2 || s.Groups[0] != "early" || s.Groups[1] != "north" {
+				t.Fatalf("groups %q, want [early north]", s.Groups)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("truck-1's status never came")
+		}
+	}
+	select {
+	case bt := <-got:
+		t.Errorf("an unreadable batch was heard: %+v", bt)
+	default:
+	}
+}

@@ -10,6 +10,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"time"
+
+	"github.com/linkedge/linkedge/internal/topics"
 )
 
 // Schema names version 1 of both documents.
@@ -26,6 +28,10 @@ type Status struct {
 	Truck  string `json:"truck"`
 	Online bool   `json:"online"`
 	Model  string `json:"model"`
+	// Groups the truck belongs to, from its configuration (a canary may
+	// target them); left out when it has none. At most MaxGroups, each a
+	// topics.ValidID.
+	Groups []string `json:"groups,omitempty"`
 	// Version serving now (0: none yet).
 	Version int64 `json:"version"`
 	// SHA256 of the bundle serving now, as its signed release names it.
@@ -89,6 +95,12 @@ const (
 // MaxSize bounds a status or event document a reader accepts.
 const MaxSize = 16 << 10
 
+// MaxGroups bounds the groups a status document may name. Readers keep the
+// list of every truck in memory, and an agent's configuration is held to
+// the same bound (edgeclient.Config.Validate), so a truck within it is never
+// refused.
+const MaxGroups = 16
+
 // Parse decodes a status document strictly.
 func Parse(data []byte) (*Status, error) {
 	if len(data) > MaxSize {
@@ -102,6 +114,9 @@ func Parse(data []byte) (*Status, error) {
 	}
 	if s.Schema != Schema {
 		return nil, fmt.Errorf("status schema %q, want %q", s.Schema, Schema)
+	}
+	if err := CheckGroups(s.Groups); err != nil {
+		return nil, fmt.Errorf("status document: %w", err)
 	}
 	return &s, nil
 }
@@ -121,4 +136,19 @@ func ParseEvent(data []byte) (*Event, error) {
 		return nil, fmt.Errorf("event schema %q, want %q", e.Schema, Schema)
 	}
 	return &e, nil
+}
+
+// CheckGroups reports whether groups fit a status document: at most
+// MaxGroups names, each a topics.ValidID (so at most 64 bytes, and safe in
+// a URL, a filter and a page).
+func CheckGroups(groups []string) error {
+	if len(groups) > MaxGroups {
+		return fmt.Errorf("%d groups, at most %d", len(groups), MaxGroups)
+	}
+	for _, g := range groups {
+		if err := topics.ValidID(g); err != nil {
+			return fmt.Errorf("group: %w", err)
+		}
+	}
+	return nil
 }

@@ -3,6 +3,7 @@ package status
 import (
 	"encoding/json"
 	"errors"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -15,7 +16,7 @@ func TestParseRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if *out != in {
+	if !reflect.DeepEqual(*out, in) {
 		t.Fatalf("got %+v", out)
 	}
 	for _, bad := range []string{`{`, `{"schema":"x"}`, `{"schema":"linkedge.status/v1","bogus":1}`} {
@@ -25,12 +26,50 @@ func TestParseRoundTrip(t *testing.T) {
 	}
 }
 
+// TestParseGroups: a truck's groups round-trip, are left out of the
+// document when there are none, and a document naming too many, or names
+// no truck could have, is refused: the status is outside input.
+func TestParseGroups(t *testing.T) {
+	in := Status{Schema: Schema, Truck: "t1", Groups: []string{"early", "north-2"}}
+	data, _ := json.Marshal(in)
+	out, err := Parse(data)
+	if err != nil || !reflect.DeepEqual(out.Groups, in.Groups) {
+		t.Fatalf("Parse(%s) = %+v, %v", data, out, err)
+	}
+	if data, _ := json.Marshal(Status{Schema: Schema}); strings.Contains(string(data), "groups") {
+		t.Errorf("a truck without groups sends %s", data)
+	}
+	many := make([]string, MaxGroups+1)
+	for i := range many {
+		many[i] = "g" + strings.Repeat("x", i)
+	}
+	doc := func(groups []string) []byte {
+		d, _ := json.Marshal(map[string]any{"schema": Schema, "groups": groups})
+		return d
+	}
+	if _, err := Parse(doc(many[:MaxGroups])); err != nil {
+		t.Errorf("%d groups refused: %v", MaxGroups, err)
+	}
+	for name, groups := range map[string][]string{
+		"too many":   many,
+		"too long":   {strings.Repeat("g", 65)},
+		"empty":      {""},
+		"a slash":    {"a/b"},
+		"a comma":    {"a,b"},
+		"a wildcard": {"#"},
+	} {
+		if _, err := Parse(doc(groups)); err == nil {
+			t.Errorf("groups %s: accepted", name)
+		}
+	}
+}
+
 func FuzzParse(f *testing.F) {
 	f.Add([]byte(`{"schema":"linkedge.status/v1","truck":"t","online":true}`))
 	f.Add([]byte(`{"schema":"linkedge.status/v1","kind":"booted","time":"2026-01-01T00:00:00Z"}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		if s, err := Parse(data); err == nil && s.Schema != Schema {
-			t.Fatal("accepted a wrong schema")
+		if s, err := Parse(data); err == nil && (s.Schema != Schema || CheckGroups(s.Groups) != nil) {
+			t.Fatal("accepted a wrong schema or bad groups")
 		}
 		if e, err := ParseEvent(data); err == nil && e.Schema != Schema {
 			t.Fatal("accepted a wrong schema")

@@ -1,11 +1,13 @@
 // The console's only script. The pages work without it (the server renders
-// them and every action is a form); it keeps the fleet table live: it
+// them and every action is a form); it keeps them live: the fleet table
 // listens to /live (server-sent events) for the rows of the page on show
-// that changed, applies the filter as it is typed, and counts "how long
-// ago" every second.
+// that changed and applies the filter as it is typed; the truck, model and
+// alerts pages listen to their own stream (/live/...) for the parts of the
+// page, rendered by the server, that changed. It counts "how long ago"
+// every second.
 "use strict";
 (function () {
-  var fields = ["id", "online", "model", "version", "desired", "phase", "progress", "alerts", "last_seen", "error"];
+  var fields = ["id", "online", "model", "groups", "version", "desired", "phase", "progress", "alerts", "last_seen", "error"];
 
   function ago(iso) {
     if (!iso) return "never";
@@ -141,25 +143,29 @@
     connect();
   }
 
-  // followChart fetches the model page's chart again every 5 s (the
-  // console samples the fleet as often), and stops once the session is gone.
-  function followChart(box) {
-    var timer = setInterval(function () {
-      fetch(box.getAttribute("data-src"), { credentials: "same-origin", cache: "no-store", redirect: "manual" })
-        .then(function (r) {
-          if (!r.ok) { clearInterval(timer); return null; }
-          return r.text();
-        })
-        .then(function (html) { if (html) box.innerHTML = html; })
-        .catch(function () {});
-    }, 5000);
+  // followParts puts each part the page's stream sends in place: an
+  // element id and its HTML, rendered and escaped by the server's
+  // templates like the page itself. The browser reconnects the stream by
+  // itself, and the first message after a reconnect has every part.
+  function followParts(src) {
+    var source = new EventSource(src);
+    source.addEventListener("parts", function (ev) {
+      var parts = JSON.parse(ev.data);
+      Object.keys(parts).forEach(function (id) {
+        var el = document.getElementById(id);
+        if (el) el.innerHTML = parts[id];
+      });
+      tickAges();
+      document.body.setAttribute("data-live", "live");
+    });
+    source.onerror = function () { document.body.setAttribute("data-live", "reconnecting"); };
   }
 
   document.addEventListener("DOMContentLoaded", function () {
     tickAges();
     setInterval(tickAges, 1000);
-    var progress = document.getElementById("progress");
-    if (progress && window.fetch) followChart(progress);
+    var parts = document.querySelector("main [data-live]");
+    if (parts && window.EventSource) followParts(parts.getAttribute("data-live"));
     var form = document.getElementById("filter");
     if (!form || !window.EventSource) return;
     var timer = null;
