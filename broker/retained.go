@@ -90,15 +90,25 @@ func (h *sessionHook) retained(filter string) []packets.Packet {
 	return h.srv.Topics.Messages(filter)
 }
 
-// queuedFor reports whether a copy of the retained message msg is already
-// queued for cl.
-func (h *sessionHook) queuedFor(cl *mqtt.Client, msg packets.Packet) bool {
-	for _, q := range cl.State.Inflight.GetAll(false) {
-		if outgoing(q) && q.TopicName == msg.TopicName && q.Created == msg.Created {
-			return true
+// queuedKey names a message queued for a client: a retained message's copy
+// has the same topic and creation time.
+type queuedKey struct {
+	topic   string
+	created int64
+}
+
+// queuedFor returns the messages already queued for cl (sent to it and not
+// yet acknowledged), read once so that checking each retained message
+// against them costs a lookup, not a scan of the whole table: a session
+// resumed after a crash can hold thousands of both.
+func queuedFor(cl *mqtt.Client) map[queuedKey]bool {
+	q := map[queuedKey]bool{}
+	for _, pk := range cl.State.Inflight.GetAll(false) {
+		if outgoing(pk) {
+			q[queuedKey{pk.TopicName, pk.Created}] = true
 		}
 	}
-	return false
+	return q
 }
 
 // sendRetained writes the retained message msg to cl for its subscription

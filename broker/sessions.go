@@ -83,12 +83,14 @@ func (h *sessionHook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	if h.store == nil || pk.Connect.Clean || !h.store.firstSinceRestore(cl.ID) {
 		return
 	}
+	queued := queuedFor(cl)
 	for _, sub := range cl.State.Subscriptions.GetAll() {
 		if strings.HasPrefix(sub.Filter, "$share/") {
 			continue // never brings retained messages
 		}
 		for _, msg := range h.retained(sub.Filter) {
-			if !h.queuedFor(cl, msg) {
+			if k := (queuedKey{msg.TopicName, msg.Created}); !queued[k] {
+				queued[k] = true // two filters may match it: one copy
 				h.sendRetained(cl, sub, msg)
 			}
 		}

@@ -48,6 +48,18 @@ type FleetConfig struct {
 	CanarySoak time.Duration
 	// NoRestarts skips the broker restart (and the publisher restart).
 	NoRestarts bool
+	// Settle, when positive, is how long the connected fleet stays idle
+	// before the broker's memory is sampled a second time: 3 s after the
+	// connect storm the RSS still holds its garbage and grown goroutine
+	// stacks, which the Go runtime frees and returns to the system over
+	// the next minutes (a forced collection at least every 2 min, then the
+	// scavenger). A fleet broker spends its life in that settled state.
+	Settle time.Duration
+	// BrokerMemoryLimit, when positive, is the broker's GOMEMLIMIT (bytes):
+	// the Go runtime's soft limit, which makes it collect harder as the
+	// heap nears it (docs/broker.md, Memory). Zero leaves the runtime's
+	// default, no limit.
+	BrokerMemoryLimit int64
 	// Probation is the agents' probation. Default 1 s: the bench measures
 	// the fleet side, and a truck's probation only adds its own length.
 	Probation time.Duration
@@ -130,9 +142,14 @@ type FleetReport struct {
 	Config   FleetConfig
 	Artifact int64 // bytes of one bundle
 	Phases   []FleetPhase
-	// ConnectedRSS is the broker's RSS with every truck connected and idle.
-	ConnectedRSS int64
-	Elapsed      time.Duration
+	// ConnectedRSS is the broker's RSS with every truck connected and idle;
+	// ConnectedHeap and ConnectedStacks the Go heap and goroutine stacks in
+	// use then (from its /metrics), which say how much of the RSS is live.
+	ConnectedRSS, ConnectedHeap, ConnectedStacks int64
+	// SettledRSS, SettledHeap and SettledStacks are the same after
+	// FleetConfig.Settle more of idleness; zero without it.
+	SettledRSS, SettledHeap, SettledStacks int64
+	Elapsed                                time.Duration
 	// Limits says what of this machine held the run back, if anything.
 	Limits string
 }
@@ -219,7 +236,21 @@ func RunFleet(ctx context.Context, cfg FleetConfig) (rep *FleetReport, err error
 		return nil, err
 	}
 	r.broker.peakRSS()
-	rep.ConnectedRSS = r.broker.sample().RSS
+	rep.ConnectedRSS, rep.ConnectedHeap, rep.ConnectedStacks = r.brokerMemory()
+	if cfg.Settle > 0 {
+		r.logf("idle: %s for the broker's memory to settle", cfg.Settle)
+		if err := sleepCtx(ctx, cfg.Settle); err != nil {
+			return nil, err
+		}
+		rep.SettledRSS, rep.SettledHeap, rep.SettledStacks = r.brokerMemory()
+	}
+	if os.Getenv("LINKEDGE_HEAP_PROFILE_DIR") != "" {
+		// The broker inherited the variable: it writes a heap profile of
+		// the connected fleet (internal/cli, startHeapProfiles).
+		if err := r.broker.cmd.Process.Signal(syscall.SIGUSR1); err != nil {
+			r.logf("heap profile of the broker: %v", err)
+		}
+	}
 	if err := add(r.update(ctx, "update", 1, false)); err != nil {
 		return nil, err
 	}
@@ -313,6 +344,9 @@ func (r *fleetRun) setup(ctx context.Context) error {
 	}
 	r.broker = &child{name: "broker", exe: r.cfg.Exe, log: filepath.Join(r.dir, "broker.log"),
 		args: []string{"broker", "--config", brokerCfg, "--listen", r.brokerAd, "--http", r.brokerHT, "--data", filepath.Join(r.dir, "broker")}}
+	if r.cfg.BrokerMemoryLimit > 0 {
+		r.broker.env = []string{fmt.Sprintf("GOMEMLIMIT=%d", r.cfg.BrokerMemoryLimit)}
+	}
 	if err := r.broker.start(); err != nil {
 		return err
 	}
@@ -570,6 +604,13 @@ func (r *fleetRun) finish(ctx context.Context, p *phaseRun, limit time.Duration,
 		p.Note += " (" + strings.Join(late, ", ") + ")"
 	}
 	return p.FleetPhase, nil
+}
+
+// brokerMemory is the broker's RSS now, and the Go heap and goroutine
+// stacks in use, from its /metrics (zero if it cannot be read).
+func (r *fleetRun) brokerMemory() (rss, heap, stacks int64) {
+	m := scrape("http://" + r.brokerHT + "/metrics")
+	return r.broker.sample().RSS, int64(m["go_memstats_heap_inuse_bytes"]), int64(m["go_memstats_stack_inuse_bytes"])
 }
 
 // brokerDropped reads the broker's drop counters from its /metrics.

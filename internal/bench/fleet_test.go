@@ -28,7 +28,7 @@ func TestFleetSmoke(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	rep, err := RunFleet(ctx, FleetConfig{
-		Trucks: 30, ConnectRate: 200, CanaryPercent: 10, CanarySoak: time.Second, LinkRate: 200_000,
+		Trucks: 30, ConnectRate: 200, CanaryPercent: 10, CanarySoak: time.Second, LinkRate: 200_000, Settle: time.Second,
 		Exe: testbin.Linkedge(t), Dir: t.TempDir(), TruckDir: t.TempDir(),
 	})
 	if err != nil {
@@ -60,7 +60,10 @@ func TestFleetSmoke(t *testing.T) {
 			t.Errorf("%s: no usage sampled: broker %+v, publisher %+v", p.Name, p.Broker, p.Publisher)
 		}
 	}
-	if rep.ConnectedRSS <= 0 {
-		t.Error("no broker RSS with the fleet connected")
+	if rep.ConnectedRSS <= 0 || rep.ConnectedHeap <= 0 || rep.ConnectedStacks <= 0 {
+		t.Errorf("broker memory with the fleet connected: RSS %d, heap %d, stacks %d; want all > 0", rep.ConnectedRSS, rep.ConnectedHeap, rep.ConnectedStacks)
+	}
+	if rep.SettledRSS <= 0 || rep.SettledHeap <= 0 || !strings.Contains(rep.Markdown(), "after 1s more") {
+		t.Errorf("no settled sample of the broker's memory: RSS %d, heap %d", rep.SettledRSS, rep.SettledHeap)
 	}
 }

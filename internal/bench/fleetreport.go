@@ -45,8 +45,18 @@ func (rep *FleetReport) Markdown() string {
 		fmt.Fprintf(&b, "\n**Limit of this machine:** %s.\n", rep.Limits)
 	}
 	if c.Trucks > 0 && rep.ConnectedRSS > 0 {
-		fmt.Fprintf(&b, "\nThe broker with every truck connected and idle: %s RSS, %s KB per truck.\n",
-			fmtMB6(rep.ConnectedRSS), fmtInt(float64(rep.ConnectedRSS)/float64(c.Trucks)/1e3))
+		perTruck := func(n int64) string { return fmtInt(float64(n) / float64(c.Trucks) / 1e3) }
+		line := func(when string, rss, heap, stacks int64) {
+			fmt.Fprintf(&b, "\nThe broker with every truck connected and idle, %s: %s RSS, %s KB per truck", when, fmtMB6(rss), perTruck(rss))
+			if heap > 0 {
+				fmt.Fprintf(&b, " (Go heap in use %s KB, goroutine stacks %s KB)", perTruck(heap), perTruck(stacks))
+			}
+			b.WriteString(".\n")
+		}
+		line("3 s after the last connected", rep.ConnectedRSS, rep.ConnectedHeap, rep.ConnectedStacks)
+		if rep.SettledRSS > 0 {
+			line(fmt.Sprintf("after %s more", c.Settle), rep.SettledRSS, rep.SettledHeap, rep.SettledStacks)
+		}
 	}
 	return b.String()
 }

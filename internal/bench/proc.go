@@ -22,7 +22,8 @@ type child struct {
 	name string
 	exe  string
 	args []string
-	log  string // appended to across restarts
+	env  []string // added to this process's environment
+	log  string   // appended to across restarts
 
 	mu      sync.Mutex
 	cmd     *exec.Cmd
@@ -55,6 +56,9 @@ func (c *child) start() error {
 	}
 	cmd := exec.Command(c.exe, c.args...)
 	cmd.Stdout, cmd.Stderr = f, f
+	if len(c.env) > 0 {
+		cmd.Env = append(os.Environ(), c.env...)
+	}
 	// Its own process group: a Ctrl-C on the bench is the bench's to
 	// handle, and it stops its children itself.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}

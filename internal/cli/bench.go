@@ -221,6 +221,8 @@ It prints Markdown. Progress goes to stderr.`,
 	fl.DurationVar(&cfg.CanarySoak, "canary-soak", 5*time.Second, "how long the canary runs before promotion")
 	fl.BoolVar(&noStaged, "no-staged", false, "skip the staged-rollout and publisher-kill scenarios")
 	fl.BoolVar(&cfg.NoRestarts, "no-restarts", false, "skip the broker restart and the publisher kill")
+	fl.Int64Var(&cfg.BrokerMemoryLimit, "broker-memory-limit", 0, "the broker's GOMEMLIMIT in bytes (0: none), a soft limit the Go runtime collects harder to keep under")
+	fl.DurationVar(&cfg.Settle, "settle", 0, "after connecting, keep the fleet idle this long and sample the broker's memory again (e.g. 3m: the Go runtime frees the connect storm's garbage within minutes)")
 	fl.DurationVar(&cfg.Probation, "probation", time.Second, "the trucks' probation")
 	fl.TextVar(&cfg.TruckLogLevel, "truck-log-level", slog.LevelWarn, "level of the trucks' log (trucks.log in --dir): debug, info, warn or error")
 	fl.StringVar(&cfg.Dir, "dir", "", "folder for the parts' state and logs (default: a temporary folder, removed)")

@@ -11,8 +11,10 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"runtime/pprof"
 	"strings"
+	"sync"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -26,6 +28,7 @@ func Execute() int {
 	defer stop()
 	root := newRootCmd()
 	defer startCPUProfile()()
+	defer startHeapProfiles()()
 	if err := root.ExecuteContext(ctx); err != nil {
 		if !errors.Is(err, errSilent) {
 			fmt.Fprintln(os.Stderr, "linkedge:", err)
@@ -46,17 +49,7 @@ func startCPUProfile() (stop func()) {
 	if dir == "" {
 		return func() {}
 	}
-	name := "linkedge"
-	if len(os.Args) > 1 {
-		name = strings.Join(os.Args[1:min(len(os.Args), 3)], "-")
-		name = strings.Map(func(r rune) rune {
-			if r == '/' || r == ' ' {
-				return '_'
-			}
-			return r
-		}, name)
-	}
-	f, err := os.Create(filepath.Join(dir, fmt.Sprintf("%s-%d.pprof", name, os.Getpid())))
+	f, err := os.Create(filepath.Join(dir, fmt.Sprintf("%s-%d.pprof", profileName(), os.Getpid())))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "linkedge: cpu profile:", err)
 		return func() {}
@@ -70,6 +63,71 @@ func startCPUProfile() (stop func()) {
 		pprof.StopCPUProfile()
 		f.Close()
 	}
+}
+
+// profileName names a profile after the command: "broker", "bench-fleet".
+func profileName() string {
+	if len(os.Args) < 2 {
+		return "linkedge"
+	}
+	return strings.Map(func(r rune) rune {
+		if r == '/' || r == ' ' {
+			return '_'
+		}
+		return r
+	}, strings.Join(os.Args[1:min(len(os.Args), 3)], "-"))
+}
+
+// startHeapProfiles writes a heap profile, after a garbage collection, to
+// <folder>/<command>-<pid>-<n>.heap each time the process gets SIGUSR1,
+// when LINKEDGE_HEAP_PROFILE_DIR names a folder. A signal rather than an
+// HTTP endpoint: the moment that matters (a fleet connected and idle) is
+// known only to whoever drives the process, which `linkedge bench fleet`
+// does (docs/benchmarks.md, Fleet scale); and no debug endpoint is left
+// open on a server. It returns the function that stops listening.
+func startHeapProfiles() (stop func()) {
+	dir := os.Getenv("LINKEDGE_HEAP_PROFILE_DIR")
+	if dir == "" {
+		return func() {}
+	}
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGUSR1)
+	done := make(chan struct{})
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		for n := 1; ; n++ {
+			select {
+			case <-done:
+				return
+			case <-sig:
+			}
+			if err := writeHeapProfile(filepath.Join(dir, fmt.Sprintf("%s-%d-%d.heap", profileName(), os.Getpid(), n))); err != nil {
+				fmt.Fprintln(os.Stderr, "linkedge: heap profile:", err)
+			}
+		}
+	}()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			signal.Stop(sig)
+			close(done)
+			<-finished
+		})
+	}
+}
+
+func writeHeapProfile(path string) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	runtime.GC() // the profile then shows what is live, not what awaits collection
+	if err := pprof.Lookup("heap").WriteTo(f, 0); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
 
 // errSilent is returned by commands that already told the user what failed.
