@@ -116,5 +116,92 @@ func TestStalledSubscriberIsNotWaitedFor(t *testing.T) {
 	if took := time.Since(start); took > 20*time.Second {
 		t.Errorf("1,500 publishes took %s beside a stalled subscriber", took)
 	}
+	if b.backpressure.stalls.Load() == 0 {
+		t.Error("the subscriber that acknowledges nothing was never taken for stalled")
+	}
 	_ = paho.ErrNotConnected
+}
+
+// TestSlowReaderIsNotTakenForStalled: a subscriber over the mark that keeps
+// acknowledging, only slower than the fleet reports, is waited for past the
+// stall window: it is making progress. Judging by time over the mark alone
+// took the publisher, slowed by a loaded machine, for stalled (`linkedge
+// bench fleet --trucks 10000`: 4,444 reports then dropped to it). Its
+// in-flight table is filled by hand, as thousands of trucks released at
+// once fill it, so that it stays over the mark for the whole test.
+func TestSlowReaderIsNotTakenForStalled(t *testing.T) {
+	b := startBroker(t, nil)
+	bp := b.backpressure
+	bp.highWater, bp.stallAfter = 4, 200*time.Millisecond
+
+	c := dialRaw(t, b.Addr())
+	_ = c.conn.SetDeadline(time.Now().Add(time.Minute))
+	c.send(packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Connect},
+		Connect:     packets.ConnectParams{ProtocolName: []byte("MQTT"), Keepalive: 60, ClientIdentifier: "intake", Clean: true},
+	})
+	if ack := c.recv(); ack.FixedHeader.Type != packets.Connack {
+		t.Fatalf("CONNACK type %d", ack.FixedHeader.Type)
+	}
+	c.send(packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Subscribe}, PacketID: 1,
+		Filters: packets.Subscriptions{{Filter: "linkedge/v1/trucks/+/events", Qos: 1}},
+	})
+	if p := c.recv(); p.FixedHeader.Type != packets.Suback {
+		t.Fatalf("got packet type %d, want SUBACK", p.FixedHeader.Type)
+	}
+	cl, ok := b.Server().Clients.Get("intake")
+	if !ok {
+		t.Fatal("no client intake")
+	}
+	pending := func(id uint16) packets.Packet {
+		return packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, PacketID: id, TopicName: "linkedge/v1/trucks/x/events", Created: time.Now().Unix()}
+	}
+	for id := uint16(100); id < 110; id++ { // over the mark of 4
+		cl.State.Inflight.Set(pending(id))
+	}
+
+	done := make(chan time.Duration, 1)
+	start := time.Now()
+	go func() { bp.wait("intake"); done <- time.Since(start) }()
+	// It acknowledges one message every 50 ms and receives another: over
+	// the mark for 600 ms, three stall windows, never silent for one.
+	for id := uint16(200); id < 212; id++ {
+		select {
+		case d := <-done:
+			t.Fatalf("the publish stopped waiting after %s, with the reader still acknowledging", d.Round(time.Millisecond))
+		case <-time.After(50 * time.Millisecond):
+		}
+		bp.OnQosComplete(cl, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: id})
+	}
+	// It catches up: the publish goes.
+	for id := uint16(100); id < 110; id++ {
+		cl.State.Inflight.Delete(id)
+	}
+	select {
+	case <-done:
+	case <-time.After(waitFor):
+		t.Fatal("the publish still waits with the reader under the mark")
+	}
+	if n := bp.stalls.Load(); n != 0 {
+		t.Errorf("the reader was taken for stalled %d times", n)
+	}
+
+	// Silent from now on, over the mark: stalled after the window.
+	for id := uint16(100); id < 110; id++ {
+		cl.State.Inflight.Set(pending(id))
+	}
+	start = time.Now()
+	go func() { bp.wait("intake"); done <- time.Since(start) }()
+	select {
+	case d := <-done:
+		if d < bp.stallAfter {
+			t.Errorf("stopped waiting after %s, before the stall window", d)
+		}
+	case <-time.After(waitFor):
+		t.Fatal("still waiting for a reader silent for longer than the stall window")
+	}
+	if n := bp.stalls.Load(); n != 1 {
+		t.Errorf("the silent reader was taken for stalled %d times, want 1", n)
+	}
 }

@@ -64,6 +64,7 @@ func newCollector(b *Broker) *collector {
 	add("auth_failures_total", "Connections refused: bad credentials, a session owned by another user, or a truck's client id taken by someone else.", counter, func(c *collector) float64 { return float64(c.b.auth.authFailures.Load()) })
 	add("logins_throttled_total", "Logins refused without a password check: too many failed logins from the address (and username) in the last minute.", counter, func(c *collector) float64 { return float64(c.b.auth.throttled.Load()) })
 	add("backpressure_waits_total", "QoS 1 publishes held back while a subscriber of every truck's topics (the publisher, an operator's tool) caught up, instead of its copy being dropped.", counter, func(c *collector) float64 { return float64(c.b.backpressure.waits.Load()) })
+	add("backpressure_stalls_total", "Times a subscriber of every truck's topics held the mark of unacknowledged messages and acknowledged nothing for 15 s: publishers stopped waiting for it, and its copies may be dropped.", counter, func(c *collector) float64 { return float64(c.b.backpressure.stalls.Load()) })
 	add("backpressure_wait_seconds_total", "Time publishes spent held back for subscribers catching up.", counter, func(c *collector) float64 { return float64(c.b.backpressure.waited.Load()) / 1e9 })
 	add("truck_throttled_total", "Truck publishes held back by the truck budget (truck_messages_per_second, truck_bytes_per_second) until it covered them.", counter, func(c *collector) float64 {
 		if c.b.budget == nil {
