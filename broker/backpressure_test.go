@@ -205,3 +205,68 @@ func TestSlowReaderIsNotTakenForStalled(t *testing.T) {
 		t.Errorf("the silent reader was taken for stalled %d times, want 1", n)
 	}
 }
+
+// TestWatchedSubscriberNeverWaits: a client that others wait for (it
+// subscribes to every truck's topics) publishes without waiting, even for
+// another such subscriber that is behind: the wait would stop the broker
+// reading its connection, and the acknowledgements on it are what the
+// fleet's publishes wait for. (The publisher announcing while the bench's
+// observer was behind went silent for 15 s that way and was taken for
+// stalled.)
+func TestWatchedSubscriberNeverWaits(t *testing.T) {
+	b := startBroker(t, nil)
+	bp := b.backpressure
+	bp.highWater, bp.stallAfter = 4, time.Hour
+	intake := func(id string) {
+		c := dialRaw(t, b.Addr())
+		_ = c.conn.SetDeadline(time.Now().Add(time.Minute))
+		c.send(packets.Packet{
+			FixedHeader: packets.FixedHeader{Type: packets.Connect},
+			Connect:     packets.ConnectParams{ProtocolName: []byte("MQTT"), Keepalive: 60, ClientIdentifier: id, Clean: true},
+		})
+		if ack := c.recv(); ack.FixedHeader.Type != packets.Connack {
+			t.Fatalf("CONNACK type %d", ack.FixedHeader.Type)
+		}
+		c.send(packets.Packet{
+			FixedHeader: packets.FixedHeader{Type: packets.Subscribe}, PacketID: 1,
+			Filters: packets.Subscriptions{{Filter: "linkedge/v1/#", Qos: 1}},
+		})
+		if p := c.recv(); p.FixedHeader.Type != packets.Suback {
+			t.Fatalf("got packet type %d, want SUBACK", p.FixedHeader.Type)
+		}
+	}
+	intake("publisher")
+	intake("observer")
+	pub, _ := b.Server().Clients.Get("publisher")
+	obs, _ := b.Server().Clients.Get("observer")
+	for id := uint16(100); id < 110; id++ { // the observer is behind
+		obs.State.Inflight.Set(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, PacketID: id,
+			TopicName: "linkedge/v1/trucks/x/events", Created: time.Now().Unix()}) // not expired: the broker sweeps those away
+	}
+	release := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, TopicName: "linkedge/v1/models/m/release"}
+	done := make(chan struct{})
+	go func() { bp.OnPublish(pub, release); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the publisher's release waits for the observer")
+	}
+	// A truck's publish does wait for it (ended by the observer catching up).
+	connect(t, clientOpts(b.Addr()).SetClientID("truck-1"))
+	tcl, _ := b.Server().Clients.Get("truck-1")
+	done = make(chan struct{})
+	go func() { bp.OnPublish(tcl, release); close(done) }()
+	select {
+	case <-done:
+		t.Fatal("a truck's publish did not wait for the observer behind")
+	case <-time.After(300 * time.Millisecond):
+	}
+	for id := uint16(100); id < 110; id++ {
+		obs.State.Inflight.Delete(id)
+	}
+	select {
+	case <-done:
+	case <-time.After(waitFor):
+		t.Fatal("the truck's publish still waits with the observer caught up")
+	}
+}
