@@ -48,11 +48,13 @@ type backpressure struct {
 	done       <-chan struct{} // closed when the broker closes
 
 	mu      sync.Mutex
-	watched map[string]*watch // client id → state
+	watched map[string]*watch   // client id → state
+	pending map[string][]*watch // publisher's client id → the admissions of its publish in progress
 
-	waits  atomic.Int64 // publishes that waited
-	waited atomic.Int64 // nanoseconds waited in all
-	stalls atomic.Int64 // subscribers taken for stalled
+	waits   atomic.Int64 // publishes that waited
+	waited  atomic.Int64 // nanoseconds waited in all
+	stalls  atomic.Int64 // subscribers taken for stalled
+	inAdmit atomic.Int64 // publishes waiting in admit now
 }
 
 // watch is one watched subscriber's state.
@@ -62,6 +64,10 @@ type watch struct {
 	warned    time.Time
 	stalled   bool         // taken for stalled, until it is under the mark again
 	ackAt     atomic.Int64 // Unix nanoseconds of its last acknowledgement
+	// admitted counts the copies for it of publishes let through and not
+	// yet published (between OnPublish and OnPublished): they are on their
+	// way to its in-flight table.
+	admitted int
 }
 
 const (
@@ -72,7 +78,7 @@ const (
 
 func newBackpressure(srv *mqtt.Server, log *slog.Logger, done <-chan struct{}) *backpressure {
 	return &backpressure{srv: srv, log: log, highWater: backpressureHighWater, stallAfter: backpressureStall,
-		done: done, watched: map[string]*watch{}}
+		done: done, watched: map[string]*watch{}, pending: map[string][]*watch{}}
 }
 
 // ID implements mqtt.Hook.
@@ -81,7 +87,7 @@ func (b *backpressure) ID() string { return "linkedge-backpressure" }
 // Provides implements mqtt.Hook.
 func (b *backpressure) Provides(x byte) bool {
 	switch x {
-	case mqtt.OnPublish, mqtt.OnSubscribed, mqtt.OnUnsubscribed, mqtt.OnSessionEstablished, mqtt.OnDisconnect, mqtt.OnQosComplete:
+	case mqtt.OnPublish, mqtt.OnPublished, mqtt.OnSubscribed, mqtt.OnUnsubscribed, mqtt.OnSessionEstablished, mqtt.OnDisconnect, mqtt.OnQosComplete:
 		return true
 	}
 	return false
@@ -111,10 +117,11 @@ func (b *backpressure) OnQosComplete(cl *mqtt.Client, _ packets.Packet) {
 // OnDisconnect implements mqtt.Hook: a session that ends is forgotten (one
 // that stays is skipped while its client is away).
 func (b *backpressure) OnDisconnect(cl *mqtt.Client, _ error, expire bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.release(cl.ID)
 	if expire && !cl.IsTakenOver() {
-		b.mu.Lock()
 		delete(b.watched, cl.ID)
-		b.mu.Unlock()
 	}
 }
 
@@ -143,12 +150,14 @@ func (b *backpressure) review(cl *mqtt.Client) {
 }
 
 // OnPublish implements mqtt.Hook: it waits while a watched subscriber of
-// pk's topic is over the mark and not stalled.
+// pk's topic is at the mark and not stalled, then counts the copy it will
+// get as admitted until OnPublished (see watch.admitted).
 func (b *backpressure) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
 	if pk.FixedHeader.Qos == 0 || cl.Net.Inline {
 		return pk, nil
 	}
 	b.mu.Lock()
+	b.release(cl.ID) // a publish a later hook refused never reached OnPublished
 	if _, ok := b.watched[cl.ID]; ok {
 		// A watched subscriber is never made to wait: this wait would
 		// stop the broker reading its connection, and with it the
@@ -159,40 +168,66 @@ func (b *backpressure) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pa
 		b.mu.Unlock()
 		return pk, nil
 	}
-	var behind []string
-	for id := range b.watched {
-		if id == cl.ID {
-			continue // never wait for oneself
-		}
-		if sub, ok := b.srv.Clients.Get(id); ok && !sub.Closed() && sub.State.Inflight.Len() >= b.highWater {
-			behind = append(behind, id)
-		}
-	}
-	b.mu.Unlock()
-	if len(behind) == 0 {
+	if len(b.watched) == 0 {
+		b.mu.Unlock()
 		return pk, nil
 	}
-	subs := b.srv.Topics.Subscribers(pk.TopicName)
-	for _, id := range behind {
-		if s, ok := subs.Subscriptions[id]; ok && s.Qos > 0 {
-			b.wait(id)
+	b.mu.Unlock()
+	var admitted []*watch
+	for id, s := range b.srv.Topics.Subscribers(pk.TopicName).Subscriptions {
+		if s.Qos == 0 {
+			continue
 		}
+		b.mu.Lock()
+		w := b.watched[id]
+		b.mu.Unlock()
+		if w != nil && b.admit(id, w) {
+			admitted = append(admitted, w)
+		}
+	}
+	if len(admitted) > 0 {
+		b.mu.Lock()
+		b.pending[cl.ID] = admitted
+		b.mu.Unlock()
 	}
 	return pk, nil
 }
 
-// wait holds the publish until subscriber id is under the mark, gone, or
-// stalled: over the mark with no acknowledgement for stallAfter.
-func (b *backpressure) wait(id string) {
+// waiting counts the publishes waiting in admit now (for tests).
+func (b *backpressure) waiting() int { return int(b.inAdmit.Load()) }
+
+// OnPublished implements mqtt.Hook: the copies are now in the subscribers'
+// in-flight tables, so they no longer count as admitted.
+func (b *backpressure) OnPublished(cl *mqtt.Client, _ packets.Packet) {
 	b.mu.Lock()
-	w := b.watched[id]
+	b.release(cl.ID)
 	b.mu.Unlock()
-	if w == nil {
-		return
+}
+
+// release ends the admissions of publisher id's last publish; b.mu held.
+func (b *backpressure) release(id string) {
+	for _, w := range b.pending[id] {
+		w.mu.Lock()
+		w.admitted--
+		w.mu.Unlock()
 	}
+	delete(b.pending, id)
+}
+
+// admit waits until watched subscriber id has room under the mark for one
+// more copy, counting the copies already admitted and not yet queued, or is
+// gone, or is stalled: over the mark with no acknowledgement for stallAfter.
+// It reports whether it counted the copy as admitted (it does unless the
+// subscriber is gone). The count is what keeps a fleet from overshooting:
+// judged by the in-flight table alone, thousands of trucks waiting for the
+// publisher all saw it under the mark in the same instant and went at once,
+// 6,000 over it, and its buffer of writes overflowed.
+func (b *backpressure) admit(id string, w *watch) bool {
 	start := time.Now()
 	waited := false
+	b.inAdmit.Add(1)
 	defer func() {
+		b.inAdmit.Add(-1)
 		if waited {
 			b.waits.Add(1)
 			b.waited.Add(int64(time.Since(start)))
@@ -200,14 +235,18 @@ func (b *backpressure) wait(id string) {
 	}()
 	for {
 		sub, ok := b.srv.Clients.Get(id)
-		if !ok || sub.Closed() || sub.State.Inflight.Len() < b.highWater {
-			w.mu.Lock()
-			w.overSince, w.stalled = time.Time{}, false
-			w.mu.Unlock()
-			return
+		if !ok || sub.Closed() {
+			return false
 		}
+		n := sub.State.Inflight.Len()
 		now := time.Now()
 		w.mu.Lock()
+		if n+w.admitted < b.highWater {
+			w.admitted++
+			w.overSince, w.stalled = time.Time{}, false
+			w.mu.Unlock()
+			return true
+		}
 		if w.overSince.IsZero() {
 			w.overSince = now
 		}
@@ -224,18 +263,21 @@ func (b *backpressure) wait(id string) {
 		if warn {
 			w.warned = now
 		}
+		if stalled {
+			w.admitted++
+		}
 		w.mu.Unlock()
 		if warn {
 			b.log.Warn("a subscriber has acknowledged nothing for a while; publishers no longer wait for it, and what does not fit its queue is dropped",
-				"client", id, "unacknowledged", sub.State.Inflight.Len(), "silent_for", now.Sub(progress).Round(time.Second))
+				"client", id, "unacknowledged", n, "silent_for", now.Sub(progress).Round(time.Second))
 		}
 		if stalled {
-			return
+			return true
 		}
 		waited = true
 		select {
 		case <-b.done:
-			return
+			return false
 		case <-time.After(backpressurePoll):
 		}
 	}

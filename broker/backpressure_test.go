@@ -154,6 +154,11 @@ func TestSlowReaderIsNotTakenForStalled(t *testing.T) {
 	if !ok {
 		t.Fatal("no client intake")
 	}
+	watched := func() *watch {
+		bp.mu.Lock()
+		defer bp.mu.Unlock()
+		return bp.watched["intake"]
+	}
 	pending := func(id uint16) packets.Packet {
 		return packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, PacketID: id, TopicName: "linkedge/v1/trucks/x/events", Created: time.Now().Unix()}
 	}
@@ -163,7 +168,7 @@ func TestSlowReaderIsNotTakenForStalled(t *testing.T) {
 
 	done := make(chan time.Duration, 1)
 	start := time.Now()
-	go func() { bp.wait("intake"); done <- time.Since(start) }()
+	go func() { bp.admit("intake", watched()); done <- time.Since(start) }()
 	// It acknowledges one message every 50 ms and receives another: over
 	// the mark for 600 ms, three stall windows, never silent for one.
 	for id := uint16(200); id < 212; id++ {
@@ -192,7 +197,7 @@ func TestSlowReaderIsNotTakenForStalled(t *testing.T) {
 		cl.State.Inflight.Set(pending(id))
 	}
 	start = time.Now()
-	go func() { bp.wait("intake"); done <- time.Since(start) }()
+	go func() { bp.admit("intake", watched()); done <- time.Since(start) }()
 	select {
 	case d := <-done:
 		if d < bp.stallAfter {
@@ -268,5 +273,68 @@ func TestWatchedSubscriberNeverWaits(t *testing.T) {
 	case <-done:
 	case <-time.After(waitFor):
 		t.Fatal("the truck's publish still waits with the observer caught up")
+	}
+}
+
+// TestReleasedPublishersDoNotOvershoot: publishers that waited for a
+// subscriber at the mark go, when it catches up, only as many as fit under
+// the mark; the rest wait on. (Judged by its in-flight table alone, all of
+// them saw room in the same instant: at 10,000 trucks the publisher went
+// 6,000 over the mark, its buffer of 1,024 writes overflowed and the broker
+// dropped reports to it.)
+func TestReleasedPublishersDoNotOvershoot(t *testing.T) {
+	const trucks, mark = 40, 8
+	b := startBroker(t, nil)
+	bp := b.backpressure
+	bp.highWater, bp.stallAfter = mark, time.Hour
+
+	c := dialRaw(t, b.Addr())
+	_ = c.conn.SetDeadline(time.Now().Add(time.Minute))
+	c.send(packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Connect},
+		Connect:     packets.ConnectParams{ProtocolName: []byte("MQTT"), Keepalive: 60, ClientIdentifier: "intake", Clean: true},
+	})
+	if ack := c.recv(); ack.FixedHeader.Type != packets.Connack {
+		t.Fatalf("CONNACK type %d", ack.FixedHeader.Type)
+	}
+	c.send(packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Subscribe}, PacketID: 1,
+		Filters: packets.Subscriptions{{Filter: "linkedge/v1/trucks/+/events", Qos: 1}},
+	})
+	if p := c.recv(); p.FixedHeader.Type != packets.Suback {
+		t.Fatalf("got packet type %d, want SUBACK", p.FixedHeader.Type)
+	}
+	cl, _ := b.Server().Clients.Get("intake")
+	for id := uint16(1000); id < 1000+mark; id++ { // at the mark
+		cl.State.Inflight.Set(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, PacketID: id,
+			TopicName: "linkedge/v1/trucks/x/events", Created: time.Now().Unix()})
+	}
+	var wg sync.WaitGroup
+	for i := range trucks {
+		pc := connect(t, clientOpts(b.Addr()).SetClientID(fmt.Sprintf("truck-%02d", i)))
+		wg.Go(func() { pc.Publish(fmt.Sprintf("linkedge/v1/trucks/t%02d/events", i), 1, false, "report") })
+	}
+	wg.Wait()
+	// Every truck's report is waiting; then the subscriber catches up at once.
+	deadline := time.Now().Add(waitFor)
+	for bp.waiting() < trucks {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d reports waiting", bp.waiting(), trucks)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	for id := uint16(1000); id < 1000+mark; id++ {
+		cl.State.Inflight.Delete(id)
+	}
+	// It acknowledges nothing more: the reports that went are all it holds.
+	most := 0
+	for end := time.Now().Add(500 * time.Millisecond); time.Now().Before(end); time.Sleep(time.Millisecond) {
+		most = max(most, cl.State.Inflight.Len())
+	}
+	if most > mark {
+		t.Errorf("the subscriber held %d unacknowledged after catching up, over the mark of %d", most, mark)
+	}
+	if most < mark {
+		t.Errorf("only %d reports went when %d fit under the mark", most, mark)
 	}
 }
