@@ -59,6 +59,7 @@ type backpressure struct {
 
 // watch is one watched subscriber's state.
 type watch struct {
+	id        string // the subscriber's client id
 	mu        sync.Mutex
 	overSince time.Time // when it went over the mark; zero while under
 	warned    time.Time
@@ -68,12 +69,46 @@ type watch struct {
 	// yet published (between OnPublish and OnPublished): they are on their
 	// way to its in-flight table.
 	admitted int
+	// queue holds the waiting publishes in arrival order. Each is woken by
+	// pump, which admits it, when there is room: one per free place, not
+	// all at once (a fleet's thousands of waiting trucks polling for room
+	// had burnt the broker's CPU and overshot the mark when they found it).
+	queue []chan struct{}
+}
+
+// pump admits waiting publishes, oldest first, while the subscriber has
+// room under the mark for them; w.mu held. It reports whether there is room
+// left.
+func (w *watch) pump(inflight, highWater int) bool {
+	for inflight+w.admitted < highWater {
+		if len(w.queue) == 0 {
+			w.overSince, w.stalled = time.Time{}, false
+			return true
+		}
+		w.admitted++
+		close(w.queue[0])
+		w.queue = w.queue[1:]
+	}
+	return false
+}
+
+// releaseAll admits every waiting publish (the subscriber is stalled or
+// gone); w.mu held.
+func (w *watch) releaseAll() {
+	for _, ch := range w.queue {
+		w.admitted++
+		close(ch)
+	}
+	w.queue = nil
 }
 
 const (
 	backpressureHighWater = 512 // half the write buffer: QoS 0 copies and the rest fit beside
 	backpressureStall     = 15 * time.Second
-	backpressurePoll      = 2 * time.Millisecond
+	// backpressureCheck is how often a waiting publish looks whether the
+	// subscriber it waits for is gone or stalled; room under the mark
+	// wakes it at once (watch.pump).
+	backpressureCheck = time.Second
 )
 
 func newBackpressure(srv *mqtt.Server, log *slog.Logger, done <-chan struct{}) *backpressure {
@@ -110,7 +145,16 @@ func (b *backpressure) OnQosComplete(cl *mqtt.Client, _ packets.Packet) {
 	w := b.watched[cl.ID]
 	b.mu.Unlock()
 	if w != nil {
-		w.ackAt.Store(time.Now().UnixNano())
+		now := time.Now()
+		w.ackAt.Store(now.UnixNano())
+		w.mu.Lock()
+		if w.stalled {
+			// Reading again: publishes wait for it again, and it is
+			// judged stalled again only after stallAfter of silence.
+			w.stalled, w.overSince = false, now
+		}
+		w.pump(cl.State.Inflight.Len(), b.highWater)
+		w.mu.Unlock()
 	}
 }
 
@@ -143,7 +187,7 @@ func (b *backpressure) review(cl *mqtt.Client) {
 		return
 	}
 	if wild {
-		b.watched[cl.ID] = &watch{}
+		b.watched[cl.ID] = &watch{id: cl.ID}
 	} else {
 		delete(b.watched, cl.ID)
 	}
@@ -209,6 +253,13 @@ func (b *backpressure) release(id string) {
 	for _, w := range b.pending[id] {
 		w.mu.Lock()
 		w.admitted--
+		if len(w.queue) > 0 {
+			// Usually no room: the copy is in the in-flight table now.
+			// A publish a later hook refused has left some.
+			if sub, ok := b.srv.Clients.Get(w.id); ok {
+				w.pump(sub.State.Inflight.Len(), b.highWater)
+			}
+		}
 		w.mu.Unlock()
 	}
 	delete(b.pending, id)
@@ -223,62 +274,89 @@ func (b *backpressure) release(id string) {
 // publisher all saw it under the mark in the same instant and went at once,
 // 6,000 over it, and its buffer of writes overflowed.
 func (b *backpressure) admit(id string, w *watch) bool {
+	sub, ok := b.srv.Clients.Get(id)
+	if !ok || sub.Closed() {
+		return false
+	}
+	w.mu.Lock()
+	if w.stalled || (len(w.queue) == 0 && sub.State.Inflight.Len()+w.admitted < b.highWater) {
+		w.admitted++
+		w.mu.Unlock()
+		return true
+	}
+	if w.overSince.IsZero() {
+		w.overSince = time.Now()
+	}
+	ch := make(chan struct{})
+	w.queue = append(w.queue, ch)
+	w.mu.Unlock()
+
 	start := time.Now()
-	waited := false
 	b.inAdmit.Add(1)
 	defer func() {
 		b.inAdmit.Add(-1)
-		if waited {
-			b.waits.Add(1)
-			b.waited.Add(int64(time.Since(start)))
-		}
+		b.waits.Add(1)
+		b.waited.Add(int64(time.Since(start)))
 	}()
+	tick := time.NewTicker(backpressureCheck)
+	defer tick.Stop()
 	for {
-		sub, ok := b.srv.Clients.Get(id)
-		if !ok || sub.Closed() {
+		select {
+		case <-ch:
+			return true // admitted by pump or releaseAll
+		case <-b.done:
+			b.leave(w, ch)
 			return false
+		case <-tick.C:
 		}
-		n := sub.State.Inflight.Len()
+		sub, ok := b.srv.Clients.Get(id)
+		gone := !ok || sub.Closed()
+		n := 0
+		if !gone {
+			n = sub.State.Inflight.Len()
+		}
 		now := time.Now()
 		w.mu.Lock()
-		if n+w.admitted < b.highWater {
-			w.admitted++
-			w.overSince, w.stalled = time.Time{}, false
+		if !gone && w.pump(n, b.highWater) {
+			// Room came without an acknowledgement (a session cleared).
 			w.mu.Unlock()
-			return true
-		}
-		if w.overSince.IsZero() {
-			w.overSince = now
+			continue // ch is closed: taken at the top
 		}
 		progress := w.overSince
 		if ack := time.Unix(0, w.ackAt.Load()); ack.After(progress) {
 			progress = ack
 		}
-		stalled := now.Sub(progress) >= b.stallAfter
-		if stalled && !w.stalled {
-			b.stalls.Add(1)
-		}
-		w.stalled = stalled
-		warn := stalled && now.Sub(w.warned) >= dropReportEvery
-		if warn {
-			w.warned = now
-		}
+		stalled := gone || now.Sub(progress) >= b.stallAfter
+		warn := false
 		if stalled {
-			w.admitted++
+			if !gone && !w.stalled {
+				b.stalls.Add(1)
+				warn = now.Sub(w.warned) >= dropReportEvery
+				if warn {
+					w.warned = now
+				}
+				w.stalled = true
+			}
+			w.releaseAll()
 		}
 		w.mu.Unlock()
 		if warn {
 			b.log.Warn("a subscriber has acknowledged nothing for a while; publishers no longer wait for it, and what does not fit its queue is dropped",
 				"client", id, "unacknowledged", n, "silent_for", now.Sub(progress).Round(time.Second))
 		}
-		if stalled {
-			return true
-		}
-		waited = true
-		select {
-		case <-b.done:
-			return false
-		case <-time.After(backpressurePoll):
+	}
+}
+
+// leave takes a waiting publish out of w's queue, or gives back its
+// admission if pump admitted it meanwhile.
+func (b *backpressure) leave(w *watch, ch chan struct{}) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for i, c := range w.queue {
+		if c == ch {
+			w.queue = append(w.queue[:i], w.queue[i+1:]...)
+			return
 		}
 	}
+	w.admitted--
 }
