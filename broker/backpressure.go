@@ -2,6 +2,7 @@ package broker
 
 import (
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -217,11 +218,21 @@ func (b *backpressure) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pa
 		return pk, nil
 	}
 	b.mu.Unlock()
-	var admitted []*watch
+	// The subscribers are taken in the order of their ids: a publish holds
+	// its places with the first while it waits for the next, and in
+	// another order two publishes could each hold what the other waits
+	// for. (Taken in map order, the publisher's and the bench observer's
+	// places filled with publishes waiting for the other, and neither got
+	// anything to acknowledge until one was taken for stalled.)
+	var ids []string
 	for id, s := range b.srv.Topics.Subscribers(pk.TopicName).Subscriptions {
-		if s.Qos == 0 {
-			continue
+		if s.Qos > 0 {
+			ids = append(ids, id)
 		}
+	}
+	slices.Sort(ids)
+	var admitted []*watch
+	for _, id := range ids {
 		b.mu.Lock()
 		w := b.watched[id]
 		b.mu.Unlock()
@@ -326,7 +337,10 @@ func (b *backpressure) admit(id string, w *watch) bool {
 		if ack := time.Unix(0, w.ackAt.Load()); ack.After(progress) {
 			progress = ack
 		}
-		stalled := gone || now.Sub(progress) >= b.stallAfter
+		// Over the mark by its own unacknowledged messages: places held
+		// by publishes that wait for another subscriber are not its
+		// silence.
+		stalled := gone || (n >= b.highWater && now.Sub(progress) >= b.stallAfter)
 		warn := false
 		if stalled {
 			if !gone && !w.stalled {

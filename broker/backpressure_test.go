@@ -340,3 +340,74 @@ func TestReleasedPublishersDoNotOvershoot(t *testing.T) {
 		t.Errorf("only %d reports went when %d fit under the mark", most, mark)
 	}
 }
+
+// TestTwoSlowSubscribersDoNotDeadlock: two subscribers of every truck's
+// reports (the publisher and an operator's tool), both at the mark, with
+// many trucks waiting for both: every report reaches both. A publish holds
+// its place with one subscriber while it waits for the other; taken in
+// different orders, the two subscribers' places filled with publishes
+// waiting for the other one and neither had anything left to acknowledge.
+func TestTwoSlowSubscribersDoNotDeadlock(t *testing.T) {
+	const trucks, reports = 30, 10
+	b := startBroker(t, nil)
+	bp := b.backpressure
+	bp.highWater, bp.stallAfter = 2, time.Hour // never taken for stalled here
+
+	reader := func(id string, got chan<- int) {
+		c := dialRaw(t, b.Addr())
+		_ = c.conn.SetDeadline(time.Now().Add(time.Minute))
+		c.send(packets.Packet{
+			FixedHeader: packets.FixedHeader{Type: packets.Connect},
+			Connect:     packets.ConnectParams{ProtocolName: []byte("MQTT"), Keepalive: 60, ClientIdentifier: id, Clean: true},
+		})
+		if ack := c.recv(); ack.FixedHeader.Type != packets.Connack {
+			t.Fatalf("CONNACK type %d", ack.FixedHeader.Type)
+		}
+		c.send(packets.Packet{
+			FixedHeader: packets.FixedHeader{Type: packets.Subscribe}, PacketID: 1,
+			Filters: packets.Subscriptions{{Filter: "linkedge/v1/trucks/+/events", Qos: 1}},
+		})
+		if p := c.recv(); p.FixedHeader.Type != packets.Suback {
+			t.Fatalf("got packet type %d, want SUBACK", p.FixedHeader.Type)
+		}
+		go func() {
+			seen := map[string]bool{}
+			defer func() { got <- len(seen) }()
+			for len(seen) < trucks*reports {
+				pk, err := c.read()
+				if err != nil {
+					return
+				}
+				if pk.FixedHeader.Type != packets.Publish {
+					continue
+				}
+				seen[string(pk.Payload)] = true
+				time.Sleep(time.Millisecond)
+				if c.write(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: pk.PacketID}) != nil {
+					return
+				}
+			}
+		}()
+	}
+	gotA, gotB := make(chan int, 1), make(chan int, 1)
+	reader("intake-a", gotA)
+	reader("intake-b", gotB)
+	for i := range trucks {
+		pc := connect(t, clientOpts(b.Addr()).SetClientID(fmt.Sprintf("truck-%02d", i)))
+		go func() {
+			for r := range reports {
+				pc.Publish(fmt.Sprintf("linkedge/v1/trucks/t%02d/events", i), 1, false, fmt.Sprintf("%02d-%02d", i, r))
+			}
+		}()
+	}
+	for name, got := range map[string]chan int{"intake-a": gotA, "intake-b": gotB} {
+		select {
+		case n := <-got:
+			if n != trucks*reports {
+				t.Errorf("%s got %d of %d reports", name, n, trucks*reports)
+			}
+		case <-time.After(45 * time.Second):
+			t.Fatalf("%s still waits for reports after 45 s: the publishes are stuck (%d waiting)", name, bp.waiting())
+		}
+	}
+}

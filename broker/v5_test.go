@@ -3,6 +3,7 @@ package broker
 import (
 	"bufio"
 	"bytes"
+	"fmt"
 	"io"
 	"math"
 	"net"
@@ -33,6 +34,13 @@ func dialRaw(t *testing.T, addr string) *rawClient {
 
 func (c *rawClient) send(pk packets.Packet) {
 	c.t.Helper()
+	if err := c.write(pk); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+// write sends pk; for goroutines, which must not call t.Fatal.
+func (c *rawClient) write(pk packets.Packet) error {
 	pk.ProtocolVersion = 5
 	var buf bytes.Buffer
 	var err error
@@ -49,32 +57,42 @@ func (c *rawClient) send(pk packets.Packet) {
 	case packets.Pingreq:
 		err = pk.PingreqEncode(&buf)
 	default:
-		c.t.Fatalf("send: unsupported packet type %d", pk.FixedHeader.Type)
+		return fmt.Errorf("send: unsupported packet type %d", pk.FixedHeader.Type)
 	}
 	if err != nil {
-		c.t.Fatalf("encode: %v", err)
+		return fmt.Errorf("encode: %w", err)
 	}
 	if _, err := c.conn.Write(buf.Bytes()); err != nil {
-		c.t.Fatalf("write: %v", err)
+		return fmt.Errorf("write: %w", err)
 	}
+	return nil
 }
 
 func (c *rawClient) recv() packets.Packet {
 	c.t.Helper()
+	pk, err := c.read()
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return pk
+}
+
+// read reads one packet; for goroutines, which must not call t.Fatal.
+func (c *rawClient) read() (packets.Packet, error) {
+	pk := packets.Packet{ProtocolVersion: 5}
 	hb, err := c.r.ReadByte()
 	if err != nil {
-		c.t.Fatalf("read: %v", err)
+		return pk, fmt.Errorf("read: %w", err)
 	}
-	pk := packets.Packet{ProtocolVersion: 5}
 	if err := pk.FixedHeader.Decode(hb); err != nil {
-		c.t.Fatalf("fixed header: %v", err)
+		return pk, fmt.Errorf("fixed header: %w", err)
 	}
 	if pk.FixedHeader.Remaining, _, err = packets.DecodeLength(c.r); err != nil {
-		c.t.Fatalf("length: %v", err)
+		return pk, fmt.Errorf("length: %w", err)
 	}
 	body := make([]byte, pk.FixedHeader.Remaining)
 	if _, err := io.ReadFull(c.r, body); err != nil {
-		c.t.Fatalf("body: %v", err)
+		return pk, fmt.Errorf("body: %w", err)
 	}
 	switch pk.FixedHeader.Type {
 	case packets.Connack:
@@ -88,12 +106,12 @@ func (c *rawClient) recv() packets.Packet {
 	case packets.Pingresp:
 		err = pk.PingrespDecode(body)
 	default:
-		c.t.Fatalf("recv: unexpected packet type %d", pk.FixedHeader.Type)
+		return pk, fmt.Errorf("recv: unexpected packet type %d", pk.FixedHeader.Type)
 	}
 	if err != nil {
-		c.t.Fatalf("decode: %v", err)
+		return pk, fmt.Errorf("decode: %w", err)
 	}
-	return pk
+	return pk, nil
 }
 
 // TestMQTT5 connects a v5 client and checks that the configured expiry
