@@ -1,15 +1,19 @@
 package demo
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"io"
+	"maps"
 	"net/http"
 	"net/http/cookiejar"
 	"net/url"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -92,7 +96,9 @@ func TestDemoConsole(t *testing.T) {
 	runCtx, stop := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() {
-		done <- Run(runCtx, Config{Dir: t.TempDir(), Probation: time.Second, Out: &out, Console: true, ConsoleListen: "127.0.0.1:0"})
+		// ConsoleWait: the test logs in and opens the live table before
+		// the first approval, as an operator following the demo would.
+		done <- Run(runCtx, Config{Dir: t.TempDir(), Probation: time.Second, Out: &out, Console: true, ConsoleListen: "127.0.0.1:0", ConsoleWait: 3 * time.Second})
 	}()
 	defer func() {
 		stop()
@@ -125,7 +131,74 @@ func TestDemoConsole(t *testing.T) {
 	if resp.StatusCode != http.StatusOK || resp.Request.URL.Path != "/" {
 		t.Fatalf("login: %s at %s", resp.Status, resp.Request.URL)
 	}
+	// The live table, as the page's script reads it: what each truck was
+	// shown as, in order.
+	type shown struct {
+		online  bool
+		version int64
+	}
+	var liveMu sync.Mutex
+	seen := map[string][]shown{}
+	liveReq, _ := http.NewRequestWithContext(ctx, http.MethodGet, base+"/live", nil)
+	stream, err := (&http.Client{Jar: jar}).Do(liveReq) // no timeout: it streams until ctx ends
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stream.Body.Close()
+	go func() {
+		sc := bufio.NewScanner(stream.Body)
+		sc.Buffer(make([]byte, 1<<20), 1<<20)
+		for sc.Scan() {
+			data, ok := strings.CutPrefix(sc.Text(), "data: ")
+			if !ok {
+				continue
+			}
+			var msg struct {
+				Rows map[string]struct {
+					Online  bool  `json:"online"`
+					Version int64 `json:"version"`
+				} `json:"rows"`
+			}
+			if json.Unmarshal([]byte(data), &msg) != nil {
+				continue
+			}
+			liveMu.Lock()
+			for id, r := range msg.Rows {
+				if h := seen[id]; len(h) == 0 || h[len(h)-1] != (shown{r.Online, r.Version}) {
+					seen[id] = append(h, shown{r.Online, r.Version})
+				}
+			}
+			liveMu.Unlock()
+		}
+	}()
 	waitOut("the end of the story", func() bool { return strings.Contains(out.String(), "stays up on the fleet") })
+	// Live, without a reload: every truck went from v1 to v2 on the open
+	// page, and the last one was shown offline on v1 before it caught up.
+	waitOut("the live table to show every truck online on v2", func() bool {
+		liveMu.Lock()
+		defer liveMu.Unlock()
+		if len(seen) != 3 {
+			return false
+		}
+		for _, h := range seen {
+			if h[len(h)-1] != (shown{true, 2}) {
+				return false
+			}
+		}
+		return true
+	})
+	liveMu.Lock()
+	ids := slices.Sorted(maps.Keys(seen))
+	for _, id := range ids {
+		h := seen[id]
+		if !slices.Contains(h, shown{true, 1}) {
+			t.Errorf("the live table never showed %s online on v1: %v", id, h)
+		}
+	}
+	if last := seen[ids[len(ids)-1]]; !slices.Contains(last, shown{false, 1}) {
+		t.Errorf("the live table never showed %s offline on v1 before it caught up: %v", ids[len(ids)-1], last)
+	}
+	liveMu.Unlock()
 	resp, err = hc.Get(base + "/?version=2&online=yes")
 	if err != nil {
 		t.Fatal(err)
