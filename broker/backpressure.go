@@ -140,7 +140,8 @@ func (b *backpressure) OnUnsubscribed(cl *mqtt.Client, _ packets.Packet) { b.rev
 func (b *backpressure) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) { b.review(cl) }
 
 // OnQosComplete implements mqtt.Hook: an acknowledgement from a watched
-// subscriber is its progress (see wait).
+// subscriber is its progress (see admit), and may make room for the
+// publishes waiting for it.
 func (b *backpressure) OnQosComplete(cl *mqtt.Client, _ packets.Packet) {
 	b.mu.Lock()
 	w := b.watched[cl.ID]
