@@ -323,12 +323,15 @@ func (b *backpressure) admit(id string, w *watch) bool {
 		}
 		sub, ok := b.srv.Clients.Get(id)
 		gone := !ok || sub.Closed()
+		now := time.Now()
+		w.mu.Lock()
+		// Read under the lock: read before it, the count could predate
+		// publishes another waiter's pump let through meanwhile, and this
+		// pump would let through as many again (seen under -race).
 		n := 0
 		if !gone {
 			n = sub.State.Inflight.Len()
 		}
-		now := time.Now()
-		w.mu.Lock()
 		if !gone && w.pump(n, b.highWater) {
 			// Room came without an acknowledgement (a session cleared).
 			w.mu.Unlock()
