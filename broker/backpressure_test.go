@@ -89,21 +89,7 @@ func TestSlowSubscriberLosesNothing(t *testing.T) {
 func TestStalledSubscriberIsNotWaitedFor(t *testing.T) {
 	b := startBroker(t, nil)
 	b.backpressure.stallAfter = 500 * time.Millisecond
-	c := dialRaw(t, b.Addr())
-	c.send(packets.Packet{
-		FixedHeader: packets.FixedHeader{Type: packets.Connect},
-		Connect:     packets.ConnectParams{ProtocolName: []byte("MQTT"), Keepalive: 60, ClientIdentifier: "asleep", Clean: true},
-	})
-	if ack := c.recv(); ack.FixedHeader.Type != packets.Connack {
-		t.Fatalf("CONNACK type %d", ack.FixedHeader.Type)
-	}
-	c.send(packets.Packet{
-		FixedHeader: packets.FixedHeader{Type: packets.Subscribe}, PacketID: 1,
-		Filters: packets.Subscriptions{{Filter: "linkedge/v1/trucks/#", Qos: 1}},
-	})
-	if p := c.recv(); p.FixedHeader.Type != packets.Suback {
-		t.Fatalf("got packet type %d, want SUBACK", p.FixedHeader.Type)
-	}
+	rawSubscriber(t, b, "asleep", "linkedge/v1/trucks/#") // it never reads
 	// It never acknowledges: after 512 messages every publish would wait.
 	pc := connect(t, clientOpts(b.Addr()).SetClientID("truck-x"))
 	start := time.Now()
@@ -134,22 +120,7 @@ func TestSlowReaderIsNotTakenForStalled(t *testing.T) {
 	bp := b.backpressure
 	bp.highWater, bp.stallAfter = 4, 200*time.Millisecond
 
-	c := dialRaw(t, b.Addr())
-	_ = c.conn.SetDeadline(time.Now().Add(time.Minute))
-	c.send(packets.Packet{
-		FixedHeader: packets.FixedHeader{Type: packets.Connect},
-		Connect:     packets.ConnectParams{ProtocolName: []byte("MQTT"), Keepalive: 60, ClientIdentifier: "intake", Clean: true},
-	})
-	if ack := c.recv(); ack.FixedHeader.Type != packets.Connack {
-		t.Fatalf("CONNACK type %d", ack.FixedHeader.Type)
-	}
-	c.send(packets.Packet{
-		FixedHeader: packets.FixedHeader{Type: packets.Subscribe}, PacketID: 1,
-		Filters: packets.Subscriptions{{Filter: "linkedge/v1/trucks/+/events", Qos: 1}},
-	})
-	if p := c.recv(); p.FixedHeader.Type != packets.Suback {
-		t.Fatalf("got packet type %d, want SUBACK", p.FixedHeader.Type)
-	}
+	rawSubscriber(t, b, "intake", "linkedge/v1/trucks/+/events")
 	cl, ok := b.Server().Clients.Get("intake")
 	if !ok {
 		t.Fatal("no client intake")
@@ -222,26 +193,8 @@ func TestWatchedSubscriberNeverWaits(t *testing.T) {
 	b := startBroker(t, nil)
 	bp := b.backpressure
 	bp.highWater, bp.stallAfter = 4, time.Hour
-	intake := func(id string) {
-		c := dialRaw(t, b.Addr())
-		_ = c.conn.SetDeadline(time.Now().Add(time.Minute))
-		c.send(packets.Packet{
-			FixedHeader: packets.FixedHeader{Type: packets.Connect},
-			Connect:     packets.ConnectParams{ProtocolName: []byte("MQTT"), Keepalive: 60, ClientIdentifier: id, Clean: true},
-		})
-		if ack := c.recv(); ack.FixedHeader.Type != packets.Connack {
-			t.Fatalf("CONNACK type %d", ack.FixedHeader.Type)
-		}
-		c.send(packets.Packet{
-			FixedHeader: packets.FixedHeader{Type: packets.Subscribe}, PacketID: 1,
-			Filters: packets.Subscriptions{{Filter: "linkedge/v1/#", Qos: 1}},
-		})
-		if p := c.recv(); p.FixedHeader.Type != packets.Suback {
-			t.Fatalf("got packet type %d, want SUBACK", p.FixedHeader.Type)
-		}
-	}
-	intake("publisher")
-	intake("observer")
+	rawSubscriber(t, b, "publisher", "linkedge/v1/#")
+	rawSubscriber(t, b, "observer", "linkedge/v1/#")
 	pub, _ := b.Server().Clients.Get("publisher")
 	obs, _ := b.Server().Clients.Get("observer")
 	for id := uint16(100); id < 110; id++ { // the observer is behind
@@ -288,22 +241,7 @@ func TestReleasedPublishersDoNotOvershoot(t *testing.T) {
 	bp := b.backpressure
 	bp.highWater, bp.stallAfter = mark, time.Hour
 
-	c := dialRaw(t, b.Addr())
-	_ = c.conn.SetDeadline(time.Now().Add(time.Minute))
-	c.send(packets.Packet{
-		FixedHeader: packets.FixedHeader{Type: packets.Connect},
-		Connect:     packets.ConnectParams{ProtocolName: []byte("MQTT"), Keepalive: 60, ClientIdentifier: "intake", Clean: true},
-	})
-	if ack := c.recv(); ack.FixedHeader.Type != packets.Connack {
-		t.Fatalf("CONNACK type %d", ack.FixedHeader.Type)
-	}
-	c.send(packets.Packet{
-		FixedHeader: packets.FixedHeader{Type: packets.Subscribe}, PacketID: 1,
-		Filters: packets.Subscriptions{{Filter: "linkedge/v1/trucks/+/events", Qos: 1}},
-	})
-	if p := c.recv(); p.FixedHeader.Type != packets.Suback {
-		t.Fatalf("got packet type %d, want SUBACK", p.FixedHeader.Type)
-	}
+	rawSubscriber(t, b, "intake", "linkedge/v1/trucks/+/events")
 	cl, _ := b.Server().Clients.Get("intake")
 	for id := uint16(1000); id < 1000+mark; id++ { // at the mark
 		cl.State.Inflight.Set(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, PacketID: id,
@@ -354,22 +292,7 @@ func TestTwoSlowSubscribersDoNotDeadlock(t *testing.T) {
 	bp.highWater, bp.stallAfter = 2, time.Hour // never taken for stalled here
 
 	reader := func(id string, got chan<- int) {
-		c := dialRaw(t, b.Addr())
-		_ = c.conn.SetDeadline(time.Now().Add(time.Minute))
-		c.send(packets.Packet{
-			FixedHeader: packets.FixedHeader{Type: packets.Connect},
-			Connect:     packets.ConnectParams{ProtocolName: []byte("MQTT"), Keepalive: 60, ClientIdentifier: id, Clean: true},
-		})
-		if ack := c.recv(); ack.FixedHeader.Type != packets.Connack {
-			t.Fatalf("CONNACK type %d", ack.FixedHeader.Type)
-		}
-		c.send(packets.Packet{
-			FixedHeader: packets.FixedHeader{Type: packets.Subscribe}, PacketID: 1,
-			Filters: packets.Subscriptions{{Filter: "linkedge/v1/trucks/+/events", Qos: 1}},
-		})
-		if p := c.recv(); p.FixedHeader.Type != packets.Suback {
-			t.Fatalf("got packet type %d, want SUBACK", p.FixedHeader.Type)
-		}
+		c := rawSubscriber(t, b, id, "linkedge/v1/trucks/+/events")
 		go func() {
 			seen := map[string]bool{}
 			defer func() { got <- len(seen) }()
@@ -410,4 +333,28 @@ func TestTwoSlowSubscribersDoNotDeadlock(t *testing.T) {
 			t.Fatalf("%s still waits for reports after 45 s: the publishes are stuck (%d waiting)", name, bp.waiting())
 		}
 	}
+}
+
+// rawSubscriber connects a raw MQTT 5 client with a clean session as id
+// and subscribes it to filter at QoS 1: a subscriber whose every
+// acknowledgement the test controls.
+func rawSubscriber(t *testing.T, b *Broker, id, filter string) *rawClient {
+	t.Helper()
+	c := dialRaw(t, b.Addr())
+	_ = c.conn.SetDeadline(time.Now().Add(time.Minute))
+	c.send(packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Connect},
+		Connect:     packets.ConnectParams{ProtocolName: []byte("MQTT"), Keepalive: 60, ClientIdentifier: id, Clean: true},
+	})
+	if ack := c.recv(); ack.FixedHeader.Type != packets.Connack || ack.ReasonCode != 0 {
+		t.Fatalf("CONNACK type %d reason %#x", ack.FixedHeader.Type, ack.ReasonCode)
+	}
+	c.send(packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Subscribe}, PacketID: 1,
+		Filters: packets.Subscriptions{{Filter: filter, Qos: 1}},
+	})
+	if p := c.recv(); p.FixedHeader.Type != packets.Suback {
+		t.Fatalf("got packet type %d, want SUBACK", p.FixedHeader.Type)
+	}
+	return c
 }
