@@ -123,7 +123,8 @@ func (b *backpressure) ID() string { return "linkedge-backpressure" }
 // Provides implements mqtt.Hook.
 func (b *backpressure) Provides(x byte) bool {
 	switch x {
-	case mqtt.OnPublish, mqtt.OnPublished, mqtt.OnSubscribed, mqtt.OnUnsubscribed, mqtt.OnSessionEstablished, mqtt.OnDisconnect, mqtt.OnQosComplete:
+	case mqtt.OnPublish, mqtt.OnPublished, mqtt.OnSubscribed, mqtt.OnUnsubscribed, mqtt.OnSessionEstablished, mqtt.OnDisconnect,
+		mqtt.OnPacketRead, mqtt.OnQosComplete:
 		return true
 	}
 	return false
@@ -139,10 +140,16 @@ func (b *backpressure) OnUnsubscribed(cl *mqtt.Client, _ packets.Packet) { b.rev
 // subscriptions without subscribing again.
 func (b *backpressure) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) { b.review(cl) }
 
-// OnQosComplete implements mqtt.Hook: an acknowledgement from a watched
-// subscriber is its progress (see admit), and may make room for the
-// publishes waiting for it.
-func (b *backpressure) OnQosComplete(cl *mqtt.Client, _ packets.Packet) {
+// OnPacketRead implements mqtt.Hook: an acknowledgement from a watched
+// subscriber is its progress (see admit). Read here, not in OnQosComplete,
+// which mochi also calls when the broker acknowledges the client's own
+// QoS 1 publish: a subscriber that publishes but reads nothing is stalled.
+func (b *backpressure) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	switch pk.FixedHeader.Type {
+	case packets.Puback, packets.Pubrec, packets.Pubcomp:
+	default:
+		return pk, nil
+	}
 	b.mu.Lock()
 	w := b.watched[cl.ID]
 	b.mu.Unlock()
@@ -155,6 +162,20 @@ func (b *backpressure) OnQosComplete(cl *mqtt.Client, _ packets.Packet) {
 			// judged stalled again only after stallAfter of silence.
 			w.stalled, w.overSince = false, now
 		}
+		w.mu.Unlock()
+	}
+	return pk, nil
+}
+
+// OnQosComplete implements mqtt.Hook: a message it acknowledged has left a
+// watched subscriber's in-flight table, which may make room for the
+// publishes waiting for it.
+func (b *backpressure) OnQosComplete(cl *mqtt.Client, _ packets.Packet) {
+	b.mu.Lock()
+	w := b.watched[cl.ID]
+	b.mu.Unlock()
+	if w != nil {
+		w.mu.Lock()
 		w.pump(cl.State.Inflight.Len(), b.highWater)
 		w.mu.Unlock()
 	}

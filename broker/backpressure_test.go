@@ -335,6 +335,43 @@ func TestTwoSlowSubscribersDoNotDeadlock(t *testing.T) {
 	}
 }
 
+// TestPublishingSubscriberThatReadsNothingIsStalled: a subscriber that keeps
+// publishing (the broker acknowledges each of its QoS 1 messages) but never
+// acknowledges what it is sent is silent, and is taken for stalled: the
+// broker's acknowledgements to it are not its reading.
+func TestPublishingSubscriberThatReadsNothingIsStalled(t *testing.T) {
+	b := startBroker(t, nil)
+	b.backpressure.stallAfter = 500 * time.Millisecond
+	c := rawSubscriber(t, b, "chatty", "linkedge/v1/trucks/#")
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for id := uint16(1); ; id++ {
+			select {
+			case <-stop:
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+			if c.write(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, PacketID: id,
+				TopicName: "linkedge/v1/models/m/notes", Payload: []byte("x")}) != nil {
+				return
+			}
+		}
+	}()
+	t.Cleanup(func() { close(stop); <-done })
+	pc := connect(t, clientOpts(b.Addr()).SetClientID("truck-x"))
+	for r := range 1500 {
+		tok := pc.Publish("linkedge/v1/trucks/x/events", 1, false, fmt.Sprint(r))
+		if !tok.WaitTimeout(waitFor) || tok.Error() != nil {
+			t.Fatalf("report %d still waits for a subscriber that reads nothing: %v", r, tok.Error())
+		}
+	}
+	if b.backpressure.stalls.Load() == 0 {
+		t.Error("the subscriber that reads nothing was never taken for stalled")
+	}
+}
+
 // rawSubscriber connects a raw MQTT 5 client with a clean session as id
 // and subscribes it to filter at QoS 1: a subscriber whose every
 // acknowledgement the test controls.
