@@ -512,3 +512,56 @@ func TestListenerRetriesAcceptErrors(t *testing.T) {
 		t.Errorf("connections left: %v", left)
 	}
 }
+
+// TestCloseWhileClientsLeave: a broker closes within its deadline while
+// clients keep connecting and leaving, and without mochi's way of finding
+// a listener's clients: its Clients.GetByListener takes the clients table's
+// read lock twice, and a client leaving in between deadlocked a broker
+// Close for ever (seen in CI). The churn makes that interleaving likely;
+// the closer mochi hands the listener must not be used at all.
+func TestCloseWhileClientsLeave(t *testing.T) {
+	for round := range 5 {
+		b := startBroker(t, nil)
+		b.mu.Lock()
+		ln := b.mqttLn
+		b.mu.Unlock()
+		used := false
+		stop := make(chan struct{})
+		var wg sync.WaitGroup
+		for i := range 20 {
+			wg.Go(func() {
+				for n := 0; ; n++ {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					c := paho.NewClient(clientOpts(b.Addr()).SetClientID(fmt.Sprintf("churn-%d-%d", i, n%3)).
+						SetAutoReconnect(false).SetConnectRetry(false).SetConnectTimeout(2 * time.Second))
+					if tok := c.Connect(); tok.WaitTimeout(2*time.Second) && tok.Error() == nil {
+						c.Disconnect(0)
+					}
+				}
+			})
+		}
+		time.Sleep(300 * time.Millisecond)
+		closed := make(chan struct{})
+		go func() {
+			ln.Close(func(string) { used = true }) // as mochi's Server.Close calls it
+			close(closed)
+		}()
+		select {
+		case <-closed:
+		case <-time.After(30 * time.Second):
+			t.Fatalf("round %d: the listener's Close has not returned after 30 s", round)
+		}
+		close(stop)
+		wg.Wait()
+		if used {
+			t.Fatal("the listener used mochi's closer, whose GetByListener can deadlock")
+		}
+		if err := b.Close(); err != nil {
+			t.Logf("round %d: close: %v", round, err)
+		}
+	}
+}

@@ -15,6 +15,7 @@ import (
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/listeners"
+	"github.com/mochi-mqtt/server/v2/packets"
 )
 
 var _ listeners.Listener = (*listener)(nil)
@@ -186,6 +187,26 @@ func (l *listener) isClosing() bool {
 	return l.closing
 }
 
+// disconnectClients disconnects the clients of this listener that mochi
+// knows, as mochi's own closeClients would, but without it: mochi
+// (v2.7.9) finds them with Clients.GetByListener, which takes the clients
+// table's read lock a second time while holding it, so a client leaving
+// at that moment (Clients.Delete waits for the write lock, and holds back
+// new readers meanwhile) deadlocks both for ever. A broker Close never
+// returned that way in CI (publisher TestReannouncesWhenBrokerLosesRetained,
+// on a loaded machine). GetAll takes the read lock once.
+func (l *listener) disconnectClients(closeClients listeners.CloseFn) {
+	if l.srv == nil {
+		closeClients(l.id)
+		return
+	}
+	for _, cl := range l.srv.Clients.GetAll() {
+		if cl.Net.Listener == l.id && !cl.Closed() {
+			_ = l.srv.DisconnectClient(cl, packets.ErrServerShuttingDown)
+		}
+	}
+}
+
 // Close implements listeners.Listener. mochi's server Close calls it and
 // then waits for every connection's goroutine, so Close returns only once
 // they have all ended, or at the wait deadline (the broker then reports
@@ -217,9 +238,9 @@ func (l *listener) Close(closeClients listeners.CloseFn) {
 	}
 	l.serving.Wait() // returns at once: Accept fails on a closed socket
 
-	// mochi sends the clients it knows a DISCONNECT (server shutting down)
-	// and closes them; the writes fail at drainBy at the latest.
-	closeClients(l.id)
+	// The clients mochi knows get a DISCONNECT (server shutting down) and
+	// are closed; the writes fail at drainBy at the latest.
+	l.disconnectClients(closeClients)
 	// Whatever is left mochi does not know of: connections that have not
 	// sent CONNECT yet, or that joined its table after it looked.
 	l.mu.Lock()
