@@ -63,32 +63,9 @@ func (c *iotClient) send(pk packets.Packet) {
 // (os.ErrDeadlineExceeded) or the connection ends (io.EOF and the like).
 func (c *iotClient) recvWithin(d time.Duration) (packets.Packet, error) {
 	_ = c.conn.SetReadDeadline(time.Now().Add(d))
-	hb, err := c.r.ReadByte()
-	if err != nil {
-		return packets.Packet{}, err
-	}
-	pk := packets.Packet{ProtocolVersion: c.version}
-	if err := pk.FixedHeader.Decode(hb); err != nil {
-		return pk, err
-	}
-	if pk.FixedHeader.Remaining, _, err = packets.DecodeLength(c.r); err != nil {
-		return pk, err
-	}
-	body := make([]byte, pk.FixedHeader.Remaining)
-	if _, err := io.ReadFull(c.r, body); err != nil {
-		return pk, err
-	}
-	switch pk.FixedHeader.Type {
-	case packets.Connack:
-		err = pk.ConnackDecode(body)
-	case packets.Suback:
-		err = pk.SubackDecode(body)
-	case packets.Publish:
-		err = pk.PublishDecode(body)
-	case packets.Puback:
-		err = pk.PubackDecode(body)
-	case packets.Disconnect:
-		err = pk.DisconnectDecode(body)
+	pk, err := readPacket(c.r, c.version)
+	if errors.Is(err, errUnknownPacket) {
+		err = nil // the caller looks at the type
 	}
 	return pk, err
 }

@@ -3,6 +3,7 @@ package broker
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"math"
@@ -79,19 +80,33 @@ func (c *rawClient) recv() packets.Packet {
 
 // read reads one packet; for goroutines, which must not call t.Fatal.
 func (c *rawClient) read() (packets.Packet, error) {
-	pk := packets.Packet{ProtocolVersion: 5}
-	hb, err := c.r.ReadByte()
+	pk, err := readPacket(c.r, 5)
+	if errors.Is(err, errUnknownPacket) {
+		return pk, fmt.Errorf("recv: unexpected packet type %d", pk.FixedHeader.Type)
+	}
+	return pk, err
+}
+
+// errUnknownPacket: readPacket read a whole packet of a type it does not
+// decode (its fixed header is set).
+var errUnknownPacket = errors.New("packet type not decoded")
+
+// readPacket reads one MQTT packet from r and decodes the types the broker
+// tests receive; the raw clients of these tests share it.
+func readPacket(r *bufio.Reader, version byte) (packets.Packet, error) {
+	pk := packets.Packet{ProtocolVersion: version}
+	hb, err := r.ReadByte()
 	if err != nil {
 		return pk, fmt.Errorf("read: %w", err)
 	}
 	if err := pk.FixedHeader.Decode(hb); err != nil {
 		return pk, fmt.Errorf("fixed header: %w", err)
 	}
-	if pk.FixedHeader.Remaining, _, err = packets.DecodeLength(c.r); err != nil {
+	if pk.FixedHeader.Remaining, _, err = packets.DecodeLength(r); err != nil {
 		return pk, fmt.Errorf("length: %w", err)
 	}
 	body := make([]byte, pk.FixedHeader.Remaining)
-	if _, err := io.ReadFull(c.r, body); err != nil {
+	if _, err := io.ReadFull(r, body); err != nil {
 		return pk, fmt.Errorf("body: %w", err)
 	}
 	switch pk.FixedHeader.Type {
@@ -105,8 +120,10 @@ func (c *rawClient) read() (packets.Packet, error) {
 		err = pk.PubackDecode(body)
 	case packets.Pingresp:
 		err = pk.PingrespDecode(body)
+	case packets.Disconnect:
+		err = pk.DisconnectDecode(body)
 	default:
-		return pk, fmt.Errorf("recv: unexpected packet type %d", pk.FixedHeader.Type)
+		return pk, errUnknownPacket
 	}
 	if err != nil {
 		return pk, fmt.Errorf("decode: %w", err)
