@@ -22,15 +22,7 @@ import (
 func TestEventsAndLastWill(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	b, err := broker.New(broker.Config{Listen: "127.0.0.1:0"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := b.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
-	url := "tcp://" + b.Addr()
+	_, url := startBroker(ctx, t)
 	var changes atomic.Int64
 	v, err := Open(ctx, Config{Broker: url, Events: true, EventsPerTruck: 5, OnChange: func(string, string) { changes.Add(1) }})
 	if err != nil {
@@ -85,15 +77,7 @@ func TestEventsAndLastWill(t *testing.T) {
 func TestPresence(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	b, err := broker.New(broker.Config{Listen: "127.0.0.1:0"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := b.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
-	url := "tcp://" + b.Addr()
+	b, url := startBroker(ctx, t)
 	v, err := Open(ctx, Config{Broker: url})
 	if err != nil {
 		t.Fatal(err)
@@ -164,15 +148,7 @@ func TestPresence(t *testing.T) {
 func TestGroupsAndForwarded(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	b, err := broker.New(broker.Config{Listen: "127.0.0.1:0"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := b.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
-	url := "tcp://" + b.Addr()
+	_, url := startBroker(ctx, t)
 	type batch struct {
 		truck, model string
 		made         []time.Time
@@ -226,4 +202,19 @@ func TestGroupsAndForwarded(t *testing.T) {
 		t.Errorf("an unreadable batch was heard: %+v", bt)
 	default:
 	}
+}
+
+// startBroker starts a fleet broker on loopback for the test and returns
+// it and its URL; it is closed when the test ends.
+func startBroker(ctx context.Context, t *testing.T) (*broker.Broker, string) {
+	t.Helper()
+	b, err := broker.New(broker.Config{Listen: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	return b, "tcp://" + b.Addr()
 }
